@@ -1,0 +1,1 @@
+"""Execution backends: ``docker`` (local sandboxes) and ``hosted`` (Anthropic's hosted tool)."""

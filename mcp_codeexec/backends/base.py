@@ -1,0 +1,78 @@
+"""The Backend protocol: what the MCP server needs from anything that executes the two tools.
+
+A backend returns the hosted result block (or the hosted error block for failures that happen
+inside a known container, such as ``file_not_found``) wrapped in an ``Outcome`` that also says
+which container ran it and which stored files it produced. Failures before a container is known
+are raised as ``errors.CodeExecError``; the server maps them in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from ..schemas import BashInput, EditorInput, ResultBlock
+
+ProgressFn = Callable[[float, str], Awaitable[None]]
+"""``await progress(elapsed_seconds, message)`` — message is a short text (output so far, capped)."""
+
+
+@dataclass(frozen=True)
+class CallContext:
+    principal: str
+    """Who is calling: ``"local"`` over stdio, the token's principal over HTTP."""
+    session_key: str
+    """Identity of the MCP session; its first call lazily gets a container of its own."""
+    progress: ProgressFn | None = None
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    expires_at: datetime
+
+    def meta(self) -> dict[str, str]:
+        return {"id": self.id, "expires_at": self.expires_at.isoformat().replace("+00:00", "Z")}
+
+
+@dataclass(frozen=True)
+class ProducedFile:
+    """A file a call produced, already in the file store."""
+
+    file_id: str
+    filename: str
+    size: int
+    mime_type: str
+
+
+@dataclass
+class Outcome:
+    block: ResultBlock
+    container: ContainerInfo | None = None
+    files: list[ProducedFile] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Extra ``_meta`` entries (e.g. token usage for the hosted backend)."""
+    partial_output: str | None = None
+    """For a timed-out call: what the command printed before it was stopped (shown to humans only)."""
+
+
+class Backend(Protocol):
+    name: str
+
+    async def start(self) -> None:
+        """Connect, reconcile state left by an earlier server, start background work (pool, reaper)."""
+
+    async def bash(self, request: BashInput, ctx: CallContext) -> Outcome: ...
+
+    async def editor(self, request: EditorInput, ctx: CallContext) -> Outcome: ...
+
+    async def attach_file(self, file_id: str, container_id: str, principal: str) -> str:
+        """Place a stored upload inside the container; return its path there."""
+        ...
+
+    async def end_session(self, session_key: str) -> None:
+        """The MCP session is gone. Its container is kept (until expiry) for reuse by id."""
+
+    async def aclose(self) -> None: ...

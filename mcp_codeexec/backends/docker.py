@@ -1,0 +1,408 @@
+"""The docker backend: each MCP session gets a hardened sandbox container; calls travel as one
+framed request over the container's attach stream to the agent running as its PID 1.
+
+This module (with ``sandboxes``) is the only importer of ``docker``.
+"""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from anyio.abc import SocketStream, TaskGroup
+from docker.models.containers import Container
+
+from ..agent_client import AgentConnection, AgentGone
+from ..config import Settings
+from ..errors import (
+    CodeExecError,
+    ContainerExpired,
+    ExecutionTimeExceeded,
+    FileNotFound,
+    InvalidToolInput,
+    OutputFileTooLarge,
+    TooManyRequests,
+    Unavailable,
+)
+from ..files import FileStore, PendingFile
+from ..sandboxes import SandboxManager, SandboxRecord, connect, translate_docker_errors
+from ..schemas import (
+    BashInput,
+    BashOutputBlock,
+    BashResult,
+    CreateResult,
+    EditorInput,
+    StrReplaceResult,
+    ViewResult,
+)
+from .base import CallContext, ContainerInfo, Outcome, ProducedFile
+
+log = logging.getLogger(__name__)
+
+INPUT_DIR = "/workspace/inputs"
+_AGENT_ERRORS: dict[str, type[CodeExecError]] = {
+    "invalid_tool_input": InvalidToolInput,
+    "file_not_found": FileNotFound,
+    "output_file_too_large": OutputFileTooLarge,
+    "execution_time_exceeded": ExecutionTimeExceeded,
+    "unavailable": Unavailable,
+    "too_many_requests": TooManyRequests,
+}
+
+
+def _thread(fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+    return anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+
+
+@dataclass
+class Sandbox:
+    record: SandboxRecord
+    conn: AgentConnection
+    owner: str
+    last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def info(self) -> ContainerInfo:
+        return ContainerInfo(self.record.id, self.record.expires)
+
+
+class DockerBackend:
+    name = "docker"
+
+    def __init__(self, settings: Settings, store: FileStore) -> None:
+        self.settings = settings
+        self.store = store
+        self._manager: SandboxManager | None = None
+        self._sandboxes: dict[str, Sandbox] = {}
+        self._sessions: dict[str, str] = {}
+        self._locks: dict[str, anyio.Lock] = {}
+        self._pool: list[Sandbox] = []
+        self._pool_wanted = anyio.Event()
+        self._tg: TaskGroup | None = None
+        self._stack = AsyncExitStack()
+        self.pending_dir = settings.data_dir / "pending"
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> DockerBackend:
+        self._tg = await self._stack.enter_async_context(anyio.create_task_group())
+        try:
+            await self._manager_or_raise()
+        except Unavailable as exc:
+            log.warning("docker backend not ready yet: %s", exc.message)
+        self._tg.start_soon(self._reaper)
+        if self.settings.pool_size > 0:
+            self._tg.start_soon(self._pool_filler)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True):
+            pool, self._pool = self._pool, []
+            for sandbox in pool:
+                await sandbox.conn.aclose()
+                if self._manager is not None:
+                    await anyio.to_thread.run_sync(self._manager.remove, sandbox.record.id)
+            for sandbox in self._sandboxes.values():
+                await sandbox.conn.aclose()
+            await self._stack.aclose()
+
+    async def _manager_or_raise(self) -> SandboxManager:
+        if self._manager is None:
+            client = await _thread(connect)
+            manager = SandboxManager(self.settings, client)
+            await _thread(manager.resolve_image)
+            removed = await _thread(lambda: manager.reap(keep_pool_of=set()))
+            if removed:
+                log.info("reaped %d expired or leftover sandboxes", len(removed))
+            self._manager = manager
+        return self._manager
+
+    async def _reaper(self) -> None:
+        while True:
+            await anyio.sleep(self.settings.reap_interval_seconds)
+            if self._manager is None:
+                continue
+            keep = {s.record.id for s in self._pool}
+            try:
+                removed = await _thread(lambda: self._manager.reap(keep_pool_of=keep))
+                await _thread(self.store.prune)
+            except Unavailable as exc:
+                log.warning("reaper: %s", exc.message)
+                continue
+            for cid in removed:
+                gone = self._sandboxes.pop(cid, None)
+                if gone is not None:
+                    await gone.conn.aclose()
+
+    async def _pool_filler(self) -> None:
+        while True:
+            while len(self._pool) < self.settings.pool_size:
+                try:
+                    manager = await self._manager_or_raise()
+                    sandbox = await self._start_new(manager, owner="", pool=True)
+                except Unavailable as exc:
+                    log.warning("pool: %s", exc.message)
+                    await anyio.sleep(10)
+                    continue
+                self._pool.append(sandbox)
+            self._pool_wanted = anyio.Event()
+            await self._pool_wanted.wait()
+
+    # --- containers -------------------------------------------------------------------------
+
+    async def _connect(self, record: SandboxRecord, container: Container, owner: str) -> Sandbox:
+        manager = self._manager
+        assert manager is not None and self._tg is not None
+
+        def attach() -> Any:
+            with translate_docker_errors("attaching to a sandbox"):
+                sock = manager.client.api.attach_socket(
+                    container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+                )
+                return sock._sock  # the raw socket under docker-py's SocketIO
+
+        raw = await _thread(attach)
+        stream = await SocketStream.from_socket(raw)
+        conn = AgentConnection(stream, docker_mux=True, name=record.id)
+        self._tg.start_soon(conn.run_reader)
+        try:
+            await conn.request({"op": "hello"}, timeout=30)
+        except AgentGone:
+            await conn.aclose()
+            raise Unavailable(f"the sandbox {record.id} did not start its agent") from None
+        return Sandbox(record, conn, owner)
+
+    async def _start_new(self, manager: SandboxManager, *, owner: str, pool: bool) -> Sandbox:
+        record, container = await _thread(lambda: manager.create(owner, pool=pool))
+        try:
+            return await self._connect(record, container, owner)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await _thread(manager.remove, record.id)
+            raise
+
+    async def _new_for(self, owner: str) -> Sandbox:
+        owned = sum(1 for s in self._sandboxes.values() if s.owner == owner)
+        if owner != "local" and owned >= self.settings.max_containers_per_principal:
+            raise TooManyRequests(f"at most {self.settings.max_containers_per_principal} containers per principal")
+        manager = await self._manager_or_raise()
+        while self._pool:
+            sandbox = self._pool.pop(0)
+            self._pool_wanted.set()
+            if sandbox.conn.closed.is_set():
+                continue
+            await _thread(manager.claim, sandbox.record.id, owner)
+            sandbox.owner = owner
+            return sandbox
+        return await self._start_new(manager, owner=owner, pool=False)
+
+    async def _reattach(self, cid: str, owner: str) -> Sandbox:
+        manager = await self._manager_or_raise()
+        record, container = await _thread(manager.find, cid)
+        if record.owner not in (owner, "") and owner != "local":
+            raise ContainerExpired(cid)  # never reveal another principal's container
+        return await self._connect(record, container, record.owner or owner)
+
+    def _lock(self, key: str) -> anyio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = anyio.Lock()
+        return lock
+
+    async def sandbox_for(self, ctx: CallContext, container_id: str | None) -> Sandbox:
+        """The sandbox a call runs in: the named one, else the session's (created lazily)."""
+        if container_id is not None:
+            async with self._lock(container_id):
+                sandbox = self._sandboxes.get(container_id)
+                if sandbox is not None and sandbox.owner not in (ctx.principal, "local") and ctx.principal != "local":
+                    raise ContainerExpired(container_id)
+                if sandbox is None or sandbox.conn.closed.is_set():
+                    sandbox = await self._reattach(container_id, ctx.principal)
+                    self._sandboxes[container_id] = sandbox
+                self._sessions.setdefault(ctx.session_key, container_id)
+                return sandbox
+        async with self._lock(ctx.session_key):
+            cid = self._sessions.get(ctx.session_key)
+            sandbox = self._sandboxes.get(cid) if cid else None
+            if sandbox is not None and not sandbox.conn.closed.is_set():
+                return sandbox
+            if cid is not None:
+                sandbox = await self._reattach(cid, ctx.principal)
+            else:
+                sandbox = await self._new_for(ctx.principal)
+            self._sandboxes[sandbox.record.id] = sandbox
+            self._sessions[ctx.session_key] = sandbox.record.id
+            return sandbox
+
+    async def end_session(self, session_key: str) -> None:
+        self._sessions.pop(session_key, None)
+        self._locks.pop(session_key, None)
+
+    async def aclose(self) -> None:
+        await self.__aexit__(None, None, None)
+
+    async def start(self) -> None:
+        await self.__aenter__()
+
+    # --- calls ------------------------------------------------------------------------------
+
+    async def _call(self, sandbox: Sandbox, message: dict[str, Any], *, timeout: float, on_frame: Any = None) -> dict[str, Any]:
+        sandbox.last_used = time.monotonic()
+        await self._deliver_pending(sandbox)
+        try:
+            reply = await sandbox.conn.request(message, on_frame=on_frame, timeout=timeout)
+        except AgentGone as exc:
+            self._sandboxes.pop(sandbox.record.id, None)
+            raise Unavailable(
+                f"{exc.message}. The container may have been stopped or removed; the next call "
+                f"reconnects to {sandbox.record.id} if it still exists."
+            ) from exc
+        if reply["type"] == "error":
+            error = _AGENT_ERRORS.get(reply.get("code", ""), Unavailable)(reply.get("message") or "sandbox error")
+            error.container = sandbox.info
+            raise error
+        return reply["result"]
+
+    async def bash(self, request: BashInput, ctx: CallContext) -> Outcome:
+        sandbox = await self.sandbox_for(ctx, request.container_id)
+        s = self.settings
+        receiver = _FileReceiver(self.store, ctx.principal, sandbox.record.id, s.max_output_file_bytes)
+        started = time.monotonic()
+
+        async def on_frame(frame: dict[str, Any], blob: bytes) -> None:
+            if frame["type"] == "file":
+                receiver.chunk(frame, blob)
+            elif frame["type"] == "progress" and ctx.progress is not None:
+                tail = (frame.get("stdout_tail") or "") + (frame.get("stderr_tail") or "")
+                await ctx.progress(time.monotonic() - started, tail[-2000:])
+
+        message = {
+            "op": "bash",
+            "command": request.command,
+            "timeout": s.call_timeout,
+            "restart": request.restart,
+            "max_output": s.max_output_bytes,
+            "max_spill": s.max_spill_bytes,
+            "max_file": s.max_output_file_bytes,
+            "progress_interval": s.progress_interval if ctx.progress is not None else None,
+        }
+        try:
+            result = await self._call(sandbox, message, timeout=s.call_timeout + 30, on_frame=on_frame)
+            files = await receiver.commit_all()
+        finally:
+            receiver.abort_all()
+        if result.get("timed_out"):
+            err = ExecutionTimeExceeded(
+                f"the command ran past the {s.call_timeout:g} s limit and was stopped",
+                detail=(result.get("stdout", "") + result.get("stderr", ""))[-4000:],
+            )
+            err.container = sandbox.info
+            raise err
+        block = BashResult(
+            stdout=result["stdout"],
+            stderr=result["stderr"],
+            return_code=result["return_code"],
+            content=[BashOutputBlock(file_id=f.file_id) for f in files],
+        )
+        return Outcome(block, sandbox.info, files)
+
+    async def editor(self, request: EditorInput, ctx: CallContext) -> Outcome:
+        message = _editor_message(request, self.settings)
+        sandbox = await self.sandbox_for(ctx, request.container_id)
+        result = await self._call(sandbox, message, timeout=self.settings.call_timeout + 30)
+        if request.command == "view":
+            block: Any = ViewResult(**result)
+        elif request.command == "create":
+            block = CreateResult(**result)
+        else:
+            block = StrReplaceResult(**result)
+        return Outcome(block, sandbox.info)
+
+    # --- uploads ------------------------------------------------------------------------------
+
+    async def attach_file(self, file_id: str, container_id: str, principal: str) -> str:
+        """Queue a stored file for the container; it lands in /workspace/inputs before the next call
+        (immediately when this server holds the container)."""
+        record = await _thread(self.store.get, file_id, None if principal == "local" else principal)
+        queue = self.pending_dir / container_id
+        await _thread(lambda: queue.mkdir(parents=True, exist_ok=True))
+        await _thread((queue / record.id).write_text, record.filename)
+        sandbox = self._sandboxes.get(container_id)
+        if sandbox is not None and not sandbox.conn.closed.is_set():
+            await self._deliver_pending(sandbox)
+        return f"{INPUT_DIR}/{record.filename}"
+
+    async def _deliver_pending(self, sandbox: Sandbox) -> None:
+        queue = self.pending_dir / sandbox.record.id
+        if not queue.is_dir():  # one stat per call when nothing is queued
+            return
+        for marker in sorted(await _thread(lambda: list(queue.iterdir()))):
+            filename = marker.read_text()
+            await self._put_file(sandbox, marker.name, f"{INPUT_DIR}/{filename}")
+            marker.unlink(missing_ok=True)
+        queue.rmdir()
+
+    async def _put_file(self, sandbox: Sandbox, file_id: str, path: str) -> None:
+        blob_path = self.store.blob_path(file_id)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async with await anyio.open_file(blob_path, "rb") as fh:
+                while chunk := await fh.read(1024 * 1024):
+                    yield chunk
+
+        await sandbox.conn.put_file(path, chunks())
+
+
+def _editor_message(request: EditorInput, settings: Settings) -> dict[str, Any]:
+    """The agent request for a validated editor input (EditorInput checked the per-command fields)."""
+    if request.command == "view":
+        return {"op": "view", "path": request.path, "view_range": request.view_range, "max_bytes": settings.max_view_bytes}
+    if request.command == "create":
+        return {"op": "create", "path": request.path, "file_text": request.file_text}
+    return {"op": "str_replace", "path": request.path, "old_str": request.old_str, "new_str": request.new_str}
+
+
+class _FileReceiver:
+    """Streams output-file frames into the store; commits only when the whole call succeeded."""
+
+    def __init__(self, store: FileStore, principal: str, container_id: str, max_size: int) -> None:
+        self.store = store
+        self.principal = principal
+        self.container_id = container_id
+        self.max_size = max_size
+        self.pending: dict[str, PendingFile] = {}
+
+    def chunk(self, frame: dict[str, Any], blob: bytes) -> None:
+        name = frame["name"]
+        pending = self.pending.get(name)
+        if pending is None:
+            mime = mimetypes.guess_type(name)[0]
+            pending = self.store.begin(
+                filename=name, origin="output", principal=self.principal, container_id=self.container_id,
+                mime_type=mime, max_size=self.max_size,
+            )
+            self.pending[name] = pending
+        pending.write(blob)
+
+    async def commit_all(self) -> list[ProducedFile]:
+        produced = []
+        for name, pending in list(self.pending.items()):
+            record = await _thread(pending.commit)
+            del self.pending[name]
+            produced.append(ProducedFile(record.id, record.filename, record.size, record.mime_type))
+        return produced
+
+    def abort_all(self) -> None:
+        for pending in self.pending.values():
+            pending.abort()
+        self.pending.clear()

@@ -1,0 +1,116 @@
+"""Command line: ``mcp-codeexec serve | image | files | containers | doctor | config | parity``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from . import __version__
+from .config import Settings, load_settings
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {
+        "backend": getattr(args, "backend", None),
+        "transport": getattr(args, "transport", None),
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+        "no_auth": True if getattr(args, "no_auth", False) else None,
+        "runtime": getattr(args, "runtime", None),
+        "image": getattr(args, "image", None),
+        "call_timeout": getattr(args, "timeout", None),
+        "pool_size": getattr(args, "pool_size", None),
+        "data_dir": getattr(args, "data_dir", None),
+        "anthropic_base_url": getattr(args, "base_url", None),
+        "hosted_model": getattr(args, "model", None),
+    }
+    return load_settings(**overrides)
+
+
+def _configure_logging(settings: Settings) -> None:
+    # stdout belongs to the MCP stdio transport: logs always go to stderr.
+    logging.basicConfig(
+        stream=sys.stderr, level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings_from(args)
+    _configure_logging(settings)
+    if settings.transport == "http":
+        from .http_app import serve_http
+
+        serve_http(settings)
+        return 0
+    import anyio
+    from mcp.server.stdio import stdio_server
+
+    from .server import create_server
+
+    server = create_server(settings)
+
+    async def main() -> None:
+        async with stdio_server() as (read_stream, write_stream):
+            await server.run(read_stream, write_stream, server.create_initialization_options())
+
+    anyio.run(main)
+    return 0
+
+
+def _add_server_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["docker", "hosted"], help="where calls run (default docker)")
+    p.add_argument("--runtime", choices=["runc", "runsc"], help="container runtime (runsc = gVisor)")
+    p.add_argument("--image", help="sandbox image tag")
+    p.add_argument("--timeout", type=float, help="seconds a tool call may run")
+    p.add_argument("--pool-size", type=int, help="warm containers kept ready")
+    p.add_argument("--data-dir", help="where files, workspaces and state live")
+    p.add_argument("--base-url", help="hosted backend: Anthropic API base URL (gateways)")
+    p.add_argument("--model", help="hosted backend: model that drives the hosted tool")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcp-codeexec", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mcp-codeexec {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the MCP server (stdio by default)")
+    serve.add_argument("--transport", choices=["stdio", "http"], help="stdio (default) or streamable HTTP at /mcp")
+    serve.add_argument("--host", help="HTTP bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    serve.add_argument("--no-auth", action="store_true", help="HTTP without bearer tokens (loopback only)")
+    _add_server_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    get_settings: Callable[[], Settings] = load_settings
+    for module_name in ("image", "files_cli", "containers_cli", "doctor", "parity", "config_cli"):
+        register = _optional_register(module_name)
+        if register is not None:
+            if module_name == "image":
+                register(sub)
+            else:
+                register(sub, get_settings)
+    return parser
+
+
+def _optional_register(module_name: str) -> Callable[..., Any] | None:
+    import importlib
+
+    try:
+        module = importlib.import_module(f"mcp_codeexec.{module_name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"mcp_codeexec.{module_name}":
+            return None
+        raise
+    return getattr(module, "register_cli", None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Settings: the one place configuration is read.
+
+Sources, highest first: CLI flags (passed as init kwargs), environment variables
+``MCP_CODEEXEC_*``, a TOML file (``--config PATH`` or ``MCP_CODEEXEC_CONFIG``, default
+``<config dir>/config.toml`` when it exists), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+def default_data_dir() -> Path:
+    if xdg := os.environ.get("XDG_DATA_HOME"):
+        return Path(xdg) / "mcp-codeexec"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "mcp-codeexec"
+    return Path.home() / ".local" / "share" / "mcp-codeexec"
+
+
+def default_config_file() -> Path:
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "mcp-codeexec" / "config.toml"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MCP_CODEEXEC_", extra="forbid", validate_default=True)
+
+    # --- serving
+    backend: Literal["docker", "hosted"] = "docker"
+    transport: Literal["stdio", "http"] = "stdio"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    auth_tokens: list[str] = Field(default_factory=list, description="HTTP bearer tokens; 'principal:token' or 'token'.")
+    no_auth: bool = False
+    allowed_origins: list[str] = Field(default_factory=list)
+    max_request_bytes: int = Field(default=64 * MiB, description="Largest MCP request body.")
+    max_upload_bytes: int = Field(default=2 * GiB, description="Largest Files API upload.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    data_dir: Path = Field(default_factory=default_data_dir)
+
+    # --- calls
+    call_timeout: float = Field(default=50.0, gt=0, le=3600, description="Seconds a tool call may run.")
+    max_output_bytes: int = Field(default=100_000, ge=1000, description="stdout/stderr bytes kept per stream.")
+    max_spill_bytes: int = 256 * MiB
+    max_output_file_bytes: int = 100 * MiB
+    max_view_bytes: int = 16 * MiB
+    max_image_bytes: int = Field(default=1 * MiB, description="Images above this are downscaled for MCP image content.")
+    max_result_chars: int = 200_000
+    progress_interval: float = 2.0
+
+    # --- sandboxes (docker backend)
+    image: str | None = Field(default=None, description="Sandbox image; default: the tag matching this version.")
+    runtime: Literal["runc", "runsc"] | None = None
+    cpus: float = 1.0
+    memory_bytes: int = 5 * GiB
+    disk_bytes: int = 5 * GiB
+    tmp_bytes: int = 512 * MiB
+    pids_limit: int = 512
+    network: bool = Field(default=False, description="Give sandboxes network access (explicit opt-in).")
+    quota: Literal["auto", "loop", "none"] = "auto"
+    container_ttl_seconds: float = 30 * 24 * 3600
+    pool_size: int = Field(default=1, ge=0, le=64)
+    max_containers_per_principal: int = 16
+    reap_interval_seconds: float = 300.0
+    file_retention_days: float = 30.0
+    auto_build_image: bool = False
+
+    # --- hosted backend
+    anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")
+    anthropic_base_url: str | None = None
+    hosted_model: str = "claude-sonnet-4-5"
+    hosted_tool_version: str = "code_execution_20250825"
+    hosted_max_tokens: int = 4096
+    hosted_max_retries: int = 3
+
+    config_file: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("auth_tokens", "allowed_origins", mode="before")
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.startswith("["):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = os.environ.get("MCP_CODEEXEC_CONFIG") or str(default_config_file())
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=path))
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def volumes_dir(self) -> Path:
+        return self.data_dir / "volumes"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings; ``overrides`` (from CLI flags) win over env and file. ``None`` means unset."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,187 @@
+"""Streamable HTTP serving: ``/mcp`` plus the Files API subset, behind bearer-token auth.
+
+Each bearer token is a principal: its containers and files are invisible to every other principal.
+Host and Origin headers are checked on every request (DNS-rebinding protection).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .config import Settings
+from .files import FileRecord, FileStore
+from .files_api import files_routes
+from .server import create_backend, create_server
+
+log = logging.getLogger(__name__)
+
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def principal_for_token(token: str) -> str:
+    return "token-" + hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def load_tokens(settings: Settings) -> dict[str, str]:
+    """token -> principal. With none configured, one is generated, stored (0600) and printed once."""
+    tokens: dict[str, str] = {}
+    for entry in settings.auth_tokens:
+        principal, sep, token = entry.partition(":")
+        if not sep:
+            principal, token = principal_for_token(entry), entry
+        if len(token) < 16:
+            raise SystemExit("auth tokens must be at least 16 characters")
+        tokens[token] = principal
+    if tokens:
+        return tokens
+    path = settings.data_dir / "http_token"
+    if path.exists():
+        token = path.read_text().strip()
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        print(f"mcp-codeexec: generated an HTTP bearer token (saved in {path}):\n  {token}", file=sys.stderr)
+    tokens[token] = "default"
+    return tokens
+
+
+class SecurityMiddleware:
+    """Bearer auth, Host/Origin allow-lists and a request body limit, before anything is parsed."""
+
+    def __init__(self, app: ASGIApp, *, tokens: dict[str, str] | None, allowed_hosts: set[str],
+                 allowed_origins: set[str], max_body: int, max_upload: int) -> None:
+        self.app = app
+        self.tokens = tokens
+        self.allowed_hosts = allowed_hosts
+        self.allowed_origins = allowed_origins
+        self.max_body = max_body
+        self.max_upload = max_upload
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        host = headers.get("host", "")
+        if "*" not in self.allowed_hosts and host.rsplit(":", 1)[0] not in self.allowed_hosts and host not in self.allowed_hosts:
+            await _reject(send, 421, "invalid_request_error", "Host header not allowed")
+            return
+        origin = headers.get("origin")
+        if origin is not None and origin not in self.allowed_origins and not _loopback_origin(origin, self.allowed_hosts):
+            await _reject(send, 403, "permission_error", "Origin not allowed")
+            return
+        max_body = self.max_upload if scope["path"].startswith("/v1/files") else self.max_body
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body:
+            await _reject(send, 413, "request_too_large", f"request body over {max_body} bytes")
+            return
+        if self.tokens is None:
+            principal = "local"
+        else:
+            auth = headers.get("authorization", "")
+            token = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "")
+            principal = next((p for t, p in self.tokens.items() if hmac.compare_digest(t, token)), None) if token else None
+            if principal is None:
+                await _reject(send, 401, "authentication_error", "missing or invalid bearer token",
+                              extra=[(b"www-authenticate", b'Bearer realm="mcp-codeexec"')])
+                return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, _limited(receive, max_body), send)
+
+
+def _loopback_origin(origin: str, allowed_hosts: set[str]) -> bool:
+    host = origin.split("://", 1)[-1].rsplit(":", 1)[0] if origin.count(":") >= 2 else origin.split("://", 1)[-1]
+    return is_loopback(host) and any(is_loopback(h) for h in allowed_hosts)
+
+
+def _limited(receive: Receive, max_body: int) -> Receive:
+    seen = 0
+
+    async def wrapped() -> dict[str, Any]:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > max_body:
+                raise ValueError("request body too large")
+        return message
+
+    return wrapped
+
+
+async def _reject(send: Send, status: int, kind: str, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = ('{"type":"error","error":{"type":"%s","message":"%s"}}' % (kind, message)).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())] + (extra or [])})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_http_app(settings: Settings) -> Starlette:
+    if settings.no_auth and not is_loopback(settings.host):
+        raise SystemExit("--no-auth is only allowed when binding a loopback address (127.0.0.1, ::1, localhost)")
+    if settings.no_auth:
+        log.warning("HTTP AUTH IS DISABLED (--no-auth): anyone who can reach %s:%s can run code", settings.host, settings.port)
+    tokens = None if settings.no_auth else load_tokens(settings)
+    store = FileStore(settings.files_dir, settings.file_retention_days)
+    backend = create_backend(settings, store)
+    server = create_server(settings, backend=backend, store=store)
+
+    def request_principal(request: Request) -> str:
+        return request.scope.get("state", {}).get("principal", "local")
+
+    async def on_upload(record: FileRecord, container_id: str | None) -> None:
+        if container_id:
+            await backend.attach_file(record.id, container_id, record.principal)
+
+    hosts = {settings.host, "localhost", "127.0.0.1", "[::1]", "::1"} if is_loopback(settings.host) else {settings.host}
+    if settings.host in ("0.0.0.0", "::"):
+        hosts = {"*"}
+    origins = set(settings.allowed_origins)
+    app = server.streamable_http_app(
+        streamable_http_path="/mcp",
+        max_request_body_size=settings.max_request_bytes,
+        host=settings.host,
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+        custom_starlette_routes=files_routes(store, request_principal, on_upload),
+    )
+    app.add_middleware(
+        SecurityMiddleware, tokens=tokens, allowed_hosts=hosts, allowed_origins=origins, max_body=settings.max_request_bytes,
+        max_upload=settings.max_upload_bytes,
+    )
+    return app
+
+
+def serve_http(settings: Settings) -> None:
+    import uvicorn
+
+    app = create_http_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), log_config=None)
+
+
+def token_file(settings: Settings) -> Path:
+    return settings.data_dir / "http_token"

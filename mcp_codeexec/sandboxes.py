@@ -1,0 +1,362 @@
+"""Sandbox container lifecycle on a Docker engine: create, find again, quota volumes, reap.
+
+Everything here is synchronous (docker-py and subprocess) and is called through
+``anyio.to_thread`` by ``backends.docker``. Docker-py errors are translated into the project's
+error family by ``translate_docker_errors``, the one choke point for foreign errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.models.containers import Container
+from docker.types import Mount, Ulimit
+
+from .config import Settings
+from .errors import ContainerExpired, Unavailable
+from .image import image_tag
+
+log = logging.getLogger(__name__)
+
+LABEL = "io.mcp-codeexec"
+L_MANAGED = f"{LABEL}.managed"
+L_ID = f"{LABEL}.id"
+L_CREATED = f"{LABEL}.created"
+L_EXPIRES = f"{LABEL}.expires"
+L_OWNER = f"{LABEL}.owner"
+L_POOL = f"{LABEL}.pool"
+L_QUOTA = f"{LABEL}.quota"
+NAME_PREFIX = "mcp-codeexec-"
+WORKSPACE = "/workspace"
+POOL_OWNER = ""
+
+
+def new_container_id() -> str:
+    return "container_" + secrets.token_hex(12)
+
+
+def is_valid_container_id(value: str) -> bool:
+    return value.startswith("container_") and len(value) == 34 and all(c in "0123456789abcdef" for c in value[10:])
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@contextlib.contextmanager
+def translate_docker_errors(what: str) -> Iterator[None]:
+    """Turn docker-py / transport failures into ``Unavailable`` with an actionable message."""
+    try:
+        yield
+    except docker.errors.ImageNotFound as exc:
+        raise Unavailable(
+            f"{what}: the sandbox image is missing ({exc.explanation}). Build it with "
+            "`mcp-codeexec image build` (add `--base debian` where Docker Hub is unreachable)."
+        ) from exc
+    except docker.errors.NotFound as exc:
+        raise Unavailable(f"{what}: {exc.explanation}") from exc
+    except docker.errors.APIError as exc:
+        raise Unavailable(f"{what}: the Docker engine refused: {exc.explanation or exc}") from exc
+    except (docker.errors.DockerException, requests.exceptions.RequestException, ConnectionError) as exc:
+        raise Unavailable(
+            f"{what}: the Docker engine is not reachable ({exc}). Start Docker (Docker Desktop, "
+            "`sudo systemctl start docker`, or `dockerd`) and check with `mcp-codeexec doctor`."
+        ) from exc
+
+
+def connect(timeout: float = 30.0) -> docker.DockerClient:
+    with translate_docker_errors("connecting to Docker"):
+        client = docker.from_env(timeout=int(timeout))
+        client.ping()
+        return client
+
+
+@dataclass(frozen=True)
+class SandboxRecord:
+    """What the labels (and the ownership file) say about one sandbox container."""
+
+    id: str
+    docker_id: str
+    created: datetime
+    expires: datetime
+    owner: str
+    pool: bool
+    quota: str
+    status: str
+
+    @property
+    def expired(self) -> bool:
+        return utcnow() >= self.expires
+
+
+def record_of(container: Container, owners: OwnerRegistry) -> SandboxRecord:
+    labels = container.labels
+    cid = labels[L_ID]
+    return SandboxRecord(
+        id=cid,
+        docker_id=container.id,
+        created=datetime.fromtimestamp(float(labels[L_CREATED]), timezone.utc),
+        expires=datetime.fromtimestamp(float(labels[L_EXPIRES]), timezone.utc),
+        owner=labels.get(L_OWNER) or owners.get(cid) or POOL_OWNER,
+        pool=labels.get(L_POOL) == "1",
+        quota=labels.get(L_QUOTA, "none"),
+        status=container.status,
+    )
+
+
+class OwnerRegistry:
+    """Who owns each pool-born container (labels are immutable, so the pool's containers record
+    their owner here when handed out). One small JSON file per container, written atomically."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def get(self, cid: str) -> str | None:
+        try:
+            return json.loads((self.root / f"{cid}.json").read_text())["owner"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def set(self, cid: str, owner: str) -> None:
+        tmp = self.root / f".{cid}.{secrets.token_hex(4)}.tmp"
+        tmp.write_text(json.dumps({"owner": owner, "assigned": time.time()}))
+        os.replace(tmp, self.root / f"{cid}.json")
+
+    def forget(self, cid: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / f"{cid}.json").unlink()
+
+
+class QuotaVolumes:
+    """Workspaces as loop-mounted ext4 images: a hard size and inode limit that works on any host
+    filesystem (overlay2 on ext4 refuses ``--storage-opt size``). Needs root on the engine's host
+    (the usual Linux setup); elsewhere ``mode`` is ``none`` and a plain named volume is used."""
+
+    def __init__(self, root: Path, mode: str) -> None:
+        self.root = root
+        self.mode = self.detect() if mode == "auto" else mode
+        if self.mode == "loop":
+            root.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def detect() -> str:
+        docker_host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        local = docker_host.startswith("unix://") and Path(docker_host[7:]).exists()
+        if hasattr(os, "geteuid") and os.geteuid() == 0 and local and shutil.which("mkfs.ext4") and shutil.which("mount"):
+            return "loop"
+        return "none"
+
+    def paths(self, cid: str) -> tuple[Path, Path]:
+        return self.root / f"{cid}.img", self.root / f"{cid}.mnt"
+
+    def create(self, cid: str, size_bytes: int) -> Mount:
+        if self.mode != "loop":
+            return Mount(WORKSPACE, f"{NAME_PREFIX}{cid}", type="volume", labels={L_MANAGED: "1", L_ID: cid})
+        image, mnt = self.paths(cid)
+        # ext4 metadata takes ~2%: size the image so the usable space is the promised size.
+        with open(image, "wb") as fh:
+            fh.truncate(size_bytes + size_bytes // 50)
+        _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "root_owner=1000:1000,lazy_itable_init=1", str(image)])
+        self.ensure_mounted(cid)
+        return Mount(WORKSPACE, str(mnt), type="bind")
+
+    def ensure_mounted(self, cid: str) -> None:
+        if self.mode != "loop":
+            return
+        image, mnt = self.paths(cid)
+        if os.path.ismount(mnt):
+            return
+        if not image.exists():
+            raise ContainerExpired(cid, "its workspace image is gone")
+        mnt.mkdir(exist_ok=True)
+        _run(["mount", "-o", "loop,nosuid,nodev", str(image), str(mnt)])
+
+    def remove(self, cid: str) -> None:
+        image, mnt = self.paths(cid)
+        if os.path.ismount(mnt):
+            _run(["umount", "-l", str(mnt)])
+        with contextlib.suppress(OSError):
+            mnt.rmdir()
+        with contextlib.suppress(FileNotFoundError):
+            image.unlink()
+
+    def usage(self, cid: str) -> int | None:
+        _, mnt = self.paths(cid)
+        if self.mode != "loop" or not os.path.ismount(mnt):
+            return None
+        st = os.statvfs(mnt)
+        return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def _run(argv: list[str]) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise Unavailable(f"{argv[0]} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+
+
+class SandboxManager:
+    """Creates and finds sandbox containers. Synchronous; one instance per backend."""
+
+    def __init__(self, settings: Settings, client: docker.DockerClient) -> None:
+        self.settings = settings
+        self.client = client
+        self.image = settings.image or image_tag("full")
+        self.owners = OwnerRegistry(settings.data_dir / "owners")
+        self.volumes = QuotaVolumes(settings.volumes_dir, settings.quota)
+
+    def resolve_image(self) -> str:
+        """The configured image, or the minimal one when only that is built."""
+        with translate_docker_errors("checking the sandbox image"):
+            for candidate in [self.image] + ([image_tag("minimal")] if not self.settings.image else []):
+                try:
+                    self.client.images.get(candidate)
+                    self.image = candidate
+                    return candidate
+                except docker.errors.ImageNotFound:
+                    continue
+        raise Unavailable(
+            f"the sandbox image {self.image} is not built. Build it with `mcp-codeexec image build` "
+            "(or `mcp-codeexec image build --base debian` where Docker Hub is unreachable), "
+            "or set MCP_CODEEXEC_AUTO_BUILD_IMAGE=true to build it on first use."
+        )
+
+    def create(self, owner: str, *, pool: bool = False) -> tuple[SandboxRecord, Container]:
+        s = self.settings
+        cid = new_container_id()
+        now = time.time()
+        labels = {
+            L_MANAGED: "1",
+            L_ID: cid,
+            L_CREATED: f"{now:.3f}",
+            L_EXPIRES: f"{now + s.container_ttl_seconds:.3f}",
+            L_OWNER: "" if pool else owner,
+            L_POOL: "1" if pool else "0",
+            L_QUOTA: self.volumes.mode,
+        }
+        workspace = self.volumes.create(cid, s.disk_bytes)
+        kwargs: dict[str, Any] = dict(
+            image=self.image,
+            name=NAME_PREFIX + cid,
+            detach=True,
+            stdin_open=True,
+            tty=False,
+            user="1000:1000",
+            network_mode="bridge" if s.network else "none",
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges:true"],
+            read_only=True,
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={s.tmp_bytes},mode=1777"},
+            shm_size=64 * 1024 * 1024,
+            mounts=[workspace],
+            working_dir=WORKSPACE,
+            mem_limit=s.memory_bytes,
+            memswap_limit=s.memory_bytes,
+            nano_cpus=int(s.cpus * 1e9),
+            pids_limit=s.pids_limit,
+            ulimits=[Ulimit(name="nofile", soft=4096, hard=4096), Ulimit(name="core", soft=0, hard=0)],
+            log_config={"type": "none"},
+            hostname="sandbox",
+            labels=labels,
+            restart_policy={"Name": "no"},
+        )
+        if s.runtime:
+            kwargs["runtime"] = s.runtime
+        try:
+            with translate_docker_errors("creating a sandbox"):
+                container = self.client.containers.create(**kwargs)
+                container.start()
+                container.reload()
+        except BaseException:
+            self._remove_quietly(cid)
+            raise
+        if not pool:
+            self.owners.set(cid, owner)
+        return record_of(container, self.owners), container
+
+    def find(self, cid: str) -> tuple[SandboxRecord, Container]:
+        """The live container for ``cid``, started if it was stopped. Raises ContainerExpired."""
+        if not is_valid_container_id(cid):
+            raise ContainerExpired(cid, "it is not a container id issued by this server")
+        with translate_docker_errors("looking up a sandbox"):
+            try:
+                container = self.client.containers.get(NAME_PREFIX + cid)
+            except docker.errors.NotFound:
+                raise ContainerExpired(cid) from None
+            if container.labels.get(L_MANAGED) != "1" or container.labels.get(L_ID) != cid:
+                raise ContainerExpired(cid)
+            record = record_of(container, self.owners)
+            if record.expired:
+                raise ContainerExpired(cid, "it expired at " + record.expires.isoformat())
+            if container.status != "running":
+                if record.quota == "loop":
+                    self.volumes.ensure_mounted(cid)
+                container.start()
+                container.reload()
+            return record_of(container, self.owners), container
+
+    def claim(self, cid: str, owner: str) -> None:
+        self.owners.set(cid, owner)
+
+    def list(self, *, all_: bool = True) -> list[tuple[SandboxRecord, Container]]:
+        with translate_docker_errors("listing sandboxes"):
+            containers = self.client.containers.list(all=all_, filters={"label": f"{L_MANAGED}=1"})
+        return [(record_of(c, self.owners), c) for c in containers if L_ID in c.labels]
+
+    def remove(self, cid: str) -> None:
+        with translate_docker_errors("removing a sandbox"):
+            try:
+                self.client.containers.get(NAME_PREFIX + cid).remove(force=True)
+            except docker.errors.NotFound:
+                pass
+        self._remove_quietly(cid)
+
+    def _remove_quietly(self, cid: str) -> None:
+        """Remove what a sandbox left besides its container: workspace and ownership record."""
+        self.volumes.remove(cid)
+        if self.volumes.mode != "loop":
+            with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+                self.client.volumes.get(NAME_PREFIX + cid).remove(force=True)
+        self.owners.forget(cid)
+
+    def reap(self, *, keep_pool_of: set[str] | None = None) -> list[str]:
+        """Remove this project's expired sandboxes, pool leftovers not in ``keep_pool_of`` and
+        workspace images whose container is gone. Never touches anything without our label."""
+        removed = []
+        known = set()
+        for record, _container in self.list():
+            known.add(record.id)
+            leftover_pool = record.pool and record.owner == POOL_OWNER and (
+                keep_pool_of is not None and record.id not in keep_pool_of
+            )
+            if record.expired or leftover_pool:
+                self.remove(record.id)
+                removed.append(record.id)
+        if self.volumes.mode == "loop" and self.volumes.root.exists():
+            for image in self.volumes.root.glob("container_*.img"):
+                cid = image.stem
+                if cid not in known and time.time() - image.stat().st_mtime > 120:
+                    self._remove_quietly(cid)
+                    removed.append(cid)
+        with translate_docker_errors("reaping volumes"):
+            for volume in self.client.volumes.list(filters={"label": f"{L_MANAGED}=1"}):
+                cid = volume.attrs.get("Labels", {}).get(L_ID)
+                if cid and cid not in known:
+                    with contextlib.suppress(docker.errors.APIError):
+                        volume.remove(force=True)
+        return removed
