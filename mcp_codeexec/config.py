@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -45,9 +46,9 @@ class Settings(BaseSettings):
     transport: Literal["stdio", "http"] = "stdio"
     host: str = "127.0.0.1"
     port: int = 8000
-    auth_tokens: list[str] = Field(default_factory=list, description="HTTP bearer tokens; 'principal:token' or 'token'.")
+    auth_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list, description="HTTP bearer tokens; 'principal:token' or 'token'.")
     no_auth: bool = False
-    allowed_origins: list[str] = Field(default_factory=list)
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_request_bytes: int = Field(default=64 * MiB, description="Largest MCP request body.")
     max_upload_bytes: int = Field(default=2 * GiB, description="Largest Files API upload.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

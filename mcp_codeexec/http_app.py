@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .config import Settings
 from .files import FileRecord, FileStore
-from .files_api import files_routes
+from .files_api import FORM_OVERHEAD_BYTES, files_routes
 from .server import create_backend, create_server
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class SecurityMiddleware:
         if origin is not None and origin not in self.allowed_origins and not _loopback_origin(origin, self.allowed_hosts):
             await _reject(send, 403, "permission_error", "Origin not allowed")
             return
-        max_body = self.max_upload if scope["path"].startswith("/v1/files") else self.max_body
+        max_body = self.max_upload + FORM_OVERHEAD_BYTES if scope["path"].startswith("/v1/files") else self.max_body
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_body:
             await _reject(send, 413, "request_too_large", f"request body over {max_body} bytes")
@@ -120,6 +120,7 @@ def _loopback_origin(origin: str, allowed_hosts: set[str]) -> bool:
 
 
 def _limited(receive: Receive, max_body: int) -> Receive:
+    """Bodies without a (truthful) content-length: past the limit the app sees a disconnect."""
     seen = 0
 
     async def wrapped() -> dict[str, Any]:
@@ -128,7 +129,7 @@ def _limited(receive: Receive, max_body: int) -> Receive:
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > max_body:
-                raise ValueError("request body too large")
+                return {"type": "http.disconnect"}
         return message
 
     return wrapped
@@ -167,7 +168,7 @@ def create_http_app(settings: Settings) -> Starlette:
         max_request_body_size=settings.max_request_bytes,
         host=settings.host,
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
-        custom_starlette_routes=files_routes(store, request_principal, on_upload),
+        custom_starlette_routes=files_routes(store, request_principal, on_upload, max_upload_bytes=settings.max_upload_bytes),
     )
     app.add_middleware(
         SecurityMiddleware, tokens=tokens, allowed_hosts=hosts, allowed_origins=origins, max_body=settings.max_request_bytes,

@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -41,9 +42,38 @@ L_EXPIRES = f"{LABEL}.expires"
 L_OWNER = f"{LABEL}.owner"
 L_POOL = f"{LABEL}.pool"
 L_QUOTA = f"{LABEL}.quota"
+L_INSTALL = f"{LABEL}.install"
+L_SERVER = f"{LABEL}.server"
 NAME_PREFIX = "mcp-codeexec-"
 WORKSPACE = "/workspace"
 POOL_OWNER = ""
+
+
+def installation_label(data_dir: Path) -> str:
+    """Which data directory (file store, workspaces) a container belongs to."""
+    import hashlib
+
+    return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+
+
+SERVER_TAG = f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}"
+"""Identifies this server process; a pool container whose server process is gone is a leftover."""
+
+
+def server_alive(tag: str) -> bool:
+    host, _, rest = tag.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's server: not ours to judge
+    if tag == SERVER_TAG:
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def new_container_id() -> str:
@@ -98,6 +128,8 @@ class SandboxRecord:
     pool: bool
     quota: str
     status: str
+    install: str
+    server: str
 
     @property
     def expired(self) -> bool:
@@ -116,6 +148,8 @@ def record_of(container: Container, owners: OwnerRegistry) -> SandboxRecord:
         pool=labels.get(L_POOL) == "1",
         quota=labels.get(L_QUOTA, "none"),
         status=container.status,
+        install=labels.get(L_INSTALL, ""),
+        server=labels.get(L_SERVER, ""),
     )
 
 
@@ -169,9 +203,9 @@ class QuotaVolumes:
         if self.mode != "loop":
             return Mount(WORKSPACE, f"{NAME_PREFIX}{cid}", type="volume", labels={L_MANAGED: "1", L_ID: cid})
         image, mnt = self.paths(cid)
-        # ext4 metadata takes ~2%: size the image so the usable space is the promised size.
+        # ext4 metadata takes ~3%: size the image so the usable space is the promised size.
         with open(image, "wb") as fh:
-            fh.truncate(size_bytes + size_bytes // 50)
+            fh.truncate(size_bytes + size_bytes // 25)
         _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "root_owner=1000:1000,lazy_itable_init=1", str(image)])
         self.ensure_mounted(cid)
         return Mount(WORKSPACE, str(mnt), type="bind")
@@ -186,6 +220,19 @@ class QuotaVolumes:
             raise ContainerExpired(cid, "its workspace image is gone")
         mnt.mkdir(exist_ok=True)
         _run(["mount", "-o", "loop,nosuid,nodev", str(image), str(mnt)])
+
+    def remove_installation(self) -> list[str]:
+        """Remove every sandbox of this data directory, expired or not (tests, `containers prune --all`)."""
+        removed = []
+        with translate_docker_errors("listing sandboxes"):
+            containers = self.client.containers.list(all=True, filters={"label": f"{L_INSTALL}={self.install}"})
+        for container in containers:
+            self.remove(container.labels[L_ID])
+            removed.append(container.labels[L_ID])
+        if self.volumes.root.exists():
+            for image in self.volumes.root.glob("container_*.img"):
+                self._remove_quietly(image.stem)
+        return removed
 
     def remove(self, cid: str) -> None:
         image, mnt = self.paths(cid)
@@ -219,6 +266,7 @@ class SandboxManager:
         self.image = settings.image or image_tag("full")
         self.owners = OwnerRegistry(settings.data_dir / "owners")
         self.volumes = QuotaVolumes(settings.volumes_dir, settings.quota)
+        self.install = installation_label(settings.data_dir)
 
     def resolve_image(self) -> str:
         """The configured image, or the minimal one when only that is built."""
@@ -248,6 +296,8 @@ class SandboxManager:
             L_OWNER: "" if pool else owner,
             L_POOL: "1" if pool else "0",
             L_QUOTA: self.volumes.mode,
+            L_INSTALL: self.install,
+            L_SERVER: SERVER_TAG,
         }
         workspace = self.volumes.create(cid, s.disk_bytes)
         kwargs: dict[str, Any] = dict(
@@ -318,6 +368,19 @@ class SandboxManager:
             containers = self.client.containers.list(all=all_, filters={"label": f"{L_MANAGED}=1"})
         return [(record_of(c, self.owners), c) for c in containers if L_ID in c.labels]
 
+    def remove_installation(self) -> list[str]:
+        """Remove every sandbox of this data directory, expired or not (tests, `containers prune --all`)."""
+        removed = []
+        with translate_docker_errors("listing sandboxes"):
+            containers = self.client.containers.list(all=True, filters={"label": f"{L_INSTALL}={self.install}"})
+        for container in containers:
+            self.remove(container.labels[L_ID])
+            removed.append(container.labels[L_ID])
+        if self.volumes.root.exists():
+            for image in self.volumes.root.glob("container_*.img"):
+                self._remove_quietly(image.stem)
+        return removed
+
     def remove(self, cid: str) -> None:
         with translate_docker_errors("removing a sandbox"):
             try:
@@ -334,17 +397,15 @@ class SandboxManager:
                 self.client.volumes.get(NAME_PREFIX + cid).remove(force=True)
         self.owners.forget(cid)
 
-    def reap(self, *, keep_pool_of: set[str] | None = None) -> list[str]:
-        """Remove this project's expired sandboxes, pool leftovers not in ``keep_pool_of`` and
-        workspace images whose container is gone. Never touches anything without our label."""
+    def reap(self) -> list[str]:
+        """Remove this project's expired sandboxes, unassigned pool containers whose server process
+        is gone, and workspaces whose container is gone. Never touches anything without our label."""
         removed = []
         known = set()
         for record, _container in self.list():
             known.add(record.id)
-            leftover_pool = record.pool and record.owner == POOL_OWNER and (
-                keep_pool_of is not None and record.id not in keep_pool_of
-            )
-            if record.expired or leftover_pool:
+            pool_leftover = record.pool and record.owner == POOL_OWNER and not server_alive(record.server)
+            if record.expired or pool_leftover:
                 self.remove(record.id)
                 removed.append(record.id)
         if self.volumes.mode == "loop" and self.volumes.root.exists():

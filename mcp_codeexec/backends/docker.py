@@ -114,14 +114,14 @@ class DockerBackend:
                     await anyio.to_thread.run_sync(self._manager.remove, sandbox.record.id)
             for sandbox in self._sandboxes.values():
                 await sandbox.conn.aclose()
-            await self._stack.aclose()
+        await self._stack.aclose()  # exits the task group: must not happen inside another cancel scope
 
     async def _manager_or_raise(self) -> SandboxManager:
         if self._manager is None:
             client = await _thread(connect)
             manager = SandboxManager(self.settings, client)
             await _thread(manager.resolve_image)
-            removed = await _thread(lambda: manager.reap(keep_pool_of=set()))
+            removed = await _thread(manager.reap)
             if removed:
                 log.info("reaped %d expired or leftover sandboxes", len(removed))
             self._manager = manager
@@ -132,9 +132,8 @@ class DockerBackend:
             await anyio.sleep(self.settings.reap_interval_seconds)
             if self._manager is None:
                 continue
-            keep = {s.record.id for s in self._pool}
             try:
-                removed = await _thread(lambda: self._manager.reap(keep_pool_of=keep))
+                removed = await _thread(self._manager.reap)
                 await _thread(self.store.prune)
             except Unavailable as exc:
                 log.warning("reaper: %s", exc.message)
