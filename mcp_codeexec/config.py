@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     pool_size: int = Field(default=1, ge=0, le=64)
     max_containers_per_principal: int = 16
     reap_interval_seconds: float = 300.0
+    idle_stop_seconds: float = Field(default=900.0, description="Stop sandboxes idle this long (0 = never); files stay.")
     file_retention_days: float = 30.0
     auto_build_image: bool = False
 

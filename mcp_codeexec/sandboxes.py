@@ -322,6 +322,8 @@ class SandboxManager:
             ulimits=[Ulimit(name="nofile", soft=4096, hard=4096), Ulimit(name="core", soft=0, hard=0)],
             log_config={"type": "none"},
             hostname="sandbox",
+            # Shell state (cwd, exported variables) on the workspace survives a container restart.
+            environment={"CODEEXEC_STATE_DIR": f"{WORKSPACE}/.codeexec/state"},
             labels=labels,
             restart_policy={"Name": "no"},
         )
@@ -359,6 +361,14 @@ class SandboxManager:
                 container.start()
                 container.reload()
             return record_of(container, self.owners), container
+
+    def stop(self, cid: str) -> None:
+        """Stop an idle sandbox; its files stay, and ``find`` starts it again on its next call."""
+        with translate_docker_errors("stopping a sandbox"):
+            try:
+                self.client.containers.get(NAME_PREFIX + cid).stop(timeout=2)
+            except docker.errors.NotFound:
+                pass
 
     def claim(self, cid: str, owner: str) -> None:
         self.owners.set(cid, owner)

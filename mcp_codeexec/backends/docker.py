@@ -68,6 +68,7 @@ class Sandbox:
     conn: AgentConnection
     owner: str
     last_used: float = field(default_factory=time.monotonic)
+    inflight: int = 0
 
     @property
     def info(self) -> ContainerInfo:
@@ -142,6 +143,26 @@ class DockerBackend:
                 gone = self._sandboxes.pop(cid, None)
                 if gone is not None:
                     await gone.conn.aclose()
+            await self._stop_idle()
+
+    async def _stop_idle(self) -> None:
+        """Idle sandboxes are stopped to free memory; the next call starts them again, files intact."""
+        limit = self.settings.idle_stop_seconds
+        if limit <= 0 or self._manager is None:
+            return
+        now = time.monotonic()
+        for cid, sandbox in list(self._sandboxes.items()):
+            if sandbox.inflight or now - sandbox.last_used < limit:
+                continue
+            async with self._lock(cid):
+                if sandbox.inflight or now - sandbox.last_used < limit or self._sandboxes.get(cid) is not sandbox:
+                    continue
+                del self._sandboxes[cid]
+                await sandbox.conn.aclose()
+                try:
+                    await _thread(self._manager.stop, cid)
+                except Unavailable as exc:
+                    log.warning("stopping idle sandbox %s: %s", cid, exc.message)
 
     async def _pool_filler(self) -> None:
         while True:
@@ -235,9 +256,15 @@ class DockerBackend:
             sandbox = self._sandboxes.get(cid) if cid else None
             if sandbox is not None and not sandbox.conn.closed.is_set():
                 return sandbox
+            sandbox = None
             if cid is not None:
-                sandbox = await self._reattach(cid, ctx.principal)
-            else:
+                try:
+                    sandbox = await self._reattach(cid, ctx.principal)
+                except ContainerExpired:
+                    # The session's own container was removed or expired: like the hosted tool,
+                    # the session continues in a fresh one (an explicit container_id still errors).
+                    log.warning("session container %s is gone; starting a fresh one", cid)
+            if sandbox is None:
                 sandbox = await self._new_for(ctx.principal)
             self._sandboxes[sandbox.record.id] = sandbox
             self._sessions[ctx.session_key] = sandbox.record.id
@@ -256,9 +283,9 @@ class DockerBackend:
     # --- calls ------------------------------------------------------------------------------
 
     async def _call(self, sandbox: Sandbox, message: dict[str, Any], *, timeout: float, on_frame: Any = None) -> dict[str, Any]:
-        sandbox.last_used = time.monotonic()
-        await self._deliver_pending(sandbox)
+        sandbox.inflight += 1
         try:
+            await self._deliver_pending(sandbox)
             reply = await sandbox.conn.request(message, on_frame=on_frame, timeout=timeout)
         except AgentGone as exc:
             self._sandboxes.pop(sandbox.record.id, None)
@@ -266,6 +293,9 @@ class DockerBackend:
                 f"{exc.message}. The container may have been stopped or removed; the next call "
                 f"reconnects to {sandbox.record.id} if it still exists."
             ) from exc
+        finally:
+            sandbox.inflight -= 1
+            sandbox.last_used = time.monotonic()
         if reply["type"] == "error":
             error = _AGENT_ERRORS.get(reply.get("code", ""), Unavailable)(reply.get("message") or "sandbox error")
             error.container = sandbox.info

@@ -1,0 +1,62 @@
+"""Container lifecycle: idle sandboxes stop and come back intact; a session outlives its container."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import docker
+import pytest
+
+from mcp_codeexec.sandboxes import NAME_PREFIX
+from tests.integration.conftest import make_settings
+from tests.support.oracle import assert_hosted_shape
+from tests.support.servers import mcp_client, remove_installation
+
+pytestmark = pytest.mark.anyio
+
+
+async def bash(client, command: str, **extra):
+    result = await client.call_tool("bash_code_execution", {"command": command, **extra})
+    assert_hosted_shape(result.structured_content, "bash_code_execution")
+    return result
+
+
+async def wait_for_status(name: str, status: str, timeout: float = 30) -> None:
+    client = docker.from_env()
+    with anyio.fail_after(timeout):
+        while client.containers.get(name).status != status:
+            await anyio.sleep(0.2)
+
+
+async def test_an_idle_sandbox_is_stopped_and_its_next_call_finds_files_and_shell_state_intact(tmp_path, docker_engine):
+    settings = make_settings(tmp_path, idle_stop_seconds=1.0, reap_interval_seconds=0.5)
+    try:
+        async with mcp_client("memory", settings) as client:
+            first = await bash(client, "echo data > /workspace/d.txt; mkdir -p /workspace/w; cd /workspace/w; export KEEP=1")
+            cid = first.meta["container"]["id"]
+            await wait_for_status(NAME_PREFIX + cid, "exited")
+            started = time.monotonic()
+            again = await bash(client, "cat /workspace/d.txt; pwd; echo $KEEP")
+            assert again.structured_content["stdout"] == "data\n/workspace/w\n1\n"
+            assert again.meta["container"]["id"] == cid
+            assert time.monotonic() - started < 30
+    finally:
+        remove_installation(settings)
+
+
+async def test_a_session_whose_container_was_removed_continues_in_a_fresh_one(settings):
+    async with mcp_client("memory", settings) as client:
+        first = await bash(client, "echo hi")
+        cid = first.meta["container"]["id"]
+        docker.from_env().containers.get(NAME_PREFIX + cid).remove(force=True)
+        lost = await bash(client, "echo again")
+        # The call that was in flight on the dead stream may fail; the session then moves on.
+        if lost.is_error:
+            assert lost.structured_content["error_code"] == "unavailable"
+            lost = await bash(client, "echo again")
+        assert lost.structured_content["stdout"] == "again\n"
+        assert lost.meta["container"]["id"] != cid
+        named = await bash(client, "true", container_id=cid)
+        assert named.structured_content["error_code"] == "unavailable"
+        assert "container_expired" in named.content[0].text
