@@ -363,6 +363,7 @@ class DockerBackend:
         """Queue a stored file for the container; it lands in /workspace/inputs before the next call
         (immediately when this server holds the container)."""
         record = await _thread(self.store.get, file_id, None if principal == "local" else principal)
+        await self._check_owner(container_id, principal)
         queue = self.pending_dir / container_id
         await _thread(lambda: queue.mkdir(parents=True, exist_ok=True))
         await _thread((queue / record.id).write_text, record.filename)
@@ -370,6 +371,18 @@ class DockerBackend:
         if sandbox is not None and not sandbox.conn.closed.is_set():
             await self._deliver_pending(sandbox)
         return f"{INPUT_DIR}/{record.filename}"
+
+    async def _check_owner(self, container_id: str, principal: str) -> None:
+        """Only the owner (or the local user) may touch a container; others get container_expired."""
+        sandbox = self._sandboxes.get(container_id)
+        if sandbox is not None:
+            owner = sandbox.owner
+        else:
+            manager = await self._manager_or_raise()
+            record, _ = await _thread(manager.find, container_id)
+            owner = record.owner
+        if principal != "local" and owner not in (principal, ""):
+            raise ContainerExpired(container_id)
 
     async def _deliver_pending(self, sandbox: Sandbox) -> None:
         queue = self.pending_dir / sandbox.record.id
