@@ -90,9 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
         if register is not None:
             if module_name == "image":
                 register(sub)
+            elif module_name == "files_cli":
+                register(sub, get_settings, attach=_attach_upload)
             else:
                 register(sub, get_settings)
     return parser
+
+
+def _attach_upload(record: Any, container_id: str) -> None:
+    """`files upload --container`: check the container exists, then queue the file for it."""
+    from .backends.docker import queue_upload
+    from .sandboxes import SandboxManager, connect
+
+    settings = load_settings()
+    SandboxManager(settings, connect()).find(container_id)
+    queue_upload(settings.data_dir / "pending", record.id, record.filename, container_id)
+    print(f"queued for {container_id}: it appears in /workspace/inputs/{record.filename} before the next call", file=sys.stderr)
 
 
 def _optional_register(module_name: str) -> Callable[..., Any] | None:

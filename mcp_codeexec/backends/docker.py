@@ -6,6 +6,7 @@ This module (with ``sandboxes``) is the only importer of ``docker``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mimetypes
 import time
@@ -73,6 +74,16 @@ class Sandbox:
     @property
     def info(self) -> ContainerInfo:
         return ContainerInfo(self.record.id, self.record.expires)
+
+
+def queue_upload(pending_dir: Path, file_id: str, filename: str, container_id: str) -> None:
+    """Mark a stored file for delivery into ``container_id``; whichever server next calls into that
+    container delivers it first. Works across processes (the CLI queues, the server delivers)."""
+    queue = pending_dir / container_id
+    queue.mkdir(parents=True, exist_ok=True)
+    tmp = queue / f".{file_id}.tmp"
+    tmp.write_text(filename)
+    tmp.replace(queue / file_id)
 
 
 class DockerBackend:
@@ -364,9 +375,7 @@ class DockerBackend:
         (immediately when this server holds the container)."""
         record = await _thread(self.store.get, file_id, None if principal == "local" else principal)
         await self._check_owner(container_id, principal)
-        queue = self.pending_dir / container_id
-        await _thread(lambda: queue.mkdir(parents=True, exist_ok=True))
-        await _thread((queue / record.id).write_text, record.filename)
+        await _thread(queue_upload, self.pending_dir, record.id, record.filename, container_id)
         sandbox = self._sandboxes.get(container_id)
         if sandbox is not None and not sandbox.conn.closed.is_set():
             await self._deliver_pending(sandbox)
@@ -389,10 +398,13 @@ class DockerBackend:
         if not queue.is_dir():  # one stat per call when nothing is queued
             return
         for marker in sorted(await _thread(lambda: list(queue.iterdir()))):
+            if marker.name.startswith("."):
+                continue
             filename = marker.read_text()
             await self._put_file(sandbox, marker.name, f"{INPUT_DIR}/{filename}")
             marker.unlink(missing_ok=True)
-        queue.rmdir()
+        with contextlib.suppress(OSError):
+            queue.rmdir()
 
     async def _put_file(self, sandbox: Sandbox, file_id: str, path: str) -> None:
         blob_path = self.store.blob_path(file_id)

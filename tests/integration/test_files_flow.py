@@ -81,3 +81,31 @@ async def test_another_principal_cannot_upload_into_or_list_files_of_my_containe
                 lambda: sdk_bob.beta.files.upload(file=("x.txt", b"x"), extra_query={"container_id": cid})
             )
         assert list(sdk_bob.beta.files.list()) == []
+
+
+async def test_a_cli_upload_lands_in_the_container_before_its_next_call(settings, tmp_path):
+
+    import sys
+
+    from tests.support.servers import server_env
+
+    source = tmp_path / "notes.txt"
+    source.write_bytes(b"from the cli\n")
+    async with mcp_client("memory", settings) as client:
+        first = await client.call_tool("bash_code_execution", {"command": "true"})
+        cid = first.meta["container"]["id"]
+        proc = await anyio.run_process(
+            [sys.executable, "-m", "mcp_codeexec", "files", "upload", str(source), "--container", cid],
+            env=server_env(settings), check=False,
+        )
+        assert proc.returncode == 0, proc.stderr.decode()
+        file_id = proc.stdout.decode().split()[0]
+        assert file_id.startswith("file_")
+        result = await client.call_tool("bash_code_execution", {"command": "cat /workspace/inputs/notes.txt"})
+        assert result.structured_content["stdout"] == "from the cli\n"
+        missing = await anyio.run_process(
+            [sys.executable, "-m", "mcp_codeexec", "files", "upload", str(source), "--container", "container_" + "0" * 24],
+            env=server_env(settings), check=False,
+        )
+        assert missing.returncode != 0 and b"container_expired" in missing.stderr
+
