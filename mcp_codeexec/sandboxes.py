@@ -111,7 +111,10 @@ def translate_docker_errors(what: str) -> Iterator[None]:
 
 def connect(timeout: float = 30.0) -> docker.DockerClient:
     with translate_docker_errors("connecting to Docker"):
-        client = docker.from_env(timeout=int(timeout))
+        from .doctor import local_docker_host  # DOCKER_HOST unset: docker context, Docker Desktop, colima, OrbStack...
+
+        host = local_docker_host()
+        client = docker.DockerClient(base_url=host, timeout=int(timeout)) if host else docker.from_env(timeout=int(timeout))
         client.ping()
         return client
 

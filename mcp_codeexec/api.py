@@ -1,0 +1,302 @@
+"""The Python API for agent frameworks: one sandbox in an ``async with``, no MCP in between.
+
+    from mcp_codeexec import Sandbox
+
+    async with Sandbox() as sb:
+        result = await sb.bash("python3 -c 'print(6 * 7)'")
+        print(result.stdout)            # "42\\n"
+
+Every call returns the hosted tool's own block model (``schemas.BashResult``, ``ViewResult``, ...).
+Failures of a call come back as data — ``BashError`` / ``EditorError`` blocks with the hosted
+``error_code`` — exactly as the hosted tool reports them; only failing to get a sandbox at all
+(engine down, image missing) raises, from ``async with``, as ``errors.Unavailable``.
+
+A ``Sandbox`` drives a backend directly (``DockerBackend`` by default, ``HostedBackend`` with
+``backend="hosted"``, or any object implementing ``backends.base.Backend``). The container it
+creates is removed when the block ends unless ``keep=True``; a container named by
+``container_id`` is attached to and kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from pydantic import ValidationError
+
+from .backends.base import Backend, CallContext, Outcome
+from .config import Settings, load_settings
+from .errors import CodeExecError, InvalidToolInput, Unavailable, error_block
+from .files import FileStore, StoredFileNotFound
+from .schemas import (
+    BashError,
+    BashInput,
+    BashResult,
+    CreateResult,
+    EditorError,
+    EditorInput,
+    StrReplaceResult,
+    ViewResult,
+)
+
+log = logging.getLogger(__name__)
+
+BASH = "bash_code_execution"
+EDITOR = "text_editor_code_execution"
+LOCAL_PRINCIPAL = "local"
+MAX_COMMAND_CHARS = 1_000_000
+
+BashBlock = BashResult | BashError
+ViewBlock = ViewResult | EditorError
+CreateBlock = CreateResult | EditorError
+StrReplaceBlock = StrReplaceResult | EditorError
+
+
+def settings_with(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
+    """``settings`` (or freshly loaded ones) with ``overrides`` applied and validated."""
+    if settings is None:
+        return load_settings(**overrides)
+    if not overrides:
+        return settings
+    data = settings.model_dump(exclude={"anthropic_api_key"})
+    data["ANTHROPIC_API_KEY"] = overrides.pop("anthropic_api_key", settings.anthropic_api_key)
+    data.update(overrides)
+    return type(settings).model_validate(data)
+
+
+def _create_backend(settings: Settings, store: FileStore) -> Backend:
+    if settings.backend == "hosted":
+        from .backends.hosted import HostedBackend
+
+        return HostedBackend(settings, store)
+    from .backends.docker import DockerBackend
+
+    return DockerBackend(settings, store)
+
+
+class Sandbox:
+    """One code-execution container, for the length of an ``async with`` block.
+
+    ``settings``: a ``Settings`` (default: loaded from env / TOML like the server does);
+    ``**overrides``: settings fields to change (``call_timeout=10``, ``image=...``, ``runtime="runsc"``).
+    ``container_id``: attach to an existing container (its files are there) instead of making one.
+    ``keep``: keep the container after the block (default: only when ``container_id`` was given).
+    ``backend`` / ``store``: bring your own (tests, custom engines); they are not closed here.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        container_id: str | None = None,
+        *,
+        keep: bool | None = None,
+        backend: Backend | None = None,
+        store: FileStore | None = None,
+        principal: str = LOCAL_PRINCIPAL,
+        **overrides: Any,
+    ) -> None:
+        # A Sandbox uses exactly one container: a warm pool would only start containers for nobody.
+        overrides.setdefault("pool_size", 0)
+        self.settings = settings_with(settings, overrides)
+        self.principal = principal
+        self.keep = keep if keep is not None else container_id is not None
+        self._container_id = container_id
+        self._backend = backend
+        self._store = store
+        self._stack: AsyncExitStack | None = None
+        self._ctx = CallContext(principal=principal, session_key=f"api:{secrets.token_hex(6)}")
+        self.last_outcome: Outcome | None = None
+        """The full outcome of the latest call (container, produced files with names and sizes)."""
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def container_id(self) -> str | None:
+        """The container this sandbox runs in (known after ``async with`` for the docker backend,
+        after the first call for backends that create containers lazily)."""
+        return self._container_id
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            raise RuntimeError("use the Sandbox inside `async with`")
+        return self._backend
+
+    @property
+    def store(self) -> FileStore:
+        if self._store is None:
+            raise RuntimeError("use the Sandbox inside `async with`")
+        return self._store
+
+    async def __aenter__(self) -> Sandbox:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            if self._store is None:
+                settings = self.settings
+                self._store = await anyio.to_thread.run_sync(
+                    lambda: FileStore(settings.files_dir, settings.file_retention_days)
+                )
+                stack.callback(self._store.close)
+            # Callbacks run last-in first-out: the container is removed after the backend closed
+            # its connection to it.
+            stack.push_async_callback(self._remove_container)
+            if self._backend is None:
+                backend = _create_backend(self.settings, self._store)
+                if hasattr(backend, "__aenter__"):
+                    await stack.enter_async_context(backend)  # type: ignore[arg-type]
+                else:
+                    await backend.start()
+                    stack.push_async_callback(backend.aclose)
+                self._backend = backend
+            await self._acquire()
+        except BaseException:
+            await stack.aclose()  # not inside a shield: the backend's task group must exit in its own scope
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def _acquire(self) -> None:
+        """Get the container now when the backend can (docker): errors surface at ``async with``."""
+        sandbox_for = getattr(self._backend, "sandbox_for", None)
+        if sandbox_for is None:
+            return
+        sandbox = await sandbox_for(self._ctx, self._container_id)
+        self._container_id = sandbox.record.id
+
+    async def _remove_container(self) -> None:
+        if self.keep or self._container_id is None:
+            return
+        if getattr(self._backend, "name", None) != "docker":
+            return
+        from .sandboxes import SandboxManager, connect
+
+        cid = self._container_id
+        settings = self.settings
+
+        def remove() -> None:
+            SandboxManager(settings, connect(timeout=30)).remove(cid)
+
+        try:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(remove)
+        except Unavailable as exc:
+            log.warning("could not remove sandbox %s: %s", cid, exc.message)
+
+    # --- the two tools ------------------------------------------------------------------------
+
+    async def bash(self, command: str, *, restart: bool = False) -> BashBlock:
+        """Run ``command`` in the container's shell (cwd and exported variables persist)."""
+        return await self.call_tool(BASH, {"command": command, "restart": restart})  # type: ignore[return-value]
+
+    async def view(self, path: str, view_range: list[int] | tuple[int, int] | None = None) -> ViewBlock:
+        """A file's text (or base64 of an image / PDF), or a directory listing."""
+        arguments: dict[str, Any] = {"command": "view", "path": path}
+        if view_range is not None:
+            arguments["view_range"] = list(view_range)
+        return await self.call_tool(EDITOR, arguments)  # type: ignore[return-value]
+
+    async def create(self, path: str, text: str) -> CreateBlock:
+        """Write ``text`` to ``path`` (parents created, an existing file overwritten)."""
+        return await self.call_tool(EDITOR, {"command": "create", "path": path, "file_text": text})  # type: ignore[return-value]
+
+    async def str_replace(self, path: str, old: str, new: str) -> StrReplaceBlock:
+        """Replace the one occurrence of ``old`` in ``path`` by ``new``."""
+        arguments = {"command": "str_replace", "path": path, "old_str": old, "new_str": new}
+        return await self.call_tool(EDITOR, arguments)  # type: ignore[return-value]
+
+    async def call_tool(self, name: str, arguments: dict[str, Any]) -> Any:
+        """Run one hosted tool call by name with the hosted input; return the hosted result block.
+
+        ``container_id`` in ``arguments`` is ignored: a Sandbox always runs in its own container.
+        """
+        if name not in (BASH, EDITOR):
+            raise ValueError(f"unknown tool {name!r} (expected {BASH} or {EDITOR})")
+        backend = self.backend
+        try:
+            request = _validate(name, {**arguments, "container_id": self._container_id})
+            if isinstance(request, BashInput):
+                outcome = await backend.bash(request, self._ctx)
+            else:
+                outcome = await backend.editor(request, self._ctx)
+        except CodeExecError as exc:
+            self.last_outcome = None
+            if exc.container is not None and self._container_id is None:
+                self._container_id = exc.container.id
+            return error_block(name, exc)
+        self.last_outcome = outcome
+        if outcome.container is not None and self._container_id is None:
+            self._container_id = outcome.container.id
+        return outcome.block
+
+    # --- files --------------------------------------------------------------------------------
+
+    async def upload(self, data: str | Path | bytes, filename: str | None = None) -> str:
+        """Store a file and place it in the container's ``/workspace/inputs``; return its file id.
+
+        ``data``: a path on this machine, or the bytes themselves (then ``filename`` is required).
+        """
+        store = self.store
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            if not filename:
+                raise ValueError("upload of bytes needs a filename")
+            payload = bytes(data)
+            record = await anyio.to_thread.run_sync(
+                lambda: store.add_bytes(payload, filename=filename, origin="upload", principal=self.principal)
+            )
+        else:
+            path = Path(data)
+            record = await anyio.to_thread.run_sync(
+                lambda: store.add_path(path, filename=filename, origin="upload", principal=self.principal)
+            )
+        if self._container_id is None:
+            await self.bash("true")  # backends that create containers lazily: make it exist
+        if self._container_id is None:
+            raise Unavailable("no container to upload into")
+        await self.backend.attach_file(record.id, self._container_id, self.principal)
+        return record.id
+
+    async def download(self, file_id: str) -> bytes:
+        """The bytes of a stored file: an output file (``BashResult.content[i].file_id``) or an upload."""
+        fetch = getattr(self.backend, "fetch_file", None)
+        if fetch is not None:
+            await fetch(file_id)
+        store = self.store
+        owner = None if self.principal == LOCAL_PRINCIPAL else self.principal
+
+        def read() -> bytes:
+            store.get(file_id, owner)
+            return store.blob_path(file_id).read_bytes()
+
+        try:
+            return await anyio.to_thread.run_sync(read)
+        except (StoredFileNotFound, FileNotFoundError):
+            raise FileNotFoundError(f"no stored file {file_id!r}") from None
+
+
+def _validate(tool: str, arguments: dict[str, Any]) -> BashInput | EditorInput:
+    model = BashInput if tool == BASH else EditorInput
+    try:
+        request = model.model_validate(arguments)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors()[:5])
+        raise InvalidToolInput(f"invalid input for {tool}: {problems}") from None
+    if isinstance(request, BashInput):
+        if len(request.command) > MAX_COMMAND_CHARS:
+            raise InvalidToolInput(f"command is longer than {MAX_COMMAND_CHARS} characters")
+        if not request.command.strip():
+            raise InvalidToolInput("command is empty")
+    return request
+
+
+__all__ = ["Sandbox", "settings_with"]

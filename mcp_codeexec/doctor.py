@@ -1,0 +1,588 @@
+"""``mcp-codeexec doctor``: is everything in place, and if not, exactly what to do.
+
+Each check prints one line — OK, WARN, FAIL or SKIP — and, unless it is OK, the fix. The exit
+status is 1 when any check FAILs. Every engine call has a short deadline (a stopped, missing or
+hung engine costs seconds, never a hang), and nothing here needs the ``docker`` CLI.
+
+Engine discovery (``candidate_endpoints``), in the order the server itself uses:
+``DOCKER_HOST``; the current docker context (``DOCKER_CONTEXT`` or ``currentContext`` in
+``~/.docker/config.json``, endpoints read from ``~/.docker/contexts/meta``); the default socket
+``/var/run/docker.sock``; Docker Desktop (``~/.docker/run/docker.sock``), colima, OrbStack,
+Rancher Desktop, rootless Docker and Podman sockets; on Windows the ``docker_engine`` named pipe.
+``local_docker_host()`` is the stat-only part of this that ``sandboxes.connect`` uses when
+``DOCKER_HOST`` is not set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from . import __version__
+from .config import Settings
+
+Status = Literal["OK", "WARN", "FAIL", "SKIP"]
+T = TypeVar("T")
+
+DEFAULT_SOCKET = "/var/run/docker.sock"
+WINDOWS_PIPE = "npipe:////./pipe/docker_engine"
+MIN_ENGINE = (20, 10)
+PROBE_TIMEOUT = 3.0
+START_DOCKER = (
+    "start the Docker engine: Docker Desktop (macOS/Windows), `colima start`, OrbStack, "
+    "or `sudo systemctl start docker` (Linux); install it from https://docs.docker.com/engine/install/"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class Check:
+    name: str
+    status: Status
+    message: str
+    fix: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Endpoint:
+    url: str
+    source: str
+
+
+# ---------------------------------------------------------------------------------------------
+# engine discovery
+
+
+def docker_config_dir(env: Mapping[str, str] | None = None, home: Path | None = None) -> Path:
+    env = os.environ if env is None else env
+    if env.get("DOCKER_CONFIG"):
+        return Path(env["DOCKER_CONFIG"])
+    return (home or Path.home()) / ".docker"
+
+
+def current_context(env: Mapping[str, str] | None = None, home: Path | None = None) -> str | None:
+    """The docker CLI's current context name (None or "default" = the platform default)."""
+    env = os.environ if env is None else env
+    if env.get("DOCKER_CONTEXT"):
+        return env["DOCKER_CONTEXT"]
+    try:
+        config = json.loads((docker_config_dir(env, home) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    name = config.get("currentContext") if isinstance(config, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def contexts(env: Mapping[str, str] | None = None, home: Path | None = None) -> dict[str, str]:
+    """Every docker context with a docker endpoint: name -> host URL, from the CLI's metadata files."""
+    found: dict[str, str] = {}
+    meta_dir = docker_config_dir(env, home) / "contexts" / "meta"
+    try:
+        entries = sorted(meta_dir.iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        try:
+            meta = json.loads((entry / "meta.json").read_text())
+            host = meta["Endpoints"]["docker"]["Host"]
+            name = meta["Name"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(name, str) and isinstance(host, str) and host:
+            found[name] = host
+    return found
+
+
+def context_host(name: str, env: Mapping[str, str] | None = None, home: Path | None = None) -> str | None:
+    """The endpoint of context ``name``: from its metadata file (stored under sha256(name)), else
+    from ``docker context inspect`` (3 s deadline) when the CLI is installed."""
+    meta = docker_config_dir(env, home) / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest() / "meta.json"
+    try:
+        return str(json.loads(meta.read_text())["Endpoints"]["docker"]["Host"]) or None
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    docker_cli = shutil.which("docker")
+    if docker_cli is None:
+        return None
+    try:
+        proc = subprocess.run(
+            [docker_cli, "context", "inspect", name, "--format", "{{.Endpoints.docker.Host}}"],
+            capture_output=True, text=True, timeout=3,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    host = proc.stdout.strip()
+    return host if proc.returncode == 0 and host else None
+
+
+def well_known_sockets(env: Mapping[str, str] | None = None, home: Path | None = None) -> list[Endpoint]:
+    env = os.environ if env is None else env
+    home = home or Path.home()
+    found = [
+        Endpoint(f"unix://{DEFAULT_SOCKET}", "the default socket"),
+        Endpoint(f"unix://{home}/.docker/run/docker.sock", "Docker Desktop"),
+        Endpoint(f"unix://{home}/.docker/desktop/docker.sock", "Docker Desktop for Linux"),
+        Endpoint(f"unix://{home}/.colima/default/docker.sock", "colima"),
+        Endpoint(f"unix://{home}/.colima/docker.sock", "colima"),
+        Endpoint(f"unix://{home}/.orbstack/run/docker.sock", "OrbStack"),
+        Endpoint(f"unix://{home}/.rd/docker.sock", "Rancher Desktop"),
+    ]
+    if runtime_dir := env.get("XDG_RUNTIME_DIR"):
+        found.append(Endpoint(f"unix://{runtime_dir}/docker.sock", "rootless Docker"))
+        found.append(Endpoint(f"unix://{runtime_dir}/podman/podman.sock", "Podman"))
+    return found
+
+
+def candidate_endpoints(
+    env: Mapping[str, str] | None = None, home: Path | None = None, platform: str | None = None
+) -> list[Endpoint]:
+    """Every place an engine may listen, most specific first (no network access)."""
+    env = os.environ if env is None else env
+    platform = platform or sys.platform
+    out: list[Endpoint] = []
+    if env.get("DOCKER_HOST"):
+        out.append(Endpoint(env["DOCKER_HOST"], "DOCKER_HOST"))
+    current = current_context(env, home)
+    if current and current != "default" and (host := context_host(current, env, home)):
+        out.append(Endpoint(host, f"docker context {current!r}"))
+    for name, host in contexts(env, home).items():
+        out.append(Endpoint(host, f"docker context {name!r}"))
+    if platform == "win32":
+        out.append(Endpoint(WINDOWS_PIPE, "Docker Desktop (named pipe)"))
+        out.append(Endpoint("npipe:////./pipe/dockerDesktopLinuxEngine", "Docker Desktop (Linux engine pipe)"))
+    else:
+        out += well_known_sockets(env, home)
+    seen: set[str] = set()
+    unique = []
+    for endpoint in out:
+        if endpoint.url not in seen:
+            seen.add(endpoint.url)
+            unique.append(endpoint)
+    return unique
+
+
+def _socket_exists(url: str) -> bool:
+    return url.startswith("unix://") and Path(url[len("unix://"):]).exists()
+
+
+def local_endpoint(
+    env: Mapping[str, str] | None = None, home: Path | None = None, platform: str | None = None
+) -> Endpoint | None:
+    """The engine to use when ``DOCKER_HOST`` is unset: the current docker context's endpoint, else
+    None when the default socket exists (or on Windows), else the first existing Docker Desktop /
+    colima / OrbStack / ... socket. Only looks at files: no connection is made."""
+    env = os.environ if env is None else env
+    platform = platform or sys.platform
+    if env.get("DOCKER_HOST"):
+        return None
+    current = current_context(env, home)
+    host = context_host(current, env, home) if current and current != "default" else None
+    if host and host.startswith(("unix://", "npipe://")):  # TLS and ssh contexts need the CLI's key material
+        return Endpoint(host, f"docker context {current!r}")
+    if platform == "win32" or Path(DEFAULT_SOCKET).exists():
+        return None
+    for endpoint in well_known_sockets(env, home)[1:]:
+        if _socket_exists(endpoint.url):
+            return endpoint
+    return None
+
+
+def local_docker_host(env: Mapping[str, str] | None = None, home: Path | None = None, platform: str | None = None) -> str | None:
+    """``local_endpoint``'s URL: what ``sandboxes.connect`` uses when ``DOCKER_HOST`` is unset
+    (None = docker-py's default)."""
+    endpoint = local_endpoint(env, home, platform)
+    return endpoint.url if endpoint else None
+
+
+def server_endpoint(env: Mapping[str, str] | None = None, home: Path | None = None, platform: str | None = None) -> Endpoint:
+    """The endpoint the server (``sandboxes.connect``) will talk to."""
+    env = os.environ if env is None else env
+    platform = platform or sys.platform
+    if env.get("DOCKER_HOST"):
+        return Endpoint(env["DOCKER_HOST"], "DOCKER_HOST")
+    if endpoint := local_endpoint(env, home, platform):
+        return endpoint
+    if platform == "win32":
+        return Endpoint(WINDOWS_PIPE, "Docker Desktop (named pipe)")
+    return Endpoint(f"unix://{DEFAULT_SOCKET}", "the default socket")
+
+
+# ---------------------------------------------------------------------------------------------
+# deadlines
+
+
+class Deadline(Exception):
+    pass
+
+
+def with_deadline(fn: Callable[[], T], seconds: float) -> T:
+    """Run ``fn`` in a daemon thread; raise ``Deadline`` if it has not finished in ``seconds``
+    (the thread is abandoned, and never keeps the process alive)."""
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True, name="doctor-probe").start()
+    if not done.wait(seconds):
+        raise Deadline(f"no answer within {seconds:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+# ---------------------------------------------------------------------------------------------
+# probing an engine
+
+
+@dataclass
+class Probe:
+    endpoint: Endpoint
+    client: Any = None
+    version: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def probe(endpoint: Endpoint, timeout: float = PROBE_TIMEOUT) -> Probe:
+    """Connect to ``endpoint`` and read ``/version``; never longer than about ``timeout``."""
+    url = endpoint.url
+    if url.startswith("unix://") and not Path(url[len("unix://"):]).exists():
+        return Probe(endpoint, error=f"no socket at {url[len('unix://'):]}")
+
+    def connect() -> tuple[Any, dict[str, Any]]:
+        import docker
+
+        if endpoint.source == "DOCKER_HOST":
+            client = docker.from_env(timeout=max(1, int(timeout)))  # honours DOCKER_TLS_VERIFY / DOCKER_CERT_PATH
+        else:
+            client = docker.DockerClient(base_url=url, timeout=max(1, int(timeout)))
+        return client, client.version()
+
+    try:
+        client, version = with_deadline(connect, timeout + 0.5)
+    except Deadline as exc:
+        return Probe(endpoint, error=f"the engine did not answer ({exc})")
+    except Exception as exc:  # docker-py, requests and OS errors alike: reported, not raised
+        return Probe(endpoint, error=_short_error(exc))
+    return Probe(endpoint, client=client, version=version)
+
+
+def _short_error(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    for pattern, meaning in (
+        (r"Connection refused|ConnectionRefused", "connection refused (the engine is not running)"),
+        (r"No such file|FileNotFound", "no socket there"),
+        (r"Permission denied|PermissionError", "permission denied on the socket"),
+        (r"timed out|Timeout", "timed out"),
+    ):
+        if re.search(pattern, text):
+            return meaning
+    return text.splitlines()[0][:200]
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:2]) or (0,)
+
+
+# ---------------------------------------------------------------------------------------------
+# the checks
+
+
+def check_engine(timeout: float) -> tuple[Check, Probe | None]:
+    target = server_endpoint()
+    result = probe(target, timeout)
+    if result.version is not None:
+        v = result.version
+        message = (
+            f"Docker {v.get('Version', '?')} (API {v.get('ApiVersion', '?')}, {v.get('Os', '?')}/{v.get('Arch', '?')}) "
+            f"at {target.url} ({target.source})"
+        )
+        return Check("engine", "OK", message, data={"url": target.url, "source": target.source, **_pick(v)}), result
+    others = []
+    for endpoint in candidate_endpoints():
+        if endpoint.url == target.url:
+            continue
+        other = probe(endpoint, timeout)
+        if other.version is not None:
+            others.append(other)
+            break
+    if others:
+        alt = others[0].endpoint
+        if target.source == "DOCKER_HOST":
+            fix = f"DOCKER_HOST points at no engine; unset it, or set DOCKER_HOST={alt.url} ({alt.source} answers there)"
+        else:
+            fix = (
+                f"export DOCKER_HOST={alt.url} ({alt.source} answers there); for Claude Desktop and other MCP "
+                f'clients put "DOCKER_HOST": "{alt.url}" in the server\'s "env" block'
+            )
+        return Check("engine", "FAIL", f"no engine at {target.url} ({target.source}): {result.error}", fix,
+                     data={"url": target.url, "error": result.error, "alternative": alt.url}), None
+    fix = START_DOCKER
+    if result.error and "permission denied" in result.error:
+        fix = "add yourself to the docker group (`sudo usermod -aG docker $USER`, then log in again), or run as root"
+    elif target.source == "DOCKER_HOST":
+        fix = f"DOCKER_HOST={target.url} answers nothing: fix or unset it, or {START_DOCKER}"
+    return Check("engine", "FAIL", f"no Docker engine at {target.url} ({target.source}): {result.error}", fix,
+                 data={"url": target.url, "error": result.error}), None
+
+
+def _pick(version: dict[str, Any]) -> dict[str, Any]:
+    return {k: version.get(k) for k in ("Version", "ApiVersion", "Os", "Arch", "KernelVersion")}
+
+
+def check_engine_version(p: Probe) -> Check:
+    v = p.version or {}
+    version = str(v.get("Version", "0"))
+    if v.get("Os") not in (None, "linux"):
+        return Check("engine version", "FAIL", f"the engine runs {v.get('Os')} containers",
+                     "switch Docker Desktop to Linux containers (tray menu: 'Switch to Linux containers')")
+    if _version_tuple(version) < MIN_ENGINE:
+        return Check("engine version", "WARN", f"Docker {version} is older than {MIN_ENGINE[0]}.{MIN_ENGINE[1]}",
+                     "upgrade Docker Engine (https://docs.docker.com/engine/install/)")
+    arch = str(v.get("Arch", ""))
+    note = "" if arch in ("amd64", "x86_64", "") else f"; sandboxes run {arch} Python (the hosted tool runs x86_64)"
+    return Check("engine version", "OK", f"Docker {version} (>= {MIN_ENGINE[0]}.{MIN_ENGINE[1]}){note}")
+
+
+def check_image(p: Probe, settings: Settings, timeout: float) -> Check:
+    import docker.errors
+
+    from .image import image_tag
+
+    def labels_of(tag: str) -> dict[str, str] | None:
+        try:
+            image = with_deadline(lambda: p.client.images.get(tag), timeout)
+        except docker.errors.ImageNotFound:
+            return None
+        return dict(image.labels or {})
+
+    build = "mcp-codeexec image build (add `--base debian` where Docker Hub is unreachable)"
+    try:
+        if settings.image:
+            labels = labels_of(settings.image)
+            if labels is None:
+                return Check("image", "FAIL", f"the configured image {settings.image} is not on the engine",
+                             f"build or pull {settings.image}, or unset MCP_CODEEXEC_IMAGE to use the default")
+            return Check("image", "OK", f"{settings.image} (configured), version label "
+                         f"{labels.get('io.mcp-codeexec.version', 'none')}")
+        full, minimal = image_tag("full"), image_tag("minimal")
+        labels = labels_of(full)
+        if labels is None:
+            if labels_of(minimal) is not None:
+                return Check("image", "WARN", f"only {minimal} is built: no pandas, numpy, matplotlib, ... "
+                             "(the hosted tool's libraries)", f"{build} --target full", data={"image": minimal})
+            return Check("image", "FAIL", f"the sandbox image {full} is not built", build)
+        label = labels.get("io.mcp-codeexec.version")
+        if label != __version__:
+            return Check("image", "WARN", f"{full} carries version label {label!r}, this is mcp-codeexec {__version__}",
+                         f"rebuild it: {build}", data={"image": full})
+        return Check("image", "OK", f"{full} (version {label})", data={"image": full})
+    except Deadline as exc:
+        return Check("image", "FAIL", f"the engine did not list images ({exc})", "restart the Docker engine")
+    except docker.errors.DockerException as exc:
+        return Check("image", "FAIL", f"could not inspect the image: {_short_error(exc)}", "restart the Docker engine")
+
+
+def check_runtime(p: Probe, settings: Settings, timeout: float) -> tuple[Check, dict[str, Any]]:
+    try:
+        info = with_deadline(p.client.info, timeout)
+    except Exception as exc:  # any engine failure is this check's FAIL
+        return Check("runtime", "FAIL", f"`docker info` failed: {_short_error(exc)}", "restart the Docker engine"), {}
+    runtimes = sorted((info.get("Runtimes") or {}).keys())
+    default = info.get("DefaultRuntime", "runc")
+    listed = ", ".join(r for r in runtimes if not r.startswith("io.containerd")) or "none listed"
+    wanted = settings.runtime or default
+    gvisor_fix = (
+        "install gVisor (https://gvisor.dev/docs/user_guide/install/), run `sudo runsc install` "
+        "and restart dockerd (`sudo systemctl restart docker`)"
+    )
+    if wanted not in runtimes:
+        return Check("runtime", "FAIL", f"runtime {wanted!r} is configured but the engine has only: {listed}",
+                     gvisor_fix if wanted == "runsc" else "unset MCP_CODEEXEC_RUNTIME"), info
+    hint = ""
+    status: Status = "OK"
+    if wanted != "runsc":
+        hint = "; runsc (gVisor) available: `--runtime runsc` for a stronger boundary" if "runsc" in runtimes else ""
+    return Check("runtime", status, f"{wanted} (engine runtimes: {listed}){hint}",
+                 data={"runtime": wanted, "runtimes": runtimes}), info
+
+
+def check_quota(settings: Settings, engine_up: bool) -> Check:
+    from .sandboxes import QuotaVolumes
+
+    limit = f"{settings.disk_bytes / 2**30:g} GiB"
+    if settings.quota == "none":
+        return Check("disk quota", "WARN", f"disabled by configuration (quota=none): the {limit} workspace limit "
+                     "is not enforced", "set MCP_CODEEXEC_QUOTA=auto where the server runs as root next to the engine")
+    detected = QuotaVolumes.detect()
+    if detected != "loop":
+        why = _why_no_loop()
+        status: Status = "FAIL" if settings.quota == "loop" else "WARN"
+        return Check("disk quota", status, f"no loop-mounted workspaces ({why}): the {limit} workspace limit is "
+                     "not enforced (workspaces are plain Docker volumes)",
+                     "run the server as root on the engine's host (Linux) for hard per-workspace limits"
+                     + ("; or set quota=auto" if settings.quota == "loop" else "; otherwise nothing to do"))
+    if not engine_up:
+        return Check("disk quota", "SKIP", "loop volumes available (not tried: no engine)")
+    root = settings.volumes_dir / f".doctor-{secrets.token_hex(4)}"
+    cid = f"doctor-probe-{secrets.token_hex(4)}"
+    volumes = None
+    started = time.monotonic()
+    try:
+        volumes = QuotaVolumes(root, "loop")
+        with_deadline(lambda: volumes.create(cid, 16 * 2**20), 30)
+        image, mnt = volumes.paths(cid)
+        if not os.path.ismount(mnt):
+            raise RuntimeError("the test volume was created but is not mounted")
+        return Check("disk quota", "OK", f"loop-mounted ext4 workspaces ({limit} each): a test volume was created, "
+                     f"mounted and removed in {time.monotonic() - started:.2f} s")
+    except Exception as exc:  # mkfs / mount failures of any kind are this check's FAIL
+        return Check("disk quota", "FAIL", f"creating a loop volume failed: {getattr(exc, 'message', None) or exc}",
+                     "check that loop devices are available (`losetup -f`, `modprobe loop`) or set MCP_CODEEXEC_QUOTA=none")
+    finally:
+        if volumes is not None:
+            try:
+                volumes.remove(cid)
+            except Exception:  # best effort: the probe must not mask the result
+                pass
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _why_no_loop() -> str:
+    if not hasattr(os, "geteuid"):
+        return "not on Linux"
+    if sys.platform != "linux":
+        return f"the engine runs in a VM on {sys.platform}"
+    if os.geteuid() != 0:
+        return "the server does not run as root"
+    host = os.environ.get("DOCKER_HOST", f"unix://{DEFAULT_SOCKET}")
+    if not _socket_exists(host):
+        return f"the engine is not local ({host})"
+    if not shutil.which("mkfs.ext4"):
+        return "mkfs.ext4 is missing (apt-get install e2fsprogs)"
+    return "mount is missing"
+
+
+def check_file_store(settings: Settings) -> Check:
+    from .files import FileStore
+
+    root = settings.files_dir
+    try:
+        with FileStore(root, settings.file_retention_days) as store:
+            record = store.add_bytes(b"mcp-codeexec doctor probe\n", filename="doctor-probe.txt", origin="upload",
+                                     principal="doctor")
+            store.delete(record.id)
+            stats = store.stats()
+    except Exception as exc:  # any I/O or SQLite failure is this check's FAIL
+        return Check("file store", "FAIL", f"{root}: {exc}",
+                     f"make {settings.data_dir} writable, or point MCP_CODEEXEC_DATA_DIR at a writable directory")
+    return Check("file store", "OK", f"{root}: writable ({stats['files']} files, {stats['bytes'] / 2**20:.1f} MiB)")
+
+
+def check_hosted(settings: Settings) -> Check:
+    if settings.anthropic_api_key:
+        return Check("hosted backend", "OK", f"ANTHROPIC_API_KEY is set; model {settings.hosted_model}")
+    return Check("hosted backend", "FAIL", "backend=hosted but ANTHROPIC_API_KEY is not set",
+                 "export ANTHROPIC_API_KEY=... (or use the docker backend)")
+
+
+def run_checks(get_settings: Callable[[], Settings], timeout: float = PROBE_TIMEOUT) -> list[Check]:
+    checks: list[Check] = []
+    try:
+        settings = get_settings()
+    except Exception as exc:  # pydantic ValidationError, TOML errors: reported as a FAIL
+        checks.append(Check("config", "FAIL", f"invalid configuration: {str(exc).splitlines()[0]}",
+                            "run `mcp-codeexec config` to see every value and where it comes from"))
+        return checks
+    checks.append(Check("config", "OK", f"backend {settings.backend}, data dir {settings.data_dir}"))
+    if settings.backend == "hosted":
+        checks.append(check_hosted(settings))
+    engine, p = check_engine(timeout)
+    checks.append(engine)
+    if p is None:
+        for name in ("engine version", "image", "runtime"):
+            checks.append(Check(name, "SKIP", "no engine to ask"))
+    else:
+        checks.append(check_engine_version(p))
+        checks.append(check_image(p, settings, timeout * 3))
+        checks.append(check_runtime(p, settings, timeout * 3)[0])
+    checks.append(check_quota(settings, engine_up=p is not None))
+    checks.append(check_file_store(settings))
+    if p is not None:
+        try:
+            p.client.close()
+        except Exception:  # closing a half-dead client: nothing to report
+            pass
+    return checks
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+_COLORS = {"OK": "\033[32m", "WARN": "\033[33m", "FAIL": "\033[31m", "SKIP": "\033[2m"}
+
+
+def render(checks: list[Check], elapsed: float, color: bool = False) -> str:
+    lines = [f"mcp-codeexec {__version__} doctor"]
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        status = f"{_COLORS[c.status]}{c.status:<4}\033[0m" if color else f"{c.status:<4}"
+        lines.append(f"{status}  {c.name:<{width}}  {c.message}")
+        if c.fix and c.status != "OK":
+            lines.append(f"      {'':<{width}}  fix: {c.fix}")
+    fails = sum(c.status == "FAIL" for c in checks)
+    warns = sum(c.status == "WARN" for c in checks)
+    verdict = "not ready" if fails else "ready"
+    lines.append(f"{verdict}: {fails} failure{'s' * (fails != 1)}, {warns} warning{'s' * (warns != 1)} ({elapsed:.1f} s)")
+    return "\n".join(lines)
+
+
+def cmd_doctor(args: argparse.Namespace, get_settings: Callable[[], Settings]) -> int:
+    started = time.monotonic()
+    checks = run_checks(get_settings, timeout=args.timeout)
+    elapsed = time.monotonic() - started
+    failed = any(c.status == "FAIL" for c in checks)
+    if args.json:
+        print(json.dumps({"ok": not failed, "version": __version__, "elapsed_seconds": round(elapsed, 3),
+                          "checks": [asdict(c) for c in checks]}, indent=2, default=str))
+    else:
+        print(render(checks, elapsed, color=sys.stdout.isatty() and not os.environ.get("NO_COLOR")))
+    return 1 if failed else 0
+
+
+def register_cli(subparsers: Any, get_settings: Callable[[], Settings]) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "doctor", help="check the Docker engine, image, runtime, disk quota and file store",
+        description="Check everything mcp-codeexec needs; print OK/WARN/FAIL with the fix. Exit 1 on any FAIL.",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--timeout", type=float, default=PROBE_TIMEOUT, help="seconds to wait for the engine (default 3)")
+    p.set_defaults(func=lambda ns: cmd_doctor(ns, get_settings))
+    return p
+
+
+__all__ = ["Check", "Endpoint", "candidate_endpoints", "local_docker_host", "register_cli", "run_checks", "server_endpoint"]
