@@ -26,6 +26,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         "data_dir": getattr(args, "data_dir", None),
         "anthropic_base_url": getattr(args, "base_url", None),
         "hosted_model": getattr(args, "model", None),
+        "legacy_tool": True if getattr(args, "legacy_tool", False) else None,
     }
     return load_settings(**overrides)
 
@@ -69,6 +70,7 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="where files, workspaces and state live")
     p.add_argument("--base-url", help="hosted backend: Anthropic API base URL (gateways)")
     p.add_argument("--model", help="hosted backend: model that drives the hosted tool")
+    p.add_argument("--legacy-tool", action="store_true", help="also offer the legacy Python-only code_execution tool")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(default=1 * MiB, description="Images above this are downscaled for MCP image content.")
     max_result_chars: int = 200_000
     progress_interval: float = 2.0
+    legacy_tool: bool = Field(default=False, description="Also offer the legacy Python-only `code_execution` tool.")
 
     # --- sandboxes (docker backend)
     image: str | None = Field(default=None, description="Sandbox image; default: the tag matching this version.")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .schemas import BashError, EditorError
+from .schemas import BashError, CodeError, EditorError
 
 
 class CodeExecError(Exception):
@@ -60,9 +60,12 @@ _EDITOR_ONLY = {"file_not_found"}
 _BASH_ONLY = {"output_file_too_large"}
 
 
-def error_block(tool: str, exc: CodeExecError) -> BashError | EditorError:
-    """Map an error to the hosted error object of ``tool`` (bash or text editor)."""
+def error_block(tool: str, exc: CodeExecError) -> BashError | EditorError | CodeError:
+    """Map an error to the hosted error object of ``tool`` (bash, text editor or legacy code)."""
     code = exc.error_code
+    if tool == "code_execution":
+        legacy = code if code in ("invalid_tool_input", "too_many_requests", "execution_time_exceeded") else "unavailable"
+        return CodeError(error_code=legacy)  # type: ignore[arg-type]
     if tool == "bash_code_execution":
         return BashError(error_code=code if code not in _EDITOR_ONLY else "invalid_tool_input")  # type: ignore[arg-type]
     return EditorError(

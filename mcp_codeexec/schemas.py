@@ -70,9 +70,29 @@ class EditorError(_Block):
     error_message: str | None = None
 
 
+class CodeOutputBlock(_Block):
+    type: Literal["code_execution_output"] = "code_execution_output"
+    file_id: str
+
+
+class CodeResult(_Block):
+    """The legacy ``code_execution`` (20250522) result: Python only."""
+
+    type: Literal["code_execution_result"] = "code_execution_result"
+    stdout: str
+    stderr: str
+    return_code: int
+    content: list[CodeOutputBlock] = Field(default_factory=list)
+
+
+class CodeError(_Block):
+    type: Literal["code_execution_tool_result_error"] = "code_execution_tool_result_error"
+    error_code: Literal["invalid_tool_input", "unavailable", "too_many_requests", "execution_time_exceeded"]
+
+
 BashBlock = Union[BashResult, BashError]
 EditorBlock = Union[ViewResult, CreateResult, StrReplaceResult, EditorError]
-ResultBlock = Union[BashResult, BashError, ViewResult, CreateResult, StrReplaceResult, EditorError]
+ResultBlock = Union[BashResult, BashError, ViewResult, CreateResult, StrReplaceResult, EditorError, CodeResult, CodeError]
 
 # --- tool inputs -------------------------------------------------------------------------------
 
@@ -113,6 +133,12 @@ class EditorInput(BaseModel):
         if self.command == "str_replace" and (self.old_str is None or self.new_str is None):
             raise ValueError("str_replace needs old_str and new_str")
         return self
+
+
+class CodeInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(description="Python code to run (Python 3.11).")
+    container_id: str | None = CONTAINER_ID_FIELD
 
 
 # --- JSON schemas for tools/list -----------------------------------------------------------------
@@ -162,3 +188,4 @@ def output_schema(*models: type[BaseModel]) -> dict[str, Any]:
 
 BASH_OUTPUT_SCHEMA = output_schema(BashResult, BashError)
 EDITOR_OUTPUT_SCHEMA = output_schema(ViewResult, CreateResult, StrReplaceResult, EditorError)
+CODE_OUTPUT_SCHEMA = output_schema(CodeResult, CodeError)

@@ -27,12 +27,24 @@ from .backends.base import Backend, CallContext, Outcome, ProducedFile
 from .config import Settings
 from .errors import CodeExecError, InvalidToolInput, error_block
 from .files import FileStore, StoredFileNotFound
-from .schemas import BASH_OUTPUT_SCHEMA, EDITOR_OUTPUT_SCHEMA, BashInput, EditorInput, input_schema
+from .schemas import (
+    BASH_OUTPUT_SCHEMA,
+    CODE_OUTPUT_SCHEMA,
+    EDITOR_OUTPUT_SCHEMA,
+    BashInput,
+    BashResult,
+    CodeInput,
+    CodeOutputBlock,
+    CodeResult,
+    EditorInput,
+    input_schema,
+)
 
 log = logging.getLogger(__name__)
 
 BASH = "bash_code_execution"
 EDITOR = "text_editor_code_execution"
+CODE = "code_execution"
 FILE_URI = "codeexec://files/"
 MAX_COMMAND_CHARS = 1_000_000
 
@@ -82,7 +94,37 @@ def tool_definitions(settings: Settings) -> list[types.Tool]:
         output_schema=EDITOR_OUTPUT_SCHEMA,
         annotations=types.ToolAnnotations(title="View, create or edit a file", open_world_hint=False),
     )
-    return [bash, editor]
+    if not settings.legacy_tool:
+        return [bash, editor]
+    code = types.Tool(
+        name=CODE,
+        title="Run Python code",
+        description=(
+            "Run Python code (the legacy code_execution tool) and get stdout, stderr and the exit code. "
+            + workspace
+            + "Files written to $OUTPUT_DIR are returned. "
+            + _limits(settings)
+        ),
+        input_schema=input_schema(CodeInput),
+        output_schema=CODE_OUTPUT_SCHEMA,
+        annotations=types.ToolAnnotations(title="Run Python code", open_world_hint=settings.network),
+    )
+    return [bash, editor, code]
+
+
+def python_command(code: str) -> str:
+    """The legacy tool runs its code through the bash tool: a quoted here-document fed to python3."""
+    import secrets
+
+    delimiter = f"CODEEXEC_PY_{secrets.token_hex(8)}"
+    return f"python3 - <<'{delimiter}'\n{code}\n{delimiter}"
+
+
+def legacy_result(block: BashResult) -> CodeResult:
+    return CodeResult(
+        stdout=block.stdout, stderr=block.stderr, return_code=block.return_code,
+        content=[CodeOutputBlock(file_id=b.file_id) for b in block.content],
+    )
 
 
 @dataclass
@@ -131,7 +173,7 @@ def _human_text(tool: str, block: Any, outcome: Outcome | None, error: CodeExecE
             text += f"\n\nOutput before the error:\n{error.detail}"
         return text
     data = block.model_dump(exclude_none=True)
-    if tool == BASH and data["type"] == "bash_code_execution_result":
+    if data["type"] in ("bash_code_execution_result", "code_execution_result"):
         parts = []
         if data["stdout"]:
             parts.append(data["stdout"])
@@ -190,6 +232,14 @@ async def _file_contents(state: AppState, files: list[ProducedFile]) -> list[Any
 
 
 def _validate_input(tool: str, arguments: dict[str, Any]) -> BashInput | EditorInput:
+    if tool == CODE:
+        try:
+            code = CodeInput.model_validate(arguments)
+        except ValidationError as exc:
+            raise InvalidToolInput(f"invalid input for {tool}: {exc.errors()[0]['msg']}") from None
+        if len(code.code) > MAX_COMMAND_CHARS:
+            raise InvalidToolInput(f"code is longer than {MAX_COMMAND_CHARS} characters")
+        return BashInput(command=python_command(code.code), container_id=code.container_id)
     model = BashInput if tool == BASH else EditorInput
     try:
         request = model.model_validate(arguments)
@@ -215,6 +265,8 @@ async def call_tool(state: AppState, tool: str, arguments: dict[str, Any], ctx: 
         else:
             outcome = await state.backend.editor(request, ctx)
         block = outcome.block
+        if tool == CODE and isinstance(block, BashResult):
+            block = legacy_result(block)
     except CodeExecError as exc:
         error = exc
         block = error_block(tool, exc)
@@ -254,7 +306,7 @@ def create_server(settings: Settings, *, backend: Backend | None = None, store: 
         return types.ListToolsResult(tools=tools)
 
     async def handle_call_tool(ctx: ServerRequestContext[AppState], params: types.CallToolRequestParams) -> types.CallToolResult:
-        if params.name not in (BASH, EDITOR):
+        if params.name not in (BASH, EDITOR) and not (params.name == CODE and settings.legacy_tool):
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
         principal = principal_of(ctx)
 

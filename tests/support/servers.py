@@ -25,18 +25,19 @@ TRANSPORTS = ["memory", "stdio", "http"]
 
 
 def server_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment that makes a server subprocess use exactly the settings a test built."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_CODEEXEC_")}
-    env.update(
-        MCP_CODEEXEC_DATA_DIR=str(settings.data_dir),
-        MCP_CODEEXEC_POOL_SIZE=str(settings.pool_size),
-        MCP_CODEEXEC_CALL_TIMEOUT=str(settings.call_timeout),
-        MCP_CODEEXEC_LOG_LEVEL="WARNING",
-        MCP_CODEEXEC_CONFIG=str(settings.data_dir / "no-config.toml"),
-    )
-    if settings.runtime:
-        env["MCP_CODEEXEC_RUNTIME"] = settings.runtime
-    if settings.image:
-        env["MCP_CODEEXEC_IMAGE"] = settings.image
+    env["MCP_CODEEXEC_CONFIG"] = str(settings.data_dir / "no-config.toml")
+    env["MCP_CODEEXEC_LOG_LEVEL"] = "WARNING"
+    for name in sorted(settings.model_fields_set | {"data_dir", "pool_size", "call_timeout"}):
+        value = getattr(settings, name)
+        if name in ("config_file", "anthropic_api_key") or value is None:
+            continue
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, list):
+            value = ",".join(value)
+        env[f"MCP_CODEEXEC_{name.upper()}"] = str(value)
     env.update(extra)
     return env
 
