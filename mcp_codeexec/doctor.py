@@ -514,7 +514,9 @@ def run_checks(get_settings: Callable[[], Settings], timeout: float = PROBE_TIME
     try:
         settings = get_settings()
     except Exception as exc:  # pydantic ValidationError, TOML errors: reported as a FAIL
-        checks.append(Check("config", "FAIL", f"invalid configuration: {str(exc).splitlines()[0]}",
+        where = os.environ.get("MCP_CODEEXEC_CONFIG") or "the config file"
+        what = f"{where} is not valid TOML" if type(exc).__name__ == "TOMLDecodeError" else "invalid configuration"
+        checks.append(Check("config", "FAIL", f"{what}: {str(exc).splitlines()[0]}",
                             "run `mcp-codeexec config` to see every value and where it comes from"))
         return checks
     checks.append(Check("config", "OK", f"backend {settings.backend}, data dir {settings.data_dir}"))

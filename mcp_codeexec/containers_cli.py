@@ -1,0 +1,268 @@
+"""``mcp-codeexec containers ls | inspect | rm | prune`` — the sandbox containers from the command line.
+
+Sandboxes are found through their Docker labels (``io.mcp-codeexec.*``), so this works whether or
+not a server is running. ``ls`` shows the sandboxes of this data directory (``--all-data-dirs``:
+every mcp-codeexec sandbox on the engine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from .config import Settings
+
+
+def register_cli(subparsers: Any, get_settings: Callable[..., Settings]) -> argparse.ArgumentParser:
+    containers = subparsers.add_parser(
+        "containers",
+        help="list, inspect, remove and prune sandbox containers",
+        description="The sandbox containers (found by their Docker labels): age, expiry, owner, disk use.",
+    )
+    sub = containers.add_subparsers(dest="containers_command", metavar="COMMAND")
+    sub.required = True
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", help="the server's data directory (default: the configured one)")
+
+    p = sub.add_parser("ls", help="list sandboxes: id, owner, age, expiry, status, runtime, disk use")
+    p.add_argument("--json", action="store_true", help="one JSON array")
+    p.add_argument("--all-data-dirs", action="store_true", help="every mcp-codeexec sandbox on the engine")
+    common(p)
+    p.set_defaults(func=lambda ns: _guard(lambda: _ls(ns, get_settings)))
+
+    p = sub.add_parser("inspect", help="everything known about one sandbox, as JSON")
+    p.add_argument("container_id", metavar="ID")
+    common(p)
+    p.set_defaults(func=lambda ns: _guard(lambda: _inspect(ns, get_settings)))
+
+    p = sub.add_parser("rm", help="remove sandboxes (container, workspace, ownership record)")
+    p.add_argument("container_ids", metavar="ID", nargs="+")
+    common(p)
+    p.set_defaults(func=lambda ns: _guard(lambda: _rm(ns, get_settings)))
+
+    p = sub.add_parser("prune", help="remove expired and leftover sandboxes (--all: every one of this data dir)")
+    p.add_argument("--all", action="store_true", help="remove every sandbox of this data directory, expired or not")
+    p.add_argument("--yes", action="store_true", help="confirm --all")
+    common(p)
+    p.set_defaults(func=lambda ns: _guard(lambda: _prune(ns, get_settings)))
+    return containers
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+def _err(message: str) -> None:
+    print(f"mcp-codeexec: {message}", file=sys.stderr)
+
+
+def _guard(action: Callable[[], int]) -> int:
+    from .errors import CodeExecError
+
+    try:
+        return action()
+    except CodeExecError as exc:
+        _err(exc.message)
+        return 1
+
+
+def _manager(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> Any:
+    from .sandboxes import SandboxManager, connect
+
+    settings = get_settings(data_dir=ns.data_dir) if ns.data_dir else get_settings()
+    return SandboxManager(settings, connect(timeout=15))
+
+
+def _describe(manager: Any, record: Any, container: Any, sizes: dict[str, int] | None = None) -> dict[str, Any]:
+    from .sandboxes import NAME_PREFIX
+
+    now = datetime.now(timezone.utc)
+    attrs = container.attrs or {}
+    host_config = attrs.get("HostConfig") or {}
+    usage = _mounted_usage(attrs) if record.quota == "loop" else None
+    if usage is None and sizes is not None:
+        usage = sizes.get(NAME_PREFIX + record.id)
+    return {
+        "id": record.id,
+        "owner": record.owner or "(pool)",
+        "created": record.created.isoformat().replace("+00:00", "Z"),
+        "age_seconds": round((now - record.created).total_seconds()),
+        "expires": record.expires.isoformat().replace("+00:00", "Z"),
+        "expires_in_seconds": round((record.expires - now).total_seconds()),
+        "expired": record.expired,
+        "status": record.status,
+        "runtime": host_config.get("Runtime") or "runc",
+        "image": (attrs.get("Config") or {}).get("Image"),
+        "quota": record.quota,
+        "disk_limit_bytes": manager.settings.disk_bytes if record.quota == "loop" else None,
+        "disk_used_bytes": usage,
+        "pool": record.pool,
+        "this_data_dir": record.install == manager.install,
+        "docker_id": record.docker_id[:12],
+    }
+
+
+def _mounted_usage(attrs: dict[str, Any]) -> int | None:
+    """Bytes used in a loop-mounted workspace (its bind source is the mount point on this host)."""
+    import os
+
+    for mount in attrs.get("Mounts") or []:
+        if mount.get("Destination") == "/workspace" and mount.get("Type") == "bind":
+            source = mount.get("Source") or ""
+            if source and os.path.ismount(source):
+                st = os.statvfs(source)
+                return (st.f_blocks - st.f_bfree) * st.f_frsize
+    return None
+
+
+def _volume_sizes(manager: Any) -> dict[str, int]:
+    """Named-volume sizes from ``docker system df`` (one call; empty when the engine refuses)."""
+    import docker.errors
+
+    try:
+        df = manager.client.df()
+    except docker.errors.DockerException:
+        return {}
+    sizes = {}
+    for volume in df.get("Volumes") or []:
+        size = (volume.get("UsageData") or {}).get("Size")
+        if isinstance(size, int) and size >= 0:
+            sizes[volume.get("Name", "")] = size
+    return sizes
+
+
+def _human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # pragma: no cover
+
+
+def _human_duration(seconds: float) -> str:
+    past = seconds < 0
+    s = abs(seconds)
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if s >= size:
+            text = f"{s / size:.0f}{unit}"
+            break
+    else:
+        text = f"{s:.0f}s"
+    return f"{text} ago" if past else text
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _ls(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> int:
+    manager = _manager(ns, get_settings)
+    pairs = [(r, c) for r, c in manager.list() if ns.all_data_dirs or r.install == manager.install]
+    sizes = _volume_sizes(manager) if any(r.quota != "loop" for r, _ in pairs) else {}
+    rows = sorted((_describe(manager, r, c, sizes) for r, c in pairs), key=lambda d: d["created"], reverse=True)
+    if ns.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no sandboxes" + ("" if ns.all_data_dirs else f" for data dir {manager.settings.data_dir}"), file=sys.stderr)
+        return 0
+    table = [("ID", "OWNER", "AGE", "EXPIRES IN", "STATUS", "RUNTIME", "DISK USED")]
+    for d in rows:
+        limit = f" / {_human_bytes(d['disk_limit_bytes'])}" if d["disk_limit_bytes"] else ""
+        table.append((
+            d["id"], d["owner"], _human_duration(d["age_seconds"]),
+            "expired" if d["expired"] else _human_duration(d["expires_in_seconds"]),
+            d["status"], d["runtime"], _human_bytes(d["disk_used_bytes"]) + limit,
+        ))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _find(manager: Any, cid: str) -> tuple[Any, Any] | None:
+    from .sandboxes import is_valid_container_id
+
+    if not is_valid_container_id(cid):
+        return None
+    for record, container in manager.list():
+        if record.id == cid:
+            return record, container
+    return None
+
+
+def _inspect(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> int:
+    manager = _manager(ns, get_settings)
+    found = _find(manager, ns.container_id)
+    if found is None:
+        _err(f"no such sandbox: {ns.container_id}")
+        return 1
+    record, container = found
+    sizes = _volume_sizes(manager) if record.quota != "loop" else {}
+    data = _describe(manager, record, container, sizes)
+    attrs = container.attrs or {}
+    host_config = attrs.get("HostConfig") or {}
+    state = attrs.get("State") or {}
+    data.update(
+        started_at=state.get("StartedAt"),
+        limits={
+            "cpus": (host_config.get("NanoCpus") or 0) / 1e9 or None,
+            "memory_bytes": host_config.get("Memory") or None,
+            "pids": host_config.get("PidsLimit"),
+            "network": host_config.get("NetworkMode"),
+            "read_only_root": host_config.get("ReadonlyRootfs"),
+            "cap_drop": host_config.get("CapDrop"),
+        },
+        server=record.server,
+    )
+    try:
+        from .files import FileStore
+
+        with FileStore(manager.settings.files_dir, manager.settings.file_retention_days) as store:
+            files = store.list(container_id=record.id, limit=None)
+        data["files"] = [{"id": f.id, "filename": f.filename, "size": f.size, "origin": f.origin} for f in files]
+    except OSError:
+        data["files"] = None
+    print(json.dumps(data, indent=2))
+    return 0
+
+
+def _rm(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> int:
+    manager = _manager(ns, get_settings)
+    status = 0
+    for cid in ns.container_ids:
+        if _find(manager, cid) is None:
+            _err(f"no such sandbox: {cid}")
+            status = 1
+            continue
+        manager.remove(cid)
+        print(f"removed {cid}")
+    return status
+
+
+def _prune(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> int:
+    manager = _manager(ns, get_settings)
+    if ns.all:
+        mine = [r.id for r, _ in manager.list() if r.install == manager.install]
+        if not ns.yes:
+            _err(
+                f"--all removes every sandbox of {manager.settings.data_dir} ({len(mine)} now), with their "
+                "workspaces, running or not. Add --yes to confirm."
+            )
+            return 2
+        removed = manager.remove_installation()
+    else:
+        removed = manager.reap()
+    for cid in removed:
+        print(f"removed {cid}")
+    print(f"{len(removed)} sandbox{'es' * (len(removed) != 1)} removed", file=sys.stderr)
+    return 0
+
+
+__all__ = ["register_cli"]
