@@ -1,0 +1,1407 @@
+#!/usr/bin/env python3
+"""The mcp-codeexec in-container agent (docs/DESIGN.md, "Agent protocol v1").
+
+It runs as PID 1 of every sandbox container, as uid 1000, and serves framed requests on its
+stdin/stdout: ``bash`` (one terminal, calls serialised), the editor ops (``view``, ``create``,
+``str_replace``), file transfer (``put_file``, ``get_file``), ``hello``, ``ping`` and ``cancel``.
+As PID 1 it is also the container's init: one reaper thread collects every child and orphan.
+
+Stdlib only, one file, Python 3.9+. It cannot import ``mcp_codeexec``, so it carries its own copy
+of the few framing lines of ``mcp_codeexec/protocol.py``.
+
+Environment (for tests on the host): ``CODEEXEC_WORKSPACE`` (default ``/workspace``) and
+``CODEEXEC_STATE_DIR`` (default ``/tmp/.codeexec``). ``CODEEXEC_*`` variables are not passed on
+to commands.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import errno
+import json
+import os
+import queue
+import selectors
+import shutil
+import signal
+import stat
+import struct
+import sys
+import threading
+import time
+import traceback
+
+AGENT_VERSION = "1.0.0"
+
+# -- framing: a copy of mcp_codeexec/protocol.py -------------------------------------------------
+HEADER = struct.Struct(">II")
+MAX_JSON = 128 * 1024 * 1024
+MAX_BLOB = 4 * 1024 * 1024
+CHUNK = 1024 * 1024
+
+# -- configuration ---------------------------------------------------------------------------------
+WORKSPACE = os.path.abspath(os.environ.get("CODEEXEC_WORKSPACE", "/workspace"))
+STATE_DIR = os.path.abspath(os.environ.get("CODEEXEC_STATE_DIR", "/tmp/.codeexec"))
+STATE_FILE = os.path.join(STATE_DIR, "state")  # written by the EXIT trap of each bash call
+COMMAND_FILE = os.path.join(STATE_DIR, "command")  # the user command, sourced by the script
+OUTPUTS_DIR = os.path.join(WORKSPACE, ".codeexec", "outputs")
+SPILL_DIR = os.path.join(WORKSPACE, ".codeexec", "spill")
+INPUT_DIR = os.path.join(WORKSPACE, "inputs")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Defaults for fields the host normally sends.
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_MAX_OUTPUT = 256 * 1024
+DEFAULT_MAX_SPILL = 64 * 1024 * 1024
+DEFAULT_MAX_FILE = 100 * 1024 * 1024
+DEFAULT_VIEW_MAX = 16 * 1024 * 1024
+DEFAULT_EDIT_MAX = 64 * 1024 * 1024  # str_replace reads the whole file into memory
+
+TERM_GRACE = 0.5  # seconds between SIGTERM and SIGKILL at the deadline
+DRAIN_LIMIT = 1.0  # seconds to wait for the pipes' EOF after the sweep
+KILL_WAIT_LIMIT = 10.0  # seconds to wait for bash's exit status after SIGKILL
+PROGRESS_TAIL_CHARS = 2000
+MIN_PROGRESS_INTERVAL = 0.02
+SPILL_KEEP = 4  # spill files of the newest calls kept
+MAX_PATH_BYTES = 4096
+BINARY_SNIFF = 8192
+MAX_LISTING = 10000
+MAX_UPLOADS = 64
+
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines() splits on
+
+O_READ = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _log(message: str) -> None:
+    try:
+        os.write(2, (f"codeexec-agent: {message}\n").encode("utf-8", "backslashreplace"))
+    except OSError:
+        pass
+
+
+class ToolError(Exception):
+    """A failure reported to the host as an ``error`` frame with a hosted error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _invalid(message: str) -> ToolError:
+    return ToolError("invalid_tool_input", message)
+
+
+def _os_error(exc: OSError, shown: str) -> ToolError:
+    if exc.errno == errno.ENOENT:
+        return ToolError("file_not_found", f"The path {shown} does not exist.")
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return _invalid(f"{shown}: {reason}")
+
+
+# -- request field validation ----------------------------------------------------------------------
+def _field_str(req: dict, key: str, default: str | None = None) -> str:
+    value = req.get(key)
+    if value is None:
+        value = default
+    if not isinstance(value, str):
+        raise _invalid(f"{key!r} must be a string")
+    return value
+
+
+def _field_int(req: dict, key: str, default: int, minimum: int = 0) -> int:
+    value = req.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _invalid(f"{key!r} must be an integer >= {minimum}")
+    return value
+
+
+def _field_seconds(req: dict, key: str, default: float | None) -> float | None:
+    value = req.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
+        raise _invalid(f"{key!r} must be a positive number of seconds")
+    return float(value)
+
+
+def _encode_text(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise _invalid(f"{what} is not valid Unicode (lone surrogate)") from None
+
+
+# -- UTF-8 helpers ---------------------------------------------------------------------------------
+def cut_head(data: bytes) -> bytes:
+    """Drop an incomplete UTF-8 sequence at the end of ``data``."""
+    end = len(data)
+    i = end - 1
+    while i >= 0 and end - i < 4 and (data[i] & 0xC0) == 0x80:
+        i -= 1
+    if i < 0:
+        return data
+    lead = data[i]
+    need = 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4 if lead >> 3 == 0b11110 else 1
+    return data[:i] if i + need > end else data
+
+
+def cut_tail(data: bytes) -> bytes:
+    """Drop continuation bytes (the rest of a cut code point) at the start of ``data``."""
+    k = 0
+    while k < 3 and k < len(data) and (data[k] & 0xC0) == 0x80:
+        k += 1
+    return data[k:]
+
+
+def _ends_with_break(text: str) -> bool:
+    return bool(text) and text[-1] in LINE_BREAKS
+
+
+def _shown(text: str) -> str:
+    """A str safe for JSON: surrogate-escaped bytes become U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+class LineCounter:
+    """Counts lines of a byte stream exactly as ``len(data.decode(...).splitlines())`` would.
+
+    Every line break of str.splitlines() is, in UTF-8, a byte sequence starting with a byte that
+    can only begin a character, so counting the byte patterns gives the same answer as decoding
+    (with ``replace`` or ``surrogateescape``); ``\\r\\n`` counts once.
+    """
+
+    def __init__(self) -> None:
+        self.breaks = 0
+        self._carry = b""
+        self._last = b""
+
+    def feed(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        buf = self._carry + chunk
+        cut = len(buf)
+        if buf.endswith(b"\xe2\x80"):
+            cut -= 2
+        elif buf.endswith((b"\r", b"\xc2", b"\xe2")):
+            cut -= 1
+        self._count(buf[:cut])
+        self._carry = buf[cut:]
+        self._last = (self._last + chunk)[-3:]
+
+    def _count(self, buf: bytes) -> None:
+        n = buf.count(b"\n")
+        if b"\r" in buf:
+            n += buf.count(b"\r") - buf.count(b"\r\n")
+        for sep in (b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e"):
+            if sep in buf:
+                n += buf.count(sep)
+        if b"\xc2" in buf:
+            n += buf.count(b"\xc2\x85")
+        if b"\xe2" in buf:
+            n += buf.count(b"\xe2\x80\xa8") + buf.count(b"\xe2\x80\xa9")
+        self.breaks += n
+
+    def total(self) -> int:
+        self._count(self._carry)
+        self._carry = b""
+        last = self._last
+        if not last:
+            return 0
+        ends = last[-1:] in (b"\n", b"\r", b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e") or last.endswith(
+            (b"\xc2\x85", b"\xe2\x80\xa8", b"\xe2\x80\xa9")
+        )
+        return self.breaks + (0 if ends else 1)
+
+
+# -- the reply channel -----------------------------------------------------------------------------
+class Channel:
+    """Writes whole frames to the output fd under one lock."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+        self._failed = False
+
+    def send(self, message: dict, blob: bytes = b"") -> None:
+        body = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+        if len(body) > MAX_JSON or len(blob) > MAX_BLOB:
+            _log(f"reply to request {message.get('id')!r} too large ({len(body)} bytes); sending an error")
+            body = json.dumps(
+                {"id": message.get("id"), "type": "error", "code": "unavailable", "message": "reply too large"}
+            ).encode()
+            blob = b""
+        data = memoryview(HEADER.pack(len(body), len(blob)) + body + blob)
+        with self._lock:
+            try:
+                while data:
+                    data = data[os.write(self._fd, data) :]
+                self._failed = False
+            except OSError as exc:
+                if not self._failed:
+                    _log(f"cannot write a reply: {exc}")
+                self._failed = True
+
+    def result(self, rid: int, result: dict) -> None:
+        self.send({"id": rid, "type": "result", "result": result})
+
+    def error(self, rid: int, code: str, message: str) -> None:
+        self.send({"id": rid, "type": "error", "code": code, "message": message})
+
+
+# -- process management ----------------------------------------------------------------------------
+class Reaper:
+    """The one collector of exit statuses: ``waitpid(-1)`` in a thread.
+
+    It reaps every child and, as PID 1, every orphan; statuses of spawned pids are kept until
+    claimed, and each one also wakes the waiter through ``wake_fd``.
+    """
+
+    def __init__(self, wake_fd: int) -> None:
+        self._cond = threading.Condition()
+        self._watched: dict[int, int | None] = {}
+        self._kick = False
+        self._wake_fd = wake_fd
+        threading.Thread(target=self._run, name="reaper", daemon=True).start()
+
+    def spawn(self, path: str, argv: list, env: dict, **kwargs) -> int:
+        # Holding the lock across the spawn: the reaper cannot record (and drop) the child's
+        # status before its pid is watched.
+        with self._cond:
+            pid = os.posix_spawn(path, argv, env, **kwargs)
+            self._watched[pid] = None
+            self._kick = True
+            self._cond.notify()
+        return pid
+
+    def status(self, pid: int) -> int | None:
+        with self._cond:
+            return self._watched.get(pid)
+
+    def forget(self, pid: int) -> None:
+        with self._cond:
+            self._watched.pop(pid, None)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                with self._cond:
+                    while not self._kick:
+                        self._cond.wait()
+                    self._kick = False
+                continue
+            except OSError as exc:  # not expected; the init must not stop reaping
+                _log(f"waitpid: {exc}")
+                time.sleep(0.1)
+                continue
+            with self._cond:
+                watched = pid in self._watched
+                if watched:
+                    self._watched[pid] = status
+            if watched:
+                try:
+                    os.write(self._wake_fd, b"\0")
+                except OSError:  # the pipe is full: the waiter is due to wake anyway
+                    pass
+
+
+def sweep(pgid: int) -> None:
+    """Kill whatever a bash call left behind.
+
+    ``kill(-1, SIGKILL)`` reaches every process of the container except PID 1, but only when this
+    process *is* PID 1, i.e. inside its own pid namespace. Anywhere else (tests on a host, maybe
+    as root) only the call's process group is killed: ``kill(-1)`` there would kill the machine's
+    session.
+    """
+    if os.getpid() == 1:
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    elif pgid > 1:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    if pgid > 1:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _return_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return -1
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _remove(path: str) -> None:
+    """Remove a file, symlink, FIFO or tree; missing is fine."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except (IsADirectoryError, PermissionError):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _write_private(path: str, data: bytes) -> None:
+    """(Re)write one of the agent's own files; never blocks on a FIFO put in its place."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        _remove(path)
+        fd = os.open(path, flags, 0o600)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_upto(fd: int, limit: int) -> bytes:
+    parts = []
+    left = limit
+    while left > 0:
+        chunk = os.read(fd, min(left, CHUNK))
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+# -- bash ------------------------------------------------------------------------------------------
+class Capture:
+    """One output stream: head + tail kept in memory, the whole (up to max_spill) in a spill file."""
+
+    def __init__(self, cap: int, max_spill: int, spill_path: str, prune) -> None:
+        self.cap = cap
+        self.head_size = cap // 2
+        self.tail_size = cap - self.head_size
+        self.max_spill = max_spill
+        self.spill_path = spill_path
+        self._prune = prune
+        self.total = 0
+        self.buf = bytearray()  # everything, while total <= cap; afterwards the tail
+        self.head: bytes | None = None
+        self.spill_fd = -1
+        self.spilled = 0
+
+    def feed(self, data: bytes) -> None:
+        self.total += len(data)
+        if self.head is None:
+            self.buf += data
+            if len(self.buf) <= self.cap:
+                return
+            self.head = bytes(self.buf[: self.head_size])
+            self._spill(self.buf)
+            del self.buf[: self.head_size]
+        else:
+            self._spill(data)
+            self.buf += data
+        if len(self.buf) > 2 * self.tail_size + CHUNK:
+            del self.buf[: len(self.buf) - self.tail_size]
+
+    def _spill(self, data) -> None:
+        room = self.max_spill - self.spilled
+        if room <= 0 or self.spill_fd == -2:  # -2: closed for good
+            return
+        try:
+            if self.spill_fd == -1:
+                os.makedirs(os.path.dirname(self.spill_path), exist_ok=True)
+                self._prune()
+                _remove(self.spill_path)
+                self.spill_fd = os.open(
+                    self.spill_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
+                )
+            chunk = memoryview(data)[:room]
+            _write_all(self.spill_fd, chunk)
+            self.spilled += len(chunk)
+        except OSError as exc:
+            _log(f"spill file {self.spill_path}: {exc}")
+            self.close()
+
+    def close(self) -> None:
+        if self.spill_fd >= 0:
+            os.close(self.spill_fd)
+        self.spill_fd = -2
+
+    def tail_text(self, chars: int) -> str:
+        data = cut_tail(bytes(self.buf[-4 * chars :])) if len(self.buf) > 4 * chars else bytes(self.buf)
+        return data.decode("utf-8", "replace")[-chars:]
+
+    def text(self) -> str:
+        self.close()
+        if self.head is None:
+            return self.buf.decode("utf-8", "replace")
+        head = cut_head(self.head)
+        tail = cut_tail(bytes(self.buf[-self.tail_size :])) if self.tail_size else b""
+        omitted = self.total - len(head) - len(tail)
+        if self.spilled and self.spilled == self.total:
+            where = f"; full output saved to {self.spill_path}"
+        elif self.spilled:
+            where = f"; first {self.spilled} bytes saved to {self.spill_path}"
+        else:
+            where = ""
+        marker = f"\n[... {omitted} bytes omitted{where} ...]\n"
+        return head.decode("utf-8", "replace") + marker + tail.decode("utf-8", "replace")
+
+
+class BashCall:
+    __slots__ = ("cancelled", "rid")
+
+    def __init__(self, rid: int) -> None:
+        self.rid = rid
+        self.cancelled = False
+
+
+class Terminal:
+    """The one bash terminal of the container: calls run one at a time."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.reaper = Reaper(self._wake_w)
+        self.calls: dict[int, BashCall] = {}
+        self._seq = 0
+        self._prev_outdir: str | None = None
+        self._bash = self._find_bash()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CODEEXEC_")}
+        env.setdefault("PATH", DEFAULT_PATH)
+        env.update(HOME=WORKSPACE, INPUT_DIR=INPUT_DIR, LANG="C.UTF-8")
+        self._env = env
+        self._sigdef = [s for s in (getattr(signal, "SIGPIPE", None), getattr(signal, "SIGXFSZ", None)) if s]
+        save = f"{{ builtin export -p; builtin printf 'cd -- %q\\n' \"$PWD\"; }} >|{_quote(STATE_FILE)} 2>/dev/null"
+        self._script_head = f"[ -f {_quote(STATE_FILE)} ] && . {_quote(STATE_FILE)} 2>/dev/null\n"
+        self._script_tail = f"trap -- {_quote(save)} EXIT\n. {_quote(COMMAND_FILE)}\n"
+
+    @staticmethod
+    def _find_bash() -> str:
+        for d in os.environ.get("PATH", DEFAULT_PATH).split(os.pathsep) + ["/bin", "/usr/bin"]:
+            candidate = os.path.join(d or ".", "bash")
+            if os.access(candidate, os.X_OK):
+                return candidate
+        return "/bin/bash"
+
+    # -- wake-ups from the reaper and from cancel
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:
+            pass
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def cancel(self, target) -> None:
+        call = self.calls.get(target)
+        if call is None:
+            _log(f"cancel: no bash call {target!r}")
+            return
+        call.cancelled = True
+        self.wake()
+
+    def cancel_all(self) -> None:
+        for call in list(self.calls.values()):
+            call.cancelled = True
+        self.wake()
+
+    # -- per-call directories
+    def _next_outdir(self) -> tuple[int, str]:
+        if self._prev_outdir is not None:
+            try:
+                os.rmdir(self._prev_outdir)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                _remove(self._prev_outdir)
+        else:  # first call of this agent: clear what an earlier agent left, continue its numbering
+            last = 0
+            for d, clear in ((OUTPUTS_DIR, True), (SPILL_DIR, False)):
+                try:
+                    names = os.listdir(d)
+                except OSError:
+                    continue
+                for name in names:
+                    number = name.split(".", 1)[0]
+                    if number.isdigit():
+                        last = max(last, int(number))
+                    if clear:
+                        _remove(os.path.join(d, name))
+            self._seq = last
+        self._seq += 1
+        outdir = os.path.join(OUTPUTS_DIR, str(self._seq))
+        self._prev_outdir = outdir
+        try:
+            try:
+                os.mkdir(outdir)
+            except FileNotFoundError:
+                os.makedirs(outdir)
+            except FileExistsError:
+                _remove(outdir)
+                os.mkdir(outdir)
+        except OSError as exc:  # a full disk must not stop the command that would clean it up
+            _log(f"cannot create {outdir}: {exc}")
+        return self._seq, outdir
+
+    def _prune_spill(self) -> None:
+        try:
+            names = os.listdir(SPILL_DIR)
+        except OSError:
+            return
+        seqs = {int(n.split(".", 1)[0]) for n in names if n.split(".", 1)[0].isdigit()}
+        keep = set(sorted(seqs | {self._seq})[-SPILL_KEEP:])
+        for name in names:
+            number = name.split(".", 1)[0]
+            if not number.isdigit() or int(number) not in keep:
+                _remove(os.path.join(SPILL_DIR, name))
+
+    # -- the call
+    def run(self, rid: int, req: dict, blob: bytes) -> None:
+        call = self.calls.get(rid) or BashCall(rid)
+        try:
+            command = _encode_text(_field_str(req, "command"), "command")
+            timeout = _field_seconds(req, "timeout", DEFAULT_TIMEOUT)
+            max_output = _field_int(req, "max_output", DEFAULT_MAX_OUTPUT)
+            max_spill = _field_int(req, "max_spill", DEFAULT_MAX_SPILL)
+            max_file = _field_int(req, "max_file", DEFAULT_MAX_FILE)
+            interval = _field_seconds(req, "progress_interval", None)
+            restart = req.get("restart", False)
+            if not isinstance(restart, bool):
+                raise _invalid("'restart' must be a boolean")
+            with self.lock:
+                if call.cancelled:  # cancelled while queued: it never runs
+                    self.channel.result(rid, self._result("", "", 128 + signal.SIGKILL, True, "", []))
+                    return
+                self._run_locked(call, command, timeout, max_output, max_spill, max_file, interval, restart)
+        finally:
+            self.calls.pop(rid, None)
+
+    def _result(self, stdout, stderr, return_code, timed_out, outdir, files) -> dict:
+        return {
+            "stdout": stdout,
+            "stderr": stderr,
+            "return_code": return_code,
+            "timed_out": timed_out,
+            "output_dir": outdir,
+            "files": files,
+        }
+
+    def _run_locked(self, call, command, timeout, max_output, max_spill, max_file, interval, restart) -> None:
+        rid = call.rid
+        start = time.monotonic()
+        seq, outdir = self._next_outdir()
+        if restart:
+            _remove(STATE_FILE)
+        else:
+            try:
+                if not stat.S_ISREG(os.lstat(STATE_FILE).st_mode):
+                    _remove(STATE_FILE)  # a FIFO here would hang the EXIT trap
+            except FileNotFoundError:
+                pass
+        _write_private(COMMAND_FILE, command)
+        script = f"{self._script_head}export OUTPUT_DIR={_quote(outdir)}\n{self._script_tail}"
+        env = dict(self._env, OUTPUT_DIR=outdir)
+        self._drain_wake()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            actions = [
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, out_w, 1),
+                (os.POSIX_SPAWN_DUP2, err_w, 2),
+            ]
+            argv = ["bash", "--noprofile", "--norc", "-c", script]
+            try:
+                pid = self.reaper.spawn(
+                    self._bash, argv, env, file_actions=actions, setsid=True, setsigdef=self._sigdef, setsigmask=()
+                )
+            except NotImplementedError:  # no POSIX_SPAWN_SETSID: a new process group at least
+                pid = self.reaper.spawn(
+                    self._bash, argv, env, file_actions=actions, setpgroup=0, setsigdef=self._sigdef, setsigmask=()
+                )
+        except OSError as exc:
+            for fd in (out_r, out_w, err_r, err_w):
+                os.close(fd)
+            raise ToolError("unavailable", f"cannot start bash: {exc}") from None
+        os.close(out_w)
+        os.close(err_w)
+        spill = os.path.join(SPILL_DIR, f"{seq}.")
+        out = Capture(max_output, max_spill, spill + "stdout", self._prune_spill)
+        err = Capture(max_output, max_spill, spill + "stderr", self._prune_spill)
+        try:
+            status, timed_out = self._pump(call, pid, out_r, err_r, out, err, start, timeout, interval)
+        finally:
+            self.reaper.forget(pid)
+            os.close(out_r)
+            os.close(err_r)
+        return_code = _return_code(status) if status is not None else 128 + signal.SIGKILL
+        stdout, stderr = out.text(), err.text()
+        if timed_out:  # the host reports execution_time_exceeded: output files are not collected
+            self.channel.result(rid, self._result(stdout, stderr, return_code, True, outdir, []))
+            return
+        files = self._send_files(rid, outdir, max_file)
+        if files is not None:
+            self.channel.result(rid, self._result(stdout, stderr, return_code, False, outdir, files))
+
+    def _pump(self, call, pid, out_r, err_r, out, err, start, timeout, interval):
+        """Read both pipes until bash exits (or is killed at the deadline), sweep, drain."""
+        deadline = start + timeout
+        if interval:
+            interval = max(interval, MIN_PROGRESS_INTERVAL)
+        next_progress = start + interval if interval else None
+        grace_end = kill_end = None
+        timed_out = False
+        status = None
+        sel = selectors.PollSelector()  # no registration syscalls, unlike epoll
+        try:
+            sel.register(out_r, selectors.EVENT_READ, out)
+            sel.register(err_r, selectors.EVENT_READ, err)
+            sel.register(self._wake_r, selectors.EVENT_READ, None)
+            open_pipes = 2
+            while True:
+                status = self.reaper.status(pid)
+                if status is not None:
+                    break
+                now = time.monotonic()
+                if grace_end is None and (now >= deadline or call.cancelled):
+                    timed_out = True
+                    _signal_group(pid, signal.SIGTERM)
+                    grace_end = now + TERM_GRACE
+                if kill_end is None and grace_end is not None and now >= grace_end:
+                    sweep(pid)
+                    kill_end = now + KILL_WAIT_LIMIT
+                if kill_end is not None and now >= kill_end:
+                    _log(f"bash pid {pid} did not die after SIGKILL")
+                    break
+                if next_progress is not None and now >= next_progress:
+                    self.channel.send(
+                        {
+                            "id": call.rid,
+                            "type": "progress",
+                            "elapsed": round(now - start, 3),
+                            "stdout_tail": out.tail_text(PROGRESS_TAIL_CHARS),
+                            "stderr_tail": err.tail_text(PROGRESS_TAIL_CHARS),
+                        }
+                    )
+                    next_progress = max(next_progress + interval, now + interval / 2)
+                wait = min(
+                    (t for t in (deadline, grace_end, kill_end, next_progress) if t is not None and t > now),
+                    default=now,
+                )
+                for key, _ in sel.select(wait - now):
+                    if key.data is None:
+                        self._drain_wake()
+                        continue
+                    data = os.read(key.fd, 65536)
+                    if data:
+                        key.data.feed(data)
+                    else:
+                        sel.unregister(key.fd)
+                        open_pipes -= 1
+            sweep(pid)
+            # Every writer is dead now (as PID 1); read what is left in the pipes.
+            sel.unregister(self._wake_r)
+            drain_end = time.monotonic() + DRAIN_LIMIT
+            while open_pipes:
+                left = drain_end - time.monotonic()
+                if left <= 0:
+                    _log(f"output pipes still open {DRAIN_LIMIT:.1f}s after the sweep")
+                    break
+                for key, _ in sel.select(left):
+                    data = os.read(key.fd, 65536)
+                    if data:
+                        key.data.feed(data)
+                    else:
+                        sel.unregister(key.fd)
+                        open_pipes -= 1
+        finally:
+            sel.close()
+        return status, timed_out
+
+    def _send_files(self, rid: int, outdir: str, max_file: int) -> list | None:
+        found = []
+        try:
+            with os.scandir(outdir) as entries:
+                for entry in entries:
+                    if entry.is_file(follow_symlinks=False):
+                        found.append((entry.name, entry.stat(follow_symlinks=False).st_size))
+        except OSError:
+            return []
+        found.sort()
+        too_large = [name for name, size in found if size > max_file]
+        if too_large:
+            self.channel.error(
+                rid,
+                "output_file_too_large",
+                f"output file {_shown(too_large[0])} is larger than the limit of {max_file} bytes",
+            )
+            return None
+        files = []
+        for name, _ in found:
+            try:
+                fd = os.open(os.path.join(outdir, name), O_READ | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
+                files.append({"name": name, "size": _stream_file(self.channel, rid, fd, name, max_file)})
+            finally:
+                os.close(fd)
+        return files
+
+
+def _stream_file(channel: Channel, rid: int, fd: int, name: str, limit: int) -> int:
+    """Send a file as ``file`` frames (one empty frame for an empty file); returns its size."""
+    size = os.fstat(fd).st_size
+    offset = 0
+    while True:
+        chunk = os.read(fd, min(CHUNK, limit - offset)) if offset < limit else b""
+        if chunk or offset == 0:
+            channel.send({"id": rid, "type": "file", "name": name, "size": size, "offset": offset}, chunk)
+        if not chunk:
+            return offset
+        offset += len(chunk)
+
+
+# -- the editor ------------------------------------------------------------------------------------
+def _resolve(req: dict) -> tuple[str, str]:
+    """(absolute path, path as given); relative paths are taken from the workspace."""
+    path = req.get("path")
+    if not isinstance(path, str) or not path:
+        raise _invalid("'path' must be a non-empty string")
+    if "\x00" in path:
+        raise _invalid("path contains a NUL character")
+    try:
+        raw = os.fsencode(path)
+    except UnicodeError:
+        raise _invalid("path is not valid Unicode") from None
+    if len(raw) > MAX_PATH_BYTES:
+        raise _invalid(f"path is longer than {MAX_PATH_BYTES} bytes")
+    return os.path.join(WORKSPACE, path), path
+
+
+def _media_kind(path: str, head: bytes) -> str | None:
+    if head.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")) or head[:6] in (b"GIF87a", b"GIF89a"):
+        return "image"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image"
+    if head.startswith(b"%PDF-"):
+        return "pdf"
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".png", ".jpg", ".jpeg", ".gif", ".webp"):
+        return "image"
+    if ext == ".pdf":
+        return "pdf"
+    return None
+
+
+def _final_target(full: str) -> str:
+    """The file a write to ``full`` lands in: a final symlink is followed (within the sandbox)."""
+    try:
+        if stat.S_ISLNK(os.lstat(full).st_mode):
+            return os.path.realpath(full)
+    except OSError:
+        pass
+    return full
+
+
+def _atomic_write(target: str, data: bytes, mode: int | None) -> None:
+    """Write ``data`` to a temp file beside ``target`` and rename it over ``target``."""
+    directory = os.path.dirname(target)
+    tmp = os.path.join(directory, f".codeexec-tmp-{os.urandom(6).hex()}")
+    fd = os.open(
+        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666 if mode is None else 0o600
+    )
+    try:
+        try:
+            _write_all(fd, data)
+            if mode is not None:
+                os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class Editor:
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self._locks = [threading.Lock() for _ in range(64)]
+        self._uploads: dict[int, dict] = {}
+        self._failed_uploads: set[int] = set()
+        try:
+            self._proc_dev = os.stat("/proc").st_dev
+        except OSError:
+            self._proc_dev = None
+
+    def _lock(self, target: str) -> threading.Lock:
+        return self._locks[hash(os.path.normpath(target)) % len(self._locks)]
+
+    def _open_existing(self, full: str, shown: str, allow_dir: bool = False) -> tuple[int, os.stat_result]:
+        """Open for reading without ever blocking; only regular files (and maybe directories)."""
+        try:
+            fd = os.open(full, O_READ)
+        except OSError as exc:
+            raise _os_error(exc, shown) from None
+        st = os.fstat(fd)
+        kind = stat.S_IFMT(st.st_mode)
+        if kind == stat.S_IFREG or (allow_dir and kind == stat.S_IFDIR):
+            if st.st_dev == self._proc_dev and self._is_own_proc_entry(full):
+                os.close(fd)
+                raise _invalid(f"{shown}: the agent's own /proc entries are not readable")
+            return fd, st
+        os.close(fd)
+        if kind == stat.S_IFDIR:
+            raise _invalid(f"{shown} is a directory")
+        what = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+        raise _invalid(f"{shown} is {what.get(kind, 'not a regular file')}, not a regular file")
+
+    @staticmethod
+    def _is_own_proc_entry(full: str) -> bool:
+        parts = os.path.realpath(full).split("/")
+        return len(parts) > 2 and parts[1] == "proc" and parts[2] in ("self", "thread-self", str(os.getpid()))
+
+    # -- view
+    def view(self, rid: int, req: dict, blob: bytes) -> dict:
+        full, shown = _resolve(req)
+        max_bytes = _field_int(req, "max_bytes", DEFAULT_VIEW_MAX, 1)
+        view_range = req.get("view_range")
+        if view_range is not None and (
+            not isinstance(view_range, list)
+            or len(view_range) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in view_range)
+        ):
+            raise _invalid("'view_range' must be a list of two integers [start, end]")
+        fd, st = self._open_existing(full, shown, allow_dir=True)
+        try:
+            if stat.S_ISDIR(st.st_mode):
+                return self._listing(full, shown)
+            head = _read_upto(fd, 16)
+            kind = _media_kind(full, head)
+            if kind is not None:
+                if st.st_size > max_bytes:
+                    raise _invalid(f"{shown} is too large to view ({st.st_size} bytes; the limit is {max_bytes})")
+                data = head + _read_upto(fd, max_bytes + 1 - len(head))
+                if len(data) > max_bytes:
+                    raise _invalid(f"{shown} is too large to view (more than {max_bytes} bytes)")
+                content = base64.b64encode(data).decode("ascii")
+                return {"file_type": kind, "content": content, "num_lines": 0, "start_line": 1, "total_lines": 0}
+            data = head + _read_upto(fd, max_bytes + 1 - len(head))
+            if len(data) <= max_bytes:
+                lines = data.decode("utf-8", "replace").splitlines(True)
+                start, end = self._range(view_range, len(lines))
+                chosen = lines[start - 1 : end]
+                return self._view_result("".join(chosen), len(chosen), start, len(lines))
+            return self._view_large(fd, view_range, max_bytes)
+        except OSError as exc:
+            raise _os_error(exc, shown) from None
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _view_result(content: str, num_lines: int, start: int, total: int) -> dict:
+        return {
+            "file_type": "text",
+            "content": content,
+            "num_lines": num_lines,
+            "start_line": start,
+            "total_lines": total,
+        }
+
+    @staticmethod
+    def _range(view_range, total: int) -> tuple[int, int]:
+        if view_range is None:
+            return 1, total
+        start, end = view_range
+        if start < 1 or start > max(total, 1):
+            raise _invalid(f"view_range start {start} is out of range: the file has {total} lines")
+        if end == -1:
+            return start, total
+        if end < start or end > total:
+            raise _invalid(
+                f"view_range end {end} is out of range: it must be -1 or between {start} and {total}"
+                f" (the file has {total} lines)"
+            )
+        return start, end
+
+    def _view_large(self, fd: int, view_range, max_bytes: int) -> dict:
+        """A file larger than max_bytes: the lines of the range that fit; total_lines by streaming."""
+        counter = LineCounter()
+        offset = 0
+        while True:
+            chunk = os.pread(fd, CHUNK, offset)
+            if not chunk:
+                break
+            counter.feed(chunk)
+            offset += len(chunk)
+        total = counter.total()
+        start, end = self._range(view_range, total)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        chosen: list[str] = []
+        used = 0
+        lineno = 0
+        carry = ""
+        pending_cr = False
+        offset = 0
+        done = False
+        while not done:
+            chunk = os.pread(fd, CHUNK, offset)
+            offset += len(chunk)
+            final = not chunk
+            text = decoder.decode(chunk, final)
+            if pending_cr and text.startswith("\n"):  # the \n of a \r\n split between chunks
+                text = text[1:]
+            text = carry + text
+            parts = text.splitlines(True)
+            carry = ""
+            if not final and parts and not _ends_with_break(parts[-1]):
+                carry = parts.pop()
+                if len(carry) > max_bytes:  # the middle of one long line: its start is enough
+                    carry = carry[: max_bytes + 1]
+            pending_cr = bool(parts) and parts[-1].endswith("\r")
+            for line in parts:
+                lineno += 1
+                if lineno < start:
+                    continue
+                size = len(line.encode("utf-8"))
+                if lineno > end or used + size > max_bytes:
+                    if not chosen and lineno <= end:  # not even one line fits: its beginning
+                        chosen.append(cut_head(line.encode("utf-8")[:max_bytes]).decode("utf-8"))
+                    done = True
+                    break
+                chosen.append(line)
+                used += size
+            if final:
+                break
+        return self._view_result("".join(chosen), len(chosen), start, total)
+
+    @staticmethod
+    def _listing(full: str, shown: str) -> dict:
+        entries: list[str] = []
+        truncated = False
+
+        def walk(directory: str, shown_dir: str, depth: int) -> None:
+            nonlocal truncated
+            try:
+                with os.scandir(directory) as it:
+                    children = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+            except OSError:
+                return
+            for entry in children:
+                if len(entries) >= MAX_LISTING:
+                    truncated = True
+                    return
+                shown_entry = os.path.join(shown_dir, _shown(entry.name))
+                entries.append(shown_entry)
+                if depth < 2 and entry.is_dir(follow_symlinks=False):
+                    walk(entry.path, shown_entry, depth + 1)
+
+        walk(full, _shown(shown), 1)
+        body = [_shown(shown)] + entries
+        if truncated:
+            body.append(f"[... listing truncated after {MAX_LISTING} entries ...]")
+        content = "Here's the files and directories up to 2 levels deep in {}, excluding hidden items:\n{}\n".format(
+            _shown(shown),
+            "\n".join(body),
+        )
+        total = len(content.splitlines())
+        return {"file_type": "text", "content": content, "num_lines": total, "start_line": 1, "total_lines": total}
+
+    # -- create
+    def create(self, rid: int, req: dict, blob: bytes) -> dict:
+        full, shown = _resolve(req)
+        data = _encode_text(_field_str(req, "file_text"), "file_text")
+        target = _final_target(full)
+        if not os.path.basename(target):
+            raise _invalid(f"{shown} names a directory")
+        with self._lock(target):
+            try:
+                mode = self._existing_mode(target, shown)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                _atomic_write(target, data, mode)
+            except OSError as exc:
+                raise _os_error(exc, shown) from None
+        return {"is_file_update": mode is not None}
+
+    @staticmethod
+    def _existing_mode(target: str, shown: str) -> int | None:
+        """The permission bits of the regular file at ``target``; None if nothing is there."""
+        try:
+            st = os.stat(target)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            raise _invalid(f"{shown} exists and is not a regular file")
+        return stat.S_IMODE(st.st_mode)
+
+    # -- str_replace
+    def str_replace(self, rid: int, req: dict, blob: bytes) -> dict:
+        full, shown = _resolve(req)
+        old = _field_str(req, "old_str")
+        new = _field_str(req, "new_str", "")
+        if not old:
+            raise _invalid("old_str must not be empty")
+        _encode_text(new, "new_str")
+        max_bytes = _field_int(req, "max_bytes", DEFAULT_EDIT_MAX, 1)
+        target = _final_target(full)
+        with self._lock(target):
+            fd, st = self._open_existing(target, shown)
+            try:
+                if st.st_size > max_bytes:
+                    raise _invalid(f"{shown} is too large to edit ({st.st_size} bytes; the limit is {max_bytes})")
+                data = _read_upto(fd, max_bytes + 1)
+            except OSError as exc:
+                raise _os_error(exc, shown) from None
+            finally:
+                os.close(fd)
+            if len(data) > max_bytes:
+                raise _invalid(f"{shown} is too large to edit (more than {max_bytes} bytes)")
+            if b"\x00" in data[:BINARY_SNIFF]:
+                raise _invalid(f"{shown} is a binary file; str_replace edits text files only")
+            text = data.decode("utf-8", "surrogateescape")
+            count = text.count(old)
+            if count == 0:
+                raise _invalid(f"old_str not found in {shown}")
+            if count > 1:
+                raise _invalid(f"old_str found {count} times in {shown}; it must be unique")
+            at = text.index(old)
+            new_text = text[:at] + new + text[at + len(old) :]
+            try:
+                _atomic_write(target, new_text.encode("utf-8", "surrogateescape"), stat.S_IMODE(st.st_mode))
+            except OSError as exc:
+                raise _os_error(exc, shown) from None
+        return replacement_hunk(text, at, old, new)
+
+    # -- put_file / get_file
+    def put_file(self, rid: int, req: dict, blob: bytes) -> dict | None:
+        """One chunk of an upload; the chunks of one upload share the request id."""
+        if rid in self._failed_uploads:
+            if req.get("eof"):
+                self._failed_uploads.discard(rid)
+            return None
+        try:
+            return self._put_chunk(rid, req, blob)
+        except BaseException:
+            upload = self._uploads.pop(rid, None)
+            if upload is not None:
+                os.close(upload["fd"])
+                _remove(upload["tmp"])
+            if not req.get("eof"):
+                self._failed_uploads.add(rid)
+            raise
+
+    def _put_chunk(self, rid: int, req: dict, blob: bytes) -> dict | None:
+        offset = _field_int(req, "offset", 0)
+        eof = req.get("eof", False)
+        mode = req.get("mode")
+        if not isinstance(eof, bool) or (
+            mode is not None and (not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o7777)
+        ):
+            raise _invalid("'eof' must be a boolean and 'mode' an integer permission mode")
+        upload = self._uploads.get(rid)
+        if upload is None:
+            if len(self._uploads) >= MAX_UPLOADS:
+                raise ToolError("unavailable", "too many uploads in progress")
+            full, shown = _resolve(req)
+            target = _final_target(full)
+            if not os.path.basename(target):
+                raise _invalid(f"{shown} names a directory")
+            try:
+                existing = self._existing_mode(target, shown)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                tmp = os.path.join(os.path.dirname(target), f".codeexec-tmp-{os.urandom(6).hex()}")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            except OSError as exc:
+                raise _os_error(exc, shown) from None
+            upload = {"fd": fd, "tmp": tmp, "target": target, "shown": shown, "size": 0, "mode": existing}
+            self._uploads[rid] = upload
+        try:
+            if blob:
+                view = memoryview(blob)
+                while view:
+                    written = os.pwrite(upload["fd"], view, offset)
+                    view = view[written:]
+                    offset += written
+                upload["size"] = max(upload["size"], offset)
+            if not eof:
+                return None
+            if mode is None:
+                mode = upload["mode"]
+            if mode is not None:
+                os.fchmod(upload["fd"], mode)
+            size = os.fstat(upload["fd"]).st_size
+            del self._uploads[rid]
+            os.close(upload["fd"])
+            with self._lock(upload["target"]):
+                os.replace(upload["tmp"], upload["target"])
+        except OSError as exc:
+            raise _os_error(exc, upload["shown"]) from None
+        return {"size": size}
+
+    def get_file(self, rid: int, req: dict, blob: bytes) -> dict:
+        full, shown = _resolve(req)
+        max_size = _field_int(req, "max_size", DEFAULT_MAX_FILE)
+        fd, st = self._open_existing(full, shown)
+        try:
+            if st.st_size > max_size:
+                raise ToolError(
+                    "output_file_too_large",
+                    f"{shown} is larger than the limit of {max_size} bytes ({st.st_size} bytes)",
+                )
+            size = _stream_file(self.channel, rid, fd, os.path.basename(full), max_size)
+        except OSError as exc:
+            raise _os_error(exc, shown) from None
+        finally:
+            os.close(fd)
+        return {"size": size}
+
+
+def _line_start(text: str, at: int) -> int:
+    return max(text.rfind(c, 0, at) for c in LINE_BREAKS) + 1
+
+
+def _line_end(text: str, at: int) -> int:
+    ends = [i for i in (text.find(c, at) for c in LINE_BREAKS) if i != -1]
+    return min(ends) if ends else len(text)
+
+
+def replacement_hunk(text: str, at: int, old: str, new: str) -> dict:
+    """The str_replace result: the whole lines touched, ``-`` old then ``+`` new, no context."""
+    begin = _line_start(text, at)
+    after = at + len(old)
+    rest = "" if _ends_with_break(old) else text[after : _line_end(text, after)]
+    old_lines = (text[begin:at] + old + rest).splitlines() or [""]
+    new_lines = (text[begin:at] + new + rest).splitlines()
+    # text[:begin] is whole lines: count its line breaks (\r\n is one)
+    first = sum(text.count(c, 0, begin) for c in LINE_BREAKS) - text.count("\r\n", 0, begin) + 1
+    return {
+        "old_start": first,
+        "old_lines": len(old_lines),
+        "new_start": first,
+        "new_lines": len(new_lines),
+        "lines": ["-" + _shown(line) for line in old_lines] + ["+" + _shown(line) for line in new_lines],
+    }
+
+
+# -- the server ------------------------------------------------------------------------------------
+class Workers:
+    """Threads that run requests concurrently; idle ones are reused (starting a thread costs more
+    than a whole editor request)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._cond = threading.Condition()
+        self._idle = 0
+        self._busy = 0
+
+    def submit(self, job, *args) -> None:
+        with self._cond:
+            self._busy += 1
+            start = self._idle == 0
+            if not start:
+                self._idle -= 1
+        self._jobs.put((job, args))
+        if start:
+            threading.Thread(target=self._loop, name="worker", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            job, args = self._jobs.get()
+            try:
+                job(*args)
+            finally:
+                with self._cond:
+                    self._busy -= 1
+                    self._idle += 1
+                    self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._busy == 0, timeout)
+
+
+class Agent:
+    def __init__(self, fd_in: int = 0, fd_out: int = 1) -> None:
+        self.fd_in = fd_in
+        self.channel = Channel(fd_out)
+        self.terminal = Terminal(self.channel)
+        self.editor = Editor(self.channel)
+        self.workers = Workers()
+        self.garbage = False
+        self._threaded = {
+            "bash": self.terminal.run,
+            "view": self.editor.view,
+            "create": self.editor.create,
+            "str_replace": self.editor.str_replace,
+            "get_file": self.editor.get_file,
+        }
+
+    def _hello(self, rid: int, req: dict, blob: bytes) -> dict:
+        return {
+            "agent_version": AGENT_VERSION,
+            "python": ".".join(map(str, sys.version_info[:3])),
+            "uid": os.getuid(),
+            "workspace": WORKSPACE,
+            "pid": os.getpid(),
+        }
+
+    def _handle(self, rid: int, handler, req: dict, blob: bytes) -> None:
+        try:
+            result = handler(rid, req, blob)
+        except ToolError as exc:
+            self.channel.error(rid, exc.code, exc.message)
+        except Exception as exc:  # the top-level handler: report, log, keep serving
+            _log(f"request {rid} ({req.get('op')}) failed:\n{traceback.format_exc()}")
+            self.channel.error(rid, "unavailable", f"agent error: {type(exc).__name__}: {exc}")
+        else:
+            if result is not None:
+                self.channel.result(rid, result)
+
+    def dispatch(self, body: bytes, blob: bytes) -> None:
+        try:
+            req = json.loads(body.decode("utf-8", "surrogatepass"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            _log(f"malformed request: {exc}")
+            self.channel.error(0, "invalid_tool_input", f"malformed request: {exc}")
+            return
+        rid = req.get("id") if isinstance(req, dict) else None
+        if not isinstance(rid, int) or isinstance(rid, bool):
+            self.channel.error(0, "invalid_tool_input", "malformed request: not an object with an integer id")
+            return
+        op = req.get("op")
+        if op == "cancel":
+            self.terminal.cancel(req.get("target"))
+        elif op == "ping":
+            self.channel.result(rid, {})
+        elif op == "hello":
+            self._handle(rid, self._hello, req, blob)
+        elif op == "put_file":  # inline: an upload's chunks must be written in order
+            self._handle(rid, self.editor.put_file, req, blob)
+        elif isinstance(op, str) and op in self._threaded:
+            if op == "bash":
+                self.terminal.calls[rid] = BashCall(rid)
+            self.workers.submit(self._handle, rid, self._threaded[op], req, blob)
+        else:
+            self.channel.error(rid, "invalid_tool_input", f"unknown op {op!r}")
+
+    def serve(self) -> int:
+        buf = bytearray()
+        backoff = 0.0
+        while True:
+            try:
+                chunk = os.read(self.fd_in, CHUNK)
+            except OSError as exc:
+                _log(f"reading requests failed: {exc}")
+                chunk = b""
+            if not chunk:
+                if buf:
+                    _log(f"end of input inside a frame ({len(buf)} bytes dropped)")
+                    self.garbage = True
+                    del buf[:]
+                if os.getpid() != 1:
+                    return self._shutdown()
+                # As PID 1 the container must live on: the host may attach again later.
+                if backoff == 0.0:
+                    _log("end of input; waiting for the host to attach again")
+                backoff = min(max(backoff * 2, 0.05), 1.0)
+                time.sleep(backoff)
+                continue
+            backoff = 0.0
+            buf += chunk
+            pos = 0
+            while len(buf) - pos >= HEADER.size:
+                json_len, blob_len = HEADER.unpack_from(buf, pos)
+                if json_len == 0 or json_len > MAX_JSON or blob_len > MAX_BLOB:
+                    _log(f"bad frame header ({json_len}, {blob_len}): dropping {len(buf) - pos} buffered bytes")
+                    self.garbage = True
+                    pos = len(buf)
+                    break
+                end = pos + HEADER.size + json_len + blob_len
+                if len(buf) < end:
+                    break
+                body = bytes(buf[pos + HEADER.size : pos + HEADER.size + json_len])
+                blob = bytes(buf[pos + HEADER.size + json_len : end])
+                pos = end
+                try:
+                    self.dispatch(body, blob)
+                except Exception:  # the top-level guard: PID 1 must keep serving
+                    _log(f"dispatch failed:\n{traceback.format_exc()}")
+            del buf[:pos]
+
+    def _shutdown(self) -> int:
+        """End of input when not PID 1 (tests): stop running commands, then exit."""
+        self.terminal.cancel_all()
+        if not self.workers.wait_idle(5.0):
+            _log("requests still running at exit")
+        return 1 if self.garbage else 0
+
+
+def _set_non_dumpable() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
+    except (OSError, AttributeError):
+        pass
+
+
+def main() -> int:
+    _set_non_dumpable()
+    # As PID 1, a signal with the default action cannot be sent from inside the container; Python's
+    # own SIGINT handler would let `kill -INT 1` in user code stop the agent.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    for directory, mode in ((STATE_DIR, 0o700), (WORKSPACE, 0o755), (INPUT_DIR, 0o755)):
+        try:
+            os.makedirs(directory, mode=mode, exist_ok=True)
+        except OSError as exc:
+            _log(f"cannot create {directory}: {exc}")
+    try:
+        os.chdir(WORKSPACE)
+    except OSError as exc:
+        _log(f"cannot enter the workspace {WORKSPACE}: {exc}")
+    code = Agent().serve()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()
