@@ -92,14 +92,36 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _flag_values(args: argparse.Namespace, with_flags: Callable[[argparse.Namespace], Settings], base: Settings) -> dict[str, Any]:
-    """The fields a flag changed: settings built with the flags against settings built without."""
-    flagged = with_flags(args)
-    return {
-        name: getattr(flagged, name)
-        for name in Settings.model_fields
-        if getattr(flagged, name) != getattr(base, name)
-    }
+def settings_and_flags(args: argparse.Namespace) -> tuple[Settings, dict[str, Any]]:
+    """What ``serve`` would build from ``args`` (``cli._settings_from``), and the overrides its flags
+    passed to ``load_settings`` (the "flag" source)."""
+    from . import cli
+
+    flags: dict[str, Any] = {}
+    real_load = cli.load_settings
+
+    def recording_load(**overrides: Any) -> Settings:
+        flags.update({k: v for k, v in overrides.items() if v is not None})
+        return real_load(**overrides)
+
+    cli.load_settings = recording_load  # type: ignore[assignment]
+    try:
+        return cli._settings_from(args), flags
+    finally:
+        cli.load_settings = real_load  # type: ignore[assignment]
+
+
+def _given_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """Best effort when validation failed before the overrides were seen: the flags' dests that
+    name a settings field directly (``--runtime``, ``--pool-size``, ...) or through ``serve``'s
+    renames (``--timeout``, ``--base-url``, ``--model``)."""
+    renames = {"timeout": "call_timeout", "base_url": "anthropic_base_url", "model": "hosted_model"}
+    given = {}
+    for dest, value in vars(args).items():
+        name = renames.get(dest, dest)
+        if name in Settings.model_fields and value not in (None, False):
+            given[name] = value
+    return given
 
 
 def _invalid(exc: ValidationError, sources: dict[str, tuple[str, str]]) -> int:
@@ -113,23 +135,16 @@ def _invalid(exc: ValidationError, sources: dict[str, tuple[str, str]]) -> int:
 
 
 def cmd_config(args: argparse.Namespace, get_settings: Callable[[], Settings]) -> int:
-    from .cli import _settings_from
-
     path = config_file_path()
+    flags: dict[str, Any] = {}
     try:
-        base = get_settings()
-        attribute({})
+        settings, flags = settings_and_flags(args)
+        sources = attribute(flags)
     except ValidationError as exc:
-        return _invalid(exc, attribute({}))
+        return _invalid(exc, attribute(_given_flags(args)))
     except tomllib.TOMLDecodeError as exc:
         print(f"mcp-codeexec: {path} is not valid TOML: {exc}", file=sys.stderr)
         return 2
-    try:
-        settings = _settings_from(args)
-    except ValidationError as exc:
-        return _invalid(exc, {name: ("flag", "command line") for name in Settings.model_fields})
-    flags = _flag_values(args, _settings_from, base)
-    sources = attribute(flags)
     rows = []
     for name in Settings.model_fields:
         if Settings.model_fields[name].exclude:

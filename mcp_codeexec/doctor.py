@@ -296,7 +296,7 @@ def _short_error(exc: BaseException) -> str:
         (r"Connection refused|ConnectionRefused", "connection refused (the engine is not running)"),
         (r"No such file|FileNotFound", "no socket there"),
         (r"Permission denied|PermissionError", "permission denied on the socket"),
-        (r"timed out|Timeout", "timed out"),
+        (r"timed out|Timeout", "the engine did not answer (timed out)"),
     ):
         if re.search(pattern, text):
             return meaning
@@ -516,7 +516,11 @@ def run_checks(get_settings: Callable[[], Settings], timeout: float = PROBE_TIME
     except Exception as exc:  # pydantic ValidationError, TOML errors: reported as a FAIL
         where = os.environ.get("MCP_CODEEXEC_CONFIG") or "the config file"
         what = f"{where} is not valid TOML" if type(exc).__name__ == "TOMLDecodeError" else "invalid configuration"
-        checks.append(Check("config", "FAIL", f"{what}: {str(exc).splitlines()[0]}",
+        errors = getattr(exc, "errors", None)
+        detail = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors()
+        ) if callable(errors) else str(exc).splitlines()[0]
+        checks.append(Check("config", "FAIL", f"{what}: {detail}",
                             "run `mcp-codeexec config` to see every value and where it comes from"))
         return checks
     checks.append(Check("config", "OK", f"backend {settings.backend}, data dir {settings.data_dir}"))
