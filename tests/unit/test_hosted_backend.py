@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from pathlib import Path
@@ -800,3 +801,24 @@ async def test_through_mcp_hosted_output_files_are_shown_and_readable_as_resourc
         f"codeexec://files/{csv_id}",
     ]
     assert resource.contents[0].text == "a,b\n1,2\n"
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+async def test_serve_backend_hosted_relays_calls_over_each_transport(tmp_path, api, transport, monkeypatch):
+    from tests.support.servers import http_server, mcp_client, new_token
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-subprocess")
+    settings = load_settings(data_dir=str(tmp_path), backend="hosted", anthropic_base_url=api.base_url)
+    api.push(fa.bash_turn({"command": "echo hi"}, fa.bash_result(stdout="hi\n")))
+    token = new_token()
+
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(http_server(settings, token=token)) if transport == "http" else None
+        async with mcp_client(transport, settings, base_url=url, token=token) as client:
+            result = await client.call_tool("bash_code_execution", {"command": "echo hi"})
+
+    assert result.is_error is False
+    assert result.structured_content == fa.bash_result(stdout="hi\n")
+    assert result.meta["container"]["id"] == fa.DEFAULT_CONTAINER
+    (request,) = api.requests_to("messages")
+    assert "sk-ant-subprocess" in (request.headers.get("x-api-key"), request.headers.get("authorization", "")[7:])
