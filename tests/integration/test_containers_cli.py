@@ -1,0 +1,113 @@
+"""`mcp-codeexec containers` and `doctor` against a real engine, as a user runs them (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mcp_codeexec import Sandbox
+from tests.support.servers import server_env
+
+pytestmark = pytest.mark.anyio
+
+
+def cli(settings, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mcp_codeexec", *args], env=server_env(settings),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+async def make_sandbox(settings, **overrides) -> str:
+    async with Sandbox(settings, keep=True, **overrides) as sb:
+        await sb.bash("head -c 2000000 /dev/zero > /workspace/two-megabytes; echo done > $OUTPUT_DIR/out.txt")
+        assert sb.container_id is not None
+        return sb.container_id
+
+
+async def test_ls_shows_owner_age_expiry_status_runtime_and_disk_use(settings) -> None:
+    first = await make_sandbox(settings)
+    second = await make_sandbox(settings)
+    listed = cli(settings, "containers", "ls", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {row["id"]: row for row in json.loads(listed.stdout)}
+    assert set(rows) == {first, second}  # only this data dir's sandboxes
+    row = rows[first]
+    assert row["owner"] == "local" and row["status"] == "running" and row["expired"] is False
+    assert row["runtime"] == (settings.runtime or "runc")
+    assert 0 <= row["age_seconds"] < 600 and 29 * 86400 < row["expires_in_seconds"] <= 30 * 86400
+    assert row["disk_used_bytes"] is None or row["disk_used_bytes"] >= 2_000_000
+    if row["quota"] == "loop":
+        assert row["disk_limit_bytes"] == settings.disk_bytes
+
+    table = cli(settings, "containers", "ls")
+    header, *lines = table.stdout.splitlines()
+    assert header.split() == ["ID", "OWNER", "AGE", "EXPIRES", "IN", "STATUS", "RUNTIME", "DISK", "USED"]
+    assert sorted(line.split()[0] for line in lines) == sorted([first, second])
+    everywhere = cli(settings, "containers", "ls", "--all-data-dirs", "--json")
+    assert {first, second} <= {row["id"] for row in json.loads(everywhere.stdout)}
+
+
+async def test_inspect_gives_limits_and_the_files_a_sandbox_produced(settings) -> None:
+    cid = await make_sandbox(settings)
+    shown = cli(settings, "containers", "inspect", cid)
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    assert data["id"] == cid and data["this_data_dir"] is True
+    assert data["limits"]["network"] == "none" and data["limits"]["read_only_root"] is True
+    assert data["limits"]["pids"] == settings.pids_limit and data["limits"]["cap_drop"] == ["ALL"]
+    assert [f["filename"] for f in data["files"]] == ["out.txt"]
+    missing = cli(settings, "containers", "inspect", "container_" + "e" * 24)
+    assert missing.returncode == 1 and "no such sandbox" in missing.stderr
+
+
+async def test_rm_removes_a_sandbox_and_reports_unknown_ids(settings) -> None:
+    cid = await make_sandbox(settings)
+    removed = cli(settings, "containers", "rm", cid, "container_" + "d" * 24)
+    assert removed.returncode == 1
+    assert removed.stdout.strip() == f"removed {cid}" and "no such sandbox" in removed.stderr
+    assert json.loads(cli(settings, "containers", "ls", "--json").stdout) == []
+
+
+async def test_prune_reaps_expired_sandboxes_and_prune_all_needs_yes(settings) -> None:
+    alive = await make_sandbox(settings)
+    expired = await make_sandbox(settings, container_ttl_seconds=0.001)
+    rows = {row["id"]: row for row in json.loads(cli(settings, "containers", "ls", "--json").stdout)}
+    assert rows[expired]["expired"] is True and rows[alive]["expired"] is False
+    assert "expired" in cli(settings, "containers", "ls").stdout
+
+    pruned = cli(settings, "containers", "prune")
+    assert pruned.returncode == 0 and f"removed {expired}" in pruned.stdout.splitlines()
+    assert [row["id"] for row in json.loads(cli(settings, "containers", "ls", "--json").stdout)] == [alive]
+
+    refused = cli(settings, "containers", "prune", "--all")
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    everything = cli(settings, "containers", "prune", "--all", "--yes")
+    assert everything.returncode == 0 and everything.stdout.splitlines() == [f"removed {alive}"]
+    assert json.loads(cli(settings, "containers", "ls", "--json").stdout) == []
+
+
+def test_doctor_passes_on_a_working_engine_quickly(settings) -> None:
+    started = time.monotonic()
+    run = cli(settings, "doctor", "--json")
+    elapsed = time.monotonic() - started
+    report = json.loads(run.stdout)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert run.returncode == 0 and report["ok"] is True, run.stdout
+    for name in ("config", "engine", "engine version", "runtime", "file store"):
+        assert checks[name]["status"] == "OK", checks[name]
+    assert checks["image"]["status"] in ("OK", "WARN")  # WARN: only the minimal image is built
+    assert checks["disk quota"]["status"] in ("OK", "WARN")
+    assert elapsed < 15, elapsed
+
+
+def test_doctor_with_the_engine_unreachable_fails_fast_with_the_fix(settings) -> None:
+    env = server_env(settings, DOCKER_HOST="unix:///nonexistent/docker.sock")
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "mcp_codeexec", "doctor"], env=env, capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - started
+    assert run.returncode == 1
+    assert "FAIL  engine" in run.stdout and "fix:" in run.stdout
+    assert elapsed < 15, elapsed
