@@ -16,11 +16,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .backends.base import Backend
 from .config import Settings
 from .files import FileRecord, FileStore
 from .files_api import FORM_OVERHEAD_BYTES, files_routes
@@ -29,6 +32,7 @@ from .server import create_backend, create_server
 log = logging.getLogger(__name__)
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+RESERVED_PRINCIPALS = {"", "local"}
 
 
 def is_loopback(host: str) -> bool:
@@ -53,12 +57,17 @@ def load_tokens(settings: Settings) -> dict[str, str]:
             principal, token = principal_for_token(entry), entry
         if len(token) < 16:
             raise SystemExit("auth tokens must be at least 16 characters")
+        if principal.strip() in RESERVED_PRINCIPALS:
+            # "local" is the stdio/--no-auth principal that sees every container and file.
+            raise SystemExit(f"auth token principal {principal!r} is reserved; pick another name")
         tokens[token] = principal
     if tokens:
         return tokens
     path = settings.data_dir / "http_token"
     if path.exists():
         token = path.read_text().strip()
+        if len(token) < 16:
+            raise SystemExit(f"{path} holds no usable token (delete it to have a new one generated)")
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         token = secrets.token_urlsafe(32)
@@ -77,12 +86,18 @@ class SecurityMiddleware:
                  allowed_origins: set[str], max_body: int, max_upload: int) -> None:
         self.app = app
         self.tokens = tokens
+        # Compared as SHA-256 digests of the raw bytes: constant time, any length, any bytes
+        # (hmac.compare_digest raises TypeError on non-ASCII str).
+        self._digests = [(_digest(t.encode("utf-8")), p) for t, p in (tokens or {}).items()]
         self.allowed_hosts = allowed_hosts
         self.allowed_origins = allowed_origins
         self.max_body = max_body
         self.max_upload = max_upload
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":  # no websocket endpoints: never let one past auth
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -105,34 +120,79 @@ class SecurityMiddleware:
         else:
             auth = headers.get("authorization", "")
             token = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "")
-            principal = next((p for t, p in self.tokens.items() if hmac.compare_digest(t, token)), None) if token else None
+            principal = self._principal_of(token)
             if principal is None:
                 await _reject(send, 401, "authentication_error", "missing or invalid bearer token",
                               extra=[(b"www-authenticate", b'Bearer realm="mcp-codeexec"')])
                 return
         scope.setdefault("state", {})["principal"] = principal
-        await self.app(scope, _limited(receive, max_body), send)
+        # The SDK binds each Mcp-Session-Id to the user that opened it: another principal presenting
+        # that id gets 404, so it can neither post into nor DELETE someone else's session.
+        scope["user"] = AuthenticatedUser(AccessToken(token="", client_id=principal, scopes=[]))
+        await self._app_with_limit(scope, receive, send, max_body)
+
+    def _principal_of(self, token: str) -> str | None:
+        if not token:
+            return None
+        presented = _digest(token.encode("latin-1"))  # the header's raw bytes
+        found = None
+        for digest, principal in self._digests:  # no early exit
+            if hmac.compare_digest(digest, presented) and found is None:
+                found = principal
+        return found
+
+    async def _app_with_limit(self, scope: Scope, receive: Receive, send: Send, max_body: int) -> None:
+        """Bodies without a (truthful) content-length: past the limit the app's reads fail and the
+        client gets 413, whatever the app made of the failed read."""
+        seen = 0
+        over = started = replaced = False
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > max_body:
+                    over = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            nonlocal started, replaced
+            if replaced:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+                if over:  # the app answered its failed read (often with a 500): answer 413 instead
+                    replaced = True
+                    await _too_large(send, max_body)
+                    return
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
+            await _too_large(send, max_body)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+async def _too_large(send: Send, max_body: int) -> None:
+    await _reject(send, 413, "request_too_large", f"request body over {max_body} bytes", extra=[(b"connection", b"close")])
 
 
 def _loopback_origin(origin: str, allowed_hosts: set[str]) -> bool:
     host = origin.split("://", 1)[-1].rsplit(":", 1)[0] if origin.count(":") >= 2 else origin.split("://", 1)[-1]
     return is_loopback(host) and any(is_loopback(h) for h in allowed_hosts)
-
-
-def _limited(receive: Receive, max_body: int) -> Receive:
-    """Bodies without a (truthful) content-length: past the limit the app sees a disconnect."""
-    seen = 0
-
-    async def wrapped() -> dict[str, Any]:
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > max_body:
-                return {"type": "http.disconnect"}
-        return message
-
-    return wrapped
 
 
 async def _reject(send: Send, status: int, kind: str, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -142,14 +202,15 @@ async def _reject(send: Send, status: int, kind: str, message: str, extra: list[
     await send({"type": "http.response.body", "body": body})
 
 
-def create_http_app(settings: Settings) -> Starlette:
+def create_http_app(settings: Settings, *, backend: Backend | None = None, store: FileStore | None = None) -> Starlette:
+    """The HTTP app. ``backend``/``store`` default to the configured ones (tests inject others)."""
     if settings.no_auth and not is_loopback(settings.host):
         raise SystemExit("--no-auth is only allowed when binding a loopback address (127.0.0.1, ::1, localhost)")
     if settings.no_auth:
         log.warning("HTTP AUTH IS DISABLED (--no-auth): anyone who can reach %s:%s can run code", settings.host, settings.port)
     tokens = None if settings.no_auth else load_tokens(settings)
-    store = FileStore(settings.files_dir, settings.file_retention_days)
-    backend = create_backend(settings, store)
+    store = FileStore(settings.files_dir, settings.file_retention_days) if store is None else store
+    backend = create_backend(settings, store) if backend is None else backend
     server = create_server(settings, backend=backend, store=store)
 
     def request_principal(request: Request) -> str:
