@@ -211,11 +211,25 @@ def _downscale(data: bytes, max_bytes: int) -> tuple[bytes, str] | None:
     return None
 
 
-async def _file_contents(state: AppState, files: list[ProducedFile]) -> list[Any]:
+async def _image_bytes(state: AppState, file_id: str, principal: str) -> bytes | None:
+    """The stored bytes of an output image (fetched first where the backend keeps them remotely)."""
+    fetch = getattr(state.backend, "fetch_file", None)
+    try:
+        if fetch is not None:
+            await fetch(file_id, None if principal == "local" else principal)
+        return await anyio.to_thread.run_sync(state.store.blob_path(file_id).read_bytes)
+    except (CodeExecError, OSError) as exc:
+        log.warning("output image %s not shown inline: %s", file_id, exc)
+        return None
+
+
+async def _file_contents(state: AppState, files: list[ProducedFile], principal: str) -> list[Any]:
     contents: list[Any] = []
     for f in files:
+        data = None
         if f.mime_type in ("image/png", "image/jpeg", "image/gif", "image/webp"):
-            data = await anyio.to_thread.run_sync(state.store.blob_path(f.file_id).read_bytes)
+            data = await _image_bytes(state, f.file_id, principal)
+        if data:
             mime = f.mime_type
             if len(data) > state.settings.max_image_bytes:
                 shrunk = await anyio.to_thread.run_sync(_downscale, data, state.settings.max_image_bytes)
@@ -273,7 +287,7 @@ async def call_tool(state: AppState, tool: str, arguments: dict[str, Any], ctx: 
     is_error = error is not None or block.type.endswith("_tool_result_error")
     content: list[Any] = [types.TextContent(type="text", text=_human_text(tool, block, outcome, error))]
     if outcome is not None and outcome.files:
-        content += await _file_contents(state, outcome.files)
+        content += await _file_contents(state, outcome.files, ctx.principal)
     meta: dict[str, Any] = {"anthropic/maxResultSizeChars": state.settings.max_result_chars}
     container = outcome.container if outcome is not None else getattr(error, "container", None)
     if container is not None:
@@ -345,7 +359,7 @@ def create_server(settings: Settings, *, backend: Backend | None = None, store: 
         fetch = getattr(state.backend, "fetch_file", None)
         try:
             if fetch is not None:
-                await fetch(file_id)
+                await fetch(file_id, _owner_filter(ctx))
             record = await anyio.to_thread.run_sync(state.store.get, file_id, _owner_filter(ctx))
             data = await anyio.to_thread.run_sync(state.store.blob_path(record.id).read_bytes)
         except (StoredFileNotFound, CodeExecError):
