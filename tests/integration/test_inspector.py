@@ -1,0 +1,148 @@
+"""A real third-party client: the MCP Inspector CLI (`@modelcontextprotocol/inspector-cli` from npm,
+TypeScript SDK) lists the tools and calls both, over stdio and over HTTP with a bearer token.
+
+The package is installed into tests/.node/ (gitignored) on first use; where npm or the registry is
+missing the tests skip, except under CI=true where they fail. `npx @modelcontextprotocol/inspector-cli
+--cli ...` runs the same `mcp-inspector-cli` binary that these tests call through node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import IN_CI
+from tests.support.oracle import assert_hosted_shape
+from tests.support.servers import http_server, new_token, server_env
+
+NODE_DIR = Path(__file__).resolve().parents[1] / ".node"
+PACKAGE = "@modelcontextprotocol/inspector-cli"
+VERSION = "1"
+PACKAGE_DIR = NODE_DIR / "node_modules" / "@modelcontextprotocol" / "inspector-cli"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _unavailable(why: str) -> None:
+    if IN_CI:
+        pytest.fail(f"CI=true but the MCP Inspector CLI is unavailable: {why}")
+    pytest.skip(f"MCP Inspector CLI unavailable: {why}")
+
+
+@pytest.fixture(scope="module")
+def inspector() -> Path:
+    """The installed `mcp-inspector-cli` entry point (installed now if missing)."""
+    entry = PACKAGE_DIR / "build" / "cli.js"
+    if entry.is_file():
+        return entry
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        _unavailable("node/npm are not installed (apt-get install nodejs npm)")
+    NODE_DIR.mkdir(parents=True, exist_ok=True)
+    try:
+        proc = subprocess.run(
+            ["npm", "install", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund", "--loglevel=error", f"{PACKAGE}@{VERSION}"],
+            capture_output=True, text=True, timeout=600,
+        )
+    except subprocess.TimeoutExpired:
+        _unavailable("npm install timed out")
+    if proc.returncode != 0 or not entry.is_file():
+        _unavailable(f"npm install failed: {proc.stderr.strip()[-1000:]}")
+    return entry
+
+
+def run_inspector(inspector: Path, settings, *args: str) -> dict[str, Any]:
+    """`mcp-inspector-cli --cli ARGS`; the parsed JSON it prints."""
+    proc = subprocess.run(
+        ["node", str(inspector), "--cli", *args],
+        # The CLI looks for its package.json at "../package.json" relative to the working directory.
+        cwd=inspector.parent, env=server_env(settings), capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, f"inspector failed ({proc.returncode}): {proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    start = proc.stdout.index("{")
+    return json.loads(proc.stdout[start:])
+
+
+def stdio_server() -> list[str]:
+    return [sys.executable, "-m", "mcp_codeexec", "serve"]
+
+
+def test_the_inspector_lists_both_tools_with_their_schemas_over_stdio(inspector: Path, settings) -> None:
+    listed = run_inspector(inspector, settings, *stdio_server(), "--method", "tools/list")
+    tools = {tool["name"]: tool for tool in listed["tools"]}
+    assert list(tools) == ["bash_code_execution", "text_editor_code_execution"]
+    for tool in tools.values():
+        assert tool["inputSchema"]["type"] == "object" and tool["outputSchema"]["type"] == "object"
+    assert tools["bash_code_execution"]["inputSchema"]["required"] == ["command"]
+
+
+def test_the_inspector_calls_bash_and_the_editor_and_gets_hosted_results(inspector: Path, settings) -> None:
+    ran = run_inspector(
+        inspector, settings, *stdio_server(), "--method", "tools/call", "--tool-name", "bash_code_execution",
+        "--tool-arg", "command=echo made-by-inspector > note.txt; python3 -c 'print(6*7)'",
+    )
+    assert ran["isError"] is False
+    assert_hosted_shape(ran["structuredContent"], "bash_code_execution")
+    assert ran["structuredContent"]["stdout"] == "42\n"
+    assert "42" in ran["content"][0]["text"]
+    cid = ran["_meta"]["container"]["id"]
+    assert ran["_meta"]["anthropic/maxResultSizeChars"] == settings.max_result_chars
+
+    # A new Inspector process is a new MCP session: container_id brings it back to the same files.
+    viewed = run_inspector(
+        inspector, settings, *stdio_server(), "--method", "tools/call", "--tool-name", "text_editor_code_execution",
+        "--tool-arg", "command=view", "path=note.txt", f"container_id={cid}",
+    )
+    assert_hosted_shape(viewed["structuredContent"], "text_editor_code_execution")
+    assert viewed["structuredContent"]["content"] == "made-by-inspector\n"
+    assert viewed["_meta"]["container"]["id"] == cid
+
+    created = run_inspector(
+        inspector, settings, *stdio_server(), "--method", "tools/call", "--tool-name", "text_editor_code_execution",
+        "--tool-arg", "command=create", "path=dir/new.txt", "file_text=line one", f"container_id={cid}",
+    )
+    assert created["structuredContent"] == {"type": "text_editor_code_execution_create_result", "is_file_update": False}
+
+    missing = run_inspector(
+        inspector, settings, *stdio_server(), "--method", "tools/call", "--tool-name", "text_editor_code_execution",
+        "--tool-arg", "command=view", "path=nowhere.txt",
+    )
+    assert missing["isError"] is True
+    assert_hosted_shape(missing["structuredContent"], "text_editor_code_execution")
+    assert missing["structuredContent"]["error_code"] == "file_not_found"
+
+
+def test_the_inspector_runs_the_claude_desktop_config_as_written(inspector: Path, settings, tmp_path: Path) -> None:
+    config = json.loads((EXAMPLES / "claude_desktop_config.json").read_text())
+    entry = config["mcpServers"]["codeexec"]
+    assert entry["command"] == "mcp-codeexec"
+    entry["command"], entry["args"] = sys.executable, ["-m", "mcp_codeexec", *entry["args"]]  # the installed script
+    path = tmp_path / "claude_desktop_config.json"
+    path.write_text(json.dumps(config))
+    ran = run_inspector(inspector, settings, "--config", str(path), "--server", "codeexec", "--method", "tools/call",
+                        "--tool-name", "bash_code_execution", "--tool-arg", "command=uname -m")
+    assert_hosted_shape(ran["structuredContent"], "bash_code_execution")
+    assert ran["structuredContent"]["stdout"].strip() in ("x86_64", "aarch64")
+
+
+def test_the_inspector_reaches_the_http_transport_with_a_bearer_token(inspector: Path, settings) -> None:
+    token = new_token()
+    with http_server(settings, token=token) as url:
+        listed = run_inspector(inspector, settings, url + "/mcp", "--transport", "http",
+                               "--header", f"Authorization: Bearer {token}", "--method", "tools/list")
+        assert [t["name"] for t in listed["tools"]] == ["bash_code_execution", "text_editor_code_execution"]
+        ran = run_inspector(inspector, settings, url + "/mcp", "--transport", "http",
+                            "--header", f"Authorization: Bearer {token}", "--method", "tools/call",
+                            "--tool-name", "bash_code_execution", "--tool-arg", "command=echo over-http")
+        assert_hosted_shape(ran["structuredContent"], "bash_code_execution")
+        assert ran["structuredContent"]["stdout"] == "over-http\n"
+        refused = subprocess.run(
+            ["node", str(inspector), "--cli", url + "/mcp", "--transport", "http", "--method", "tools/list"],
+            cwd=inspector.parent, env={**os.environ}, capture_output=True, text=True, timeout=120,
+        )
+        assert refused.returncode != 0
