@@ -325,8 +325,6 @@ class SandboxManager:
             ulimits=[Ulimit(name="nofile", soft=4096, hard=4096), Ulimit(name="core", soft=0, hard=0)],
             log_config={"type": "none"},
             hostname="sandbox",
-            # Shell state (cwd, exported variables) on the workspace survives a container restart.
-            environment={"CODEEXEC_STATE_DIR": f"{WORKSPACE}/.codeexec/state"},
             labels=labels,
             restart_policy={"Name": "no"},
         )

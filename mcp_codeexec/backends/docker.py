@@ -125,8 +125,18 @@ class DockerBackend:
                 if self._manager is not None:
                     await anyio.to_thread.run_sync(self._manager.remove, sandbox.record.id)
             for sandbox in self._sandboxes.values():
+                await self._save_state(sandbox)
                 await sandbox.conn.aclose()
         await self._stack.aclose()  # exits the task group: must not happen inside another cancel scope
+
+    async def _save_state(self, sandbox: Sandbox) -> None:
+        """Ask the agent to copy the shell state onto the workspace (it lives on tmpfs while running)."""
+        if sandbox.conn.closed.is_set():
+            return
+        try:
+            await sandbox.conn.request({"op": "save_state"}, timeout=5)
+        except AgentGone as exc:
+            log.info("sandbox %s: shell state not saved: %s", sandbox.record.id, exc.message)
 
     async def _manager_or_raise(self) -> SandboxManager:
         if self._manager is None:
@@ -169,6 +179,7 @@ class DockerBackend:
                 if sandbox.inflight or now - sandbox.last_used < limit or self._sandboxes.get(cid) is not sandbox:
                     continue
                 del self._sandboxes[cid]
+                await self._save_state(sandbox)
                 await sandbox.conn.aclose()
                 try:
                     await _thread(self._manager.stop, cid)
@@ -186,6 +197,7 @@ class DockerBackend:
                     await anyio.sleep(10)
                     continue
                 self._pool.append(sandbox)
+            log.info("pool: %d/%d warm containers ready", len(self._pool), self.settings.pool_size)
             self._pool_wanted = anyio.Event()
             await self._pool_wanted.wait()
 

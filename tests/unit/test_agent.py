@@ -1122,3 +1122,21 @@ def test_as_pid_1_end_of_input_does_not_stop_the_agent(init_agent: AgentClient) 
     init_agent.proc.stdin.close()
     wait_until(lambda: "waiting for the host to attach again" in init_agent.stderr_text(), what="the EOF log line")
     assert init_agent.proc.poll() is None
+
+
+def test_saved_shell_state_is_restored_by_an_agent_started_on_the_same_workspace(tmp_path: Path):
+    first = start_agent(tmp_path, "keep")
+    (first.workspace / "sub").mkdir()
+    first.bash("cd sub; export KEPT=yes")
+    assert first.result("save_state") == {}
+    assert first.close() == 0
+    # A restarted container: same workspace, empty tmpfs state directory.
+    second = AgentClient(first.workspace, tmp_path / "fresh-state", tmp_path / "keep2.log")
+    try:
+        out = second.bash("pwd; echo $KEPT")
+        assert out["stdout"] == f"{first.workspace / 'sub'}\nyes\n"
+        second.bash("true", restart=True)
+        assert second.result("save_state") == {}
+        assert "KEPT" not in (first.workspace / ".codeexec" / "shell-state").read_text()
+    finally:
+        assert second.close() == 0
