@@ -166,6 +166,17 @@ def session_key_of(ctx: ServerRequestContext[Any, Any], principal: str) -> str:
     return f"{principal}:{session_id}" if session_id else f"{principal}:default"
 
 
+def _fit(text: str, limit: int) -> str:
+    """Keep the human-readable text within the size budget the result announces
+    (``anthropic/maxResultSizeChars``): head and tail kept, the middle replaced by a marker."""
+    if len(text) <= limit:
+        return text
+    marker = "\n[... {} characters omitted from this text; structuredContent has the full result ...]\n"
+    keep = max(0, limit - len(marker.format(len(text))))
+    head = keep // 2
+    return text[:head] + marker.format(len(text) - keep) + text[len(text) - (keep - head):]
+
+
 def _human_text(tool: str, block: Any, outcome: Outcome | None, error: CodeExecError | None) -> str:
     if error is not None:
         text = f"Error ({error.error_code}): {error.message}"
@@ -285,7 +296,8 @@ async def call_tool(state: AppState, tool: str, arguments: dict[str, Any], ctx: 
         error = exc
         block = error_block(tool, exc)
     is_error = error is not None or block.type.endswith("_tool_result_error")
-    content: list[Any] = [types.TextContent(type="text", text=_human_text(tool, block, outcome, error))]
+    text = _fit(_human_text(tool, block, outcome, error), state.settings.max_result_chars)
+    content: list[Any] = [types.TextContent(type="text", text=text)]
     if outcome is not None and outcome.files:
         content += await _file_contents(state, outcome.files, ctx.principal)
     meta: dict[str, Any] = {"anthropic/maxResultSizeChars": state.settings.max_result_chars}
