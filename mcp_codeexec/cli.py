@@ -47,14 +47,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         serve_http(settings)
         return 0
     import anyio
-    from mcp.server.stdio import stdio_server
 
     from .server import create_server
+    from .stdio import serve_stdio
 
     server = create_server(settings)
 
     async def main() -> None:
-        async with stdio_server() as (read_stream, write_stream):
+        async with serve_stdio() as (read_stream, write_stream):
             await server.run(read_stream, write_stream, server.create_initialization_options())
 
     anyio.run(main)
