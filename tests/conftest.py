@@ -41,3 +41,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.adversarial)
         if "/tests/live/" in path:
             item.add_marker(pytest.mark.live)
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """The server runs on asyncio; tests do too (trio is not a dependency)."""
+    return "asyncio"
