@@ -222,7 +222,9 @@ class QuotaVolumes:
         if not image.exists():
             raise ContainerExpired(cid, "its workspace image is gone")
         mnt.mkdir(exist_ok=True)
-        _run(["mount", "-o", "loop,nosuid,nodev", str(image), str(mnt)])
+        # discard: blocks freed inside the sandbox are punched out of the sparse image, so deleting
+        # a big file gives the host its disk back (without it the image keeps its high-water mark).
+        _run(["mount", "-o", "loop,nosuid,nodev,discard", str(image), str(mnt)])
 
     def remove_installation(self) -> list[str]:
         """Remove every sandbox of this data directory, expired or not (tests, `containers prune --all`)."""

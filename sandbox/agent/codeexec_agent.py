@@ -49,6 +49,10 @@ STATE_FILE = os.path.join(STATE_DIR, "state")  # written by the EXIT trap of eac
 # container keeps its shell's working directory and exported variables.
 STATE_BACKUP = os.path.join(WORKSPACE, ".codeexec", "shell-state")
 COMMAND_FILE = os.path.join(STATE_DIR, "command")  # the user command, sourced by the script
+# Where the command goes when the state dir's tmpfs is full (user code filled /tmp): the workspace,
+# else (short commands) the script itself. A full /tmp must never stop the command that empties it.
+COMMAND_FALLBACK = os.path.join(WORKSPACE, ".codeexec", "command")
+INLINE_COMMAND_LIMIT = 96 * 1024  # below Linux's 128 KiB limit on one argv string
 OUTPUTS_DIR = os.path.join(WORKSPACE, ".codeexec", "outputs")
 SPILL_DIR = os.path.join(WORKSPACE, ".codeexec", "spill")
 INPUT_DIR = os.path.join(WORKSPACE, "inputs")
@@ -506,7 +510,7 @@ class Terminal:
         self._sigdef = [s for s in (getattr(signal, "SIGPIPE", None), getattr(signal, "SIGXFSZ", None)) if s]
         save = f"{{ builtin export -p; builtin printf 'cd -- %q\\n' \"$PWD\"; }} >|{_quote(STATE_FILE)} 2>/dev/null"
         self._script_head = f"[ -f {_quote(STATE_FILE)} ] && . {_quote(STATE_FILE)} 2>/dev/null\n"
-        self._script_tail = f"trap -- {_quote(save)} EXIT\n. {_quote(COMMAND_FILE)}\n"
+        self._script_trap = f"trap -- {_quote(save)} EXIT\n"
 
     @staticmethod
     def _find_bash() -> str:
@@ -624,6 +628,26 @@ class Terminal:
             "files": files,
         }
 
+    @staticmethod
+    def _stage_command(command: bytes) -> str:
+        """The script line that runs the command: sourced from a file on the state dir's tmpfs, or
+        on the workspace when that is full, or inline (short commands) when both are."""
+        problems = []
+        for path in (COMMAND_FILE, COMMAND_FALLBACK):
+            try:
+                _write_private(path, command)
+                return f". {_quote(path)}\n"
+            except OSError as exc:
+                problems.append(f"{path}: {exc.strerror or exc}")
+        if len(command) <= INLINE_COMMAND_LIMIT and b"\0" not in command:
+            _log("running a command inline: " + "; ".join(problems))
+            return command.decode("utf-8", "surrogateescape") + "\n"
+        raise ToolError(
+            "unavailable",
+            "cannot stage the command (" + "; ".join(problems) + "): /tmp and /workspace are full; "
+            "free space with a short command first (e.g. `rm -rf /tmp/*`)",
+        )
+
     def _run_locked(self, call, command, timeout, max_output, max_spill, max_file, interval, restart) -> None:
         rid = call.rid
         start = time.monotonic()
@@ -636,8 +660,8 @@ class Terminal:
                     _remove(STATE_FILE)  # a FIFO here would hang the EXIT trap
             except FileNotFoundError:
                 pass
-        _write_private(COMMAND_FILE, command)
-        script = f"{self._script_head}export OUTPUT_DIR={_quote(outdir)}\n{self._script_tail}"
+        run_line = self._stage_command(command)
+        script = f"{self._script_head}export OUTPUT_DIR={_quote(outdir)}\n{self._script_trap}{run_line}"
         env = dict(self._env, OUTPUT_DIR=outdir)
         self._drain_wake()
         out_r, out_w = os.pipe()
