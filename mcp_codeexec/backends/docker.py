@@ -34,7 +34,7 @@ from ..errors import (
     Unavailable,
 )
 from ..files import FileStore, PendingFile
-from ..sandboxes import SandboxManager, SandboxRecord, connect, translate_docker_errors
+from ..sandboxes import POOL_OWNER, SandboxManager, SandboxRecord, connect, translate_docker_errors
 from ..schemas import (
     BashInput,
     BashOutputBlock,
@@ -98,6 +98,9 @@ class DockerBackend:
         self._locks: dict[str, anyio.Lock] = {}
         self._pool: list[Sandbox] = []
         self._pool_wanted = anyio.Event()
+        self._pool_changed = anyio.Event()  # set (and replaced) when a fill attempt ends
+        self._pool_filling = False
+        self._pool_promised = 0  # sessions waiting for the container the filler is starting
         self._tg: TaskGroup | None = None
         self._stack = AsyncExitStack()
         self.pending_dir = settings.data_dir / "pending"
@@ -189,17 +192,55 @@ class DockerBackend:
     async def _pool_filler(self) -> None:
         while True:
             while len(self._pool) < self.settings.pool_size:
+                self._pool_filling = True
                 try:
                     manager = await self._manager_or_raise()
                     sandbox = await self._start_new(manager, owner="", pool=True)
                 except Unavailable as exc:
                     log.warning("pool: %s", exc.message)
+                    self._pool_fill_ended()
                     await anyio.sleep(10)
                     continue
                 self._pool.append(sandbox)
+                self._pool_fill_ended()
             log.info("pool: %d/%d warm containers ready", len(self._pool), self.settings.pool_size)
             self._pool_wanted = anyio.Event()
             await self._pool_wanted.wait()
+
+    def _pool_fill_ended(self) -> None:
+        self._pool_filling = False
+        self._pool_changed.set()
+        self._pool_changed = anyio.Event()
+
+    async def _from_pool(self) -> Sandbox | None:
+        """A live pool sandbox, or None. When the pool is empty while the filler is starting one, the
+        first session to ask waits for that one: it is further along than a new start would be."""
+        waited = False
+        while True:
+            while self._pool:
+                sandbox = self._pool.pop(0)
+                self._pool_wanted.set()
+                if not sandbox.conn.closed.is_set():
+                    return sandbox
+                assert self._tg is not None
+                self._tg.start_soon(self._discard, sandbox)  # died while waiting: never handed out
+            if waited or not self._pool_filling or self._pool_promised:
+                return None
+            waited = True
+            self._pool_promised += 1
+            try:
+                with anyio.move_on_after(60):
+                    await self._pool_changed.wait()
+            finally:
+                self._pool_promised -= 1
+
+    async def _discard(self, sandbox: Sandbox) -> None:
+        await sandbox.conn.aclose()
+        if self._manager is not None:
+            try:
+                await _thread(self._manager.remove, sandbox.record.id)
+            except Unavailable as exc:
+                log.warning("removing dead pool container %s: %s", sandbox.record.id, exc.message)
 
     # --- containers -------------------------------------------------------------------------
 
@@ -239,12 +280,14 @@ class DockerBackend:
         if owner != "local" and owned >= self.settings.max_containers_per_principal:
             raise TooManyRequests(f"at most {self.settings.max_containers_per_principal} containers per principal")
         manager = await self._manager_or_raise()
-        while self._pool:
-            sandbox = self._pool.pop(0)
-            self._pool_wanted.set()
-            if sandbox.conn.closed.is_set():
-                continue
-            await _thread(manager.claim, sandbox.record.id, owner)
+        sandbox = await self._from_pool()
+        if sandbox is not None:
+            try:
+                await _thread(manager.claim, sandbox.record.id, owner)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self._discard(sandbox)  # neither in the pool nor anyone's: do not leak it
+                raise
             sandbox.owner = owner
             return sandbox
         return await self._start_new(manager, owner=owner, pool=False)
@@ -252,6 +295,8 @@ class DockerBackend:
     async def _reattach(self, cid: str, owner: str) -> Sandbox:
         manager = await self._manager_or_raise()
         record, container = await _thread(manager.find, cid)
+        if record.pool and record.owner == POOL_OWNER:
+            raise ContainerExpired(cid)  # a server's warm container, not handed out yet: nobody's to use
         if record.owner not in (owner, "") and owner != "local":
             raise ContainerExpired(cid)  # never reveal another principal's container
         return await self._connect(record, container, record.owner or owner)

@@ -1,0 +1,129 @@
+"""The warm pool against real sandboxes: each pool container goes to exactly one session, the pool
+refills in the background, dead pool containers are never handed out, and a killed server's
+unassigned pool containers are reaped by the next server's start."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import docker
+import docker.errors
+import pytest
+
+from mcp_codeexec.backends.base import CallContext
+from mcp_codeexec.backends.docker import DockerBackend
+from mcp_codeexec.config import Settings
+from mcp_codeexec.files import FileStore
+from mcp_codeexec.sandboxes import L_ID, L_INSTALL, L_POOL, SandboxManager, connect, installation_label
+from tests.support.servers import server_env
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def backend(settings: Settings, pool_size: int) -> AsyncIterator[DockerBackend]:
+    s = settings.model_copy(update={"pool_size": pool_size})
+    async with DockerBackend(s, FileStore(s.files_dir, 30)) as b:
+        yield b
+
+
+async def until(condition, timeout: float = 60) -> None:
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.05)
+
+
+def ctx(n: int) -> CallContext:
+    return CallContext(principal="local", session_key=f"session-{n}")
+
+
+def pool_containers(settings: Settings) -> list[str]:
+    client = docker.from_env()
+    try:
+        labels = [f"{L_INSTALL}={installation_label(settings.data_dir)}", f"{L_POOL}=1"]
+        return [c.labels[L_ID] for c in client.containers.list(filters={"label": labels})]
+    finally:
+        client.close()
+
+
+async def test_each_pool_container_goes_to_exactly_one_session_and_the_pool_refills(settings):
+    async with backend(settings, pool_size=2) as b:
+        await until(lambda: len(b._pool) == 2)
+        pooled = {s.record.id for s in b._pool}
+
+        taken = {}
+
+        async def take(n: int) -> None:
+            taken[n] = (await b.sandbox_for(ctx(n), None)).record.id
+
+        async with anyio.create_task_group() as tg:
+            for n in range(5):
+                tg.start_soon(take, n)
+
+        ids = list(taken.values())
+        assert len(set(ids)) == 5  # no container went to two sessions
+        assert pooled <= set(ids)  # both warm containers were handed out, each once
+        await until(lambda: len(b._pool) == 2)  # refilled in the background
+        assert not {s.record.id for s in b._pool} & set(ids)
+        for n, cid in taken.items():
+            assert (await b.sandbox_for(ctx(n), None)).record.id == cid  # a session keeps its container
+
+
+async def test_a_dead_pool_container_is_not_handed_out_and_is_removed(settings):
+    async with backend(settings, pool_size=1) as b:
+        await until(lambda: len(b._pool) == 1)
+        dead = b._pool[0]
+        client = docker.from_env()
+        try:
+            client.containers.get(dead.record.docker_id).kill()
+            await until(lambda: dead.conn.closed.is_set())
+            sandbox = await b.sandbox_for(ctx(1), None)
+            assert sandbox.record.id != dead.record.id
+
+            def removed() -> bool:
+                try:
+                    client.containers.get(dead.record.docker_id)
+                except docker.errors.NotFound:
+                    return True
+                return False
+
+            await until(removed)
+        finally:
+            client.close()
+
+
+async def test_a_session_arriving_while_the_pool_fills_takes_the_container_being_started(settings):
+    async with backend(settings, pool_size=1) as b:
+        sandbox = await b.sandbox_for(ctx(1), None)  # the pool is still being filled at this point
+        assert sandbox.record.pool
+        await until(lambda: len(b._pool) == 1)
+        assert b._pool[0].record.id != sandbox.record.id
+
+
+async def test_a_killed_servers_pool_leftovers_are_removed_when_the_next_server_starts(settings, tmp_path: Path):
+    s = settings.model_copy(update={"pool_size": 1})
+    log = tmp_path / "server.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mcp_codeexec", "serve"], env=server_env(s, MCP_CODEEXEC_LOG_LEVEL="INFO"),
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
+        )
+    try:
+        await until(lambda: "pool: 1/1 warm containers ready" in log.read_text(), timeout=120)
+        leftovers = pool_containers(s)
+        assert len(leftovers) == 1
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert pool_containers(s) == leftovers  # nobody cleaned up after the killed server
+
+    async with backend(settings, pool_size=0):
+        assert pool_containers(s) == []
+    SandboxManager(s, connect()).remove_installation()
