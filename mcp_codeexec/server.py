@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -47,6 +48,19 @@ EDITOR = "text_editor_code_execution"
 CODE = "code_execution"
 FILE_URI = "codeexec://files/"
 MAX_COMMAND_CHARS = 1_000_000
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _valid_unicode(value: Any) -> Any:
+    """Lone surrogates (a client can send them as ``\\udXXX`` JSON escapes; error messages may echo
+    them back) become U+FFFD: they cannot be encoded as UTF-8 and strict JSON parsers reject them."""
+    if isinstance(value, str):
+        return _SURROGATES.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_valid_unicode(k): _valid_unicode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_valid_unicode(v) for v in value]
+    return value
 
 
 def _limits(settings: Settings) -> str:
@@ -296,7 +310,7 @@ async def call_tool(state: AppState, tool: str, arguments: dict[str, Any], ctx: 
         error = exc
         block = error_block(tool, exc)
     is_error = error is not None or block.type.endswith("_tool_result_error")
-    text = _fit(_human_text(tool, block, outcome, error), state.settings.max_result_chars)
+    text = _valid_unicode(_fit(_human_text(tool, block, outcome, error), state.settings.max_result_chars))
     content: list[Any] = [types.TextContent(type="text", text=text)]
     if outcome is not None and outcome.files:
         content += await _file_contents(state, outcome.files, ctx.principal)
@@ -307,7 +321,7 @@ async def call_tool(state: AppState, tool: str, arguments: dict[str, Any], ctx: 
     if outcome is not None:
         meta.update(outcome.meta)
     return types.CallToolResult(
-        content=content, structured_content=block.model_dump(exclude_none=True), is_error=is_error, _meta=meta
+        content=content, structured_content=_valid_unicode(block.model_dump(exclude_none=True)), is_error=is_error, _meta=meta
     )
 
 
@@ -333,7 +347,7 @@ def create_server(settings: Settings, *, backend: Backend | None = None, store: 
 
     async def handle_call_tool(ctx: ServerRequestContext[AppState], params: types.CallToolRequestParams) -> types.CallToolResult:
         if params.name not in (BASH, EDITOR) and not (params.name == CODE and settings.legacy_tool):
-            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {_valid_unicode(params.name)}")
         principal = principal_of(ctx)
 
         async def progress(elapsed: float, message: str) -> None:
