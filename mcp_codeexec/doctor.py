@@ -509,7 +509,34 @@ def check_hosted(settings: Settings) -> Check:
                  "export ANTHROPIC_API_KEY=... (or use the docker backend)")
 
 
-def run_checks(get_settings: Callable[[], Settings], timeout: float = PROBE_TIMEOUT) -> list[Check]:
+def check_sandbox(settings: Settings, timeout: float) -> Check:
+    """Start a real sandbox, run one command through its agent, remove it (``--start``)."""
+    import anyio
+
+    from .api import Sandbox
+    from .errors import CodeExecError
+
+    async def start() -> tuple[str, str, float]:
+        began = time.monotonic()
+        with anyio.fail_after(timeout):
+            async with Sandbox(settings) as sb:
+                result = await sb.bash("echo ok; uname -m")
+        if result.type != "bash_code_execution_result":
+            raise RuntimeError(f"the command failed: {result.error_code}")  # type: ignore[union-attr]
+        return result.stdout.split()[-1], settings.runtime or "runc", time.monotonic() - began  # type: ignore[union-attr]
+
+    try:
+        arch, runtime, took = anyio.run(start)
+    except CodeExecError as exc:
+        return Check("sandbox", "FAIL", exc.message, "run `mcp-codeexec doctor` without --start and fix what it reports")
+    except TimeoutError:
+        return Check("sandbox", "FAIL", f"no sandbox answered within {timeout:g} s", "check `docker ps -a` and the engine's log")
+    except Exception as exc:  # any other failure of the round trip is this check's FAIL
+        return Check("sandbox", "FAIL", f"{type(exc).__name__}: {exc}", "check `docker ps -a` and the engine's log")
+    return Check("sandbox", "OK", f"started a sandbox ({runtime}, {arch}), ran a command, removed it: {took:.1f} s")
+
+
+def run_checks(get_settings: Callable[[], Settings], timeout: float = PROBE_TIMEOUT, start: bool = False) -> list[Check]:
     checks: list[Check] = []
     try:
         settings = get_settings()
@@ -537,6 +564,9 @@ def run_checks(get_settings: Callable[[], Settings], timeout: float = PROBE_TIME
         checks.append(check_runtime(p, settings, timeout * 3)[0])
     checks.append(check_quota(settings, engine_up=p is not None))
     checks.append(check_file_store(settings))
+    if start:
+        ready = p is not None and not any(c.status == "FAIL" for c in checks)
+        checks.append(check_sandbox(settings, 120) if ready else Check("sandbox", "SKIP", "not started: fix the failures above first"))
     if p is not None:
         try:
             p.client.close()
@@ -569,7 +599,7 @@ def render(checks: list[Check], elapsed: float, color: bool = False) -> str:
 
 def cmd_doctor(args: argparse.Namespace, get_settings: Callable[[], Settings]) -> int:
     started = time.monotonic()
-    checks = run_checks(get_settings, timeout=args.timeout)
+    checks = run_checks(get_settings, timeout=args.timeout, start=getattr(args, "start", False))
     elapsed = time.monotonic() - started
     failed = any(c.status == "FAIL" for c in checks)
     if args.json:
@@ -587,6 +617,7 @@ def register_cli(subparsers: Any, get_settings: Callable[[], Settings]) -> argpa
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--timeout", type=float, default=PROBE_TIMEOUT, help="seconds to wait for the engine (default 3)")
+    p.add_argument("--start", action="store_true", help="also start a sandbox, run a command in it and remove it")
     p.set_defaults(func=lambda ns: cmd_doctor(ns, get_settings))
     return p
 

@@ -89,18 +89,20 @@ async def test_prune_reaps_expired_sandboxes_and_prune_all_needs_yes(settings) -
     assert json.loads(cli(settings, "containers", "ls", "--json").stdout) == []
 
 
-def test_doctor_passes_on_a_working_engine_quickly(settings) -> None:
+def test_doctor_passes_on_a_working_engine_quickly_and_can_start_a_sandbox(settings) -> None:
     started = time.monotonic()
-    run = cli(settings, "doctor", "--json")
+    run = cli(settings, "doctor", "--json", "--start")
     elapsed = time.monotonic() - started
     report = json.loads(run.stdout)
     checks = {c["name"]: c for c in report["checks"]}
     assert run.returncode == 0 and report["ok"] is True, run.stdout
-    for name in ("config", "engine", "engine version", "runtime", "file store"):
+    for name in ("config", "engine", "engine version", "runtime", "file store", "sandbox"):
         assert checks[name]["status"] == "OK", checks[name]
     assert checks["image"]["status"] in ("OK", "WARN")  # WARN: only the minimal image is built
     assert checks["disk quota"]["status"] in ("OK", "WARN")
-    assert elapsed < 15, elapsed
+    assert f"({settings.runtime or 'runc'}," in checks["sandbox"]["message"]
+    assert json.loads(cli(settings, "containers", "ls", "--json").stdout) == []  # the probe sandbox is gone
+    assert elapsed < 20, elapsed
 
 
 def test_doctor_with_the_engine_unreachable_fails_fast_with_the_fix(settings) -> None:
