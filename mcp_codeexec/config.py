@@ -59,7 +59,10 @@ class Settings(BaseSettings):
     max_output_bytes: int = Field(default=100_000, ge=1000, description="stdout/stderr bytes kept per stream.")
     max_spill_bytes: int = 256 * MiB
     max_output_file_bytes: int = 100 * MiB
-    max_view_bytes: int = 16 * MiB
+    max_view_bytes: int = Field(
+        default=180_000, ge=1024, description="Text bytes a view returns (within max_result_chars); larger files show the lines that fit."
+    )
+    max_view_media_bytes: int = Field(default=5 * MiB, description="Largest image or PDF a view returns (base64).")
     max_image_bytes: int = Field(default=1 * MiB, description="Images above this are downscaled for MCP image content.")
     max_result_chars: int = 200_000
     progress_interval: float = 2.0

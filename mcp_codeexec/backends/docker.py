@@ -70,6 +70,9 @@ class Sandbox:
     owner: str
     last_used: float = field(default_factory=time.monotonic)
     inflight: int = 0
+    terminal: anyio.Lock = field(default_factory=anyio.Lock)
+    """Bash calls wait here, not in the agent's queue: the host-side deadline of a call must not
+    count the time it waited behind earlier calls (the agent runs one bash call at a time)."""
 
     @property
     def info(self) -> ContainerInfo:
@@ -350,11 +353,14 @@ class DockerBackend:
 
     # --- calls ------------------------------------------------------------------------------
 
-    async def _call(self, sandbox: Sandbox, message: dict[str, Any], *, timeout: float, on_frame: Any = None) -> dict[str, Any]:
+    async def _call(
+        self, sandbox: Sandbox, message: dict[str, Any], *, timeout: float, on_frame: Any = None, terminal: bool = False
+    ) -> dict[str, Any]:
         sandbox.inflight += 1
         try:
             await self._deliver_pending(sandbox)
-            reply = await sandbox.conn.request(message, on_frame=on_frame, timeout=timeout)
+            async with sandbox.terminal if terminal else contextlib.nullcontext():
+                reply = await sandbox.conn.request(message, on_frame=on_frame, timeout=timeout)
         except AgentGone as exc:
             self._sandboxes.pop(sandbox.record.id, None)
             raise Unavailable(
@@ -394,7 +400,7 @@ class DockerBackend:
             "progress_interval": s.progress_interval if ctx.progress is not None else None,
         }
         try:
-            result = await self._call(sandbox, message, timeout=s.call_timeout + 30, on_frame=on_frame)
+            result = await self._call(sandbox, message, timeout=s.call_timeout + 30, on_frame=on_frame, terminal=True)
             files = await receiver.commit_all()
         finally:
             receiver.abort_all()
@@ -477,7 +483,10 @@ class DockerBackend:
 def _editor_message(request: EditorInput, settings: Settings) -> dict[str, Any]:
     """The agent request for a validated editor input (EditorInput checked the per-command fields)."""
     if request.command == "view":
-        return {"op": "view", "path": request.path, "view_range": request.view_range, "max_bytes": settings.max_view_bytes}
+        return {
+            "op": "view", "path": request.path, "view_range": request.view_range,
+            "max_bytes": settings.max_view_bytes, "max_media_bytes": settings.max_view_media_bytes,
+        }
     if request.command == "create":
         return {"op": "create", "path": request.path, "file_text": request.file_text}
     return {"op": "str_replace", "path": request.path, "old_str": request.old_str, "new_str": request.new_str}

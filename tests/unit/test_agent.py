@@ -1140,3 +1140,14 @@ def test_saved_shell_state_is_restored_by_an_agent_started_on_the_same_workspace
         assert "KEPT" not in (first.workspace / ".codeexec" / "shell-state").read_text()
     finally:
         assert second.close() == 0
+
+
+def test_images_have_their_own_view_budget_larger_than_the_text_one(agent: AgentClient, ws: Path):
+    (ws / "big.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 5000)
+    (ws / "big.txt").write_text("line\n" * 2000)
+    image = agent.result("view", path="big.png", max_bytes=1024, max_media_bytes=10_000)
+    assert image["file_type"] == "image" and len(image["content"]) > 1024
+    text = agent.result("view", path="big.txt", max_bytes=1024, max_media_bytes=10_000)
+    assert text["total_lines"] == 2000 and text["num_lines"] < 2000 and len(text["content"]) <= 1024
+    code, message = agent.error("view", path="big.png", max_bytes=1024, max_media_bytes=2000)
+    assert code == "invalid_tool_input" and "too large" in message
