@@ -30,7 +30,9 @@ shell's children: ``ps`` and ``awk``, which may still be a forked ``bash`` when 
 
 @pytest.fixture(scope="module")
 async def pair(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> AsyncIterator[tuple[Sandbox, Sandbox]]:
-    async with sandboxes(tmp_path_factory, "resources", 2, memory_bytes=1 * GiB) as (victim, neighbour):
+    # /tmp is 128 MiB here (512 MiB by default) so that filling it stays well inside T under gVisor,
+    # whose tmpfs writes are slow (~80 MB/s).
+    async with sandboxes(tmp_path_factory, "resources", 2, memory_bytes=1 * GiB, tmp_bytes=128 * MiB) as (victim, neighbour):
         await victim.sh("echo precious > /workspace/keep.txt")
         yield victim, neighbour
 
@@ -97,7 +99,12 @@ async def test_thread_bomb_hits_the_pids_limit(victim: Sandbox, host: HostWatch)
             "except RuntimeError as e:\\n print(\"stopped\", n, e)'"
         )
     sc = result.structured_content
-    if not ended_by_gvisor_crash(result):
+    if GVISOR:
+        # gVisor does not fail thread creation at the pids limit: its threads are goroutines of the
+        # Sentry; the host-side pids cgroup then stops the Sentry (the sandbox exits: unavailable)
+        # or the bomb runs to the time limit. Either way the host stays bounded and the next call works.
+        assert sc["type"] == "bash_code_execution_result" or sc["error_code"] in ("unavailable", "execution_time_exceeded"), sc
+    else:
         assert sc["type"] == "bash_code_execution_result", sc
         assert sc["stdout"].startswith("stopped") and "can't start new thread" in sc["stdout"]
         assert int(sc["stdout"].split()[1]) < victim.settings.pids_limit  # the pids cgroup counts threads
@@ -179,9 +186,9 @@ async def test_disk_fill_releases_the_host_blocks_of_the_workspace_image(victim:
         pytest.skip("workspaces are plain Docker volumes here (no root or no mkfs.ext4): no image file")
     image = Path(victim.settings.volumes_dir) / f"{victim.container_id}.img"
     before = image.stat().st_blocks * 512
-    await victim.sh("head -c 1G /dev/zero > /workspace/w.bin; sync")
+    await victim.sh("head -c 300M /dev/zero > /workspace/w.bin; sync")
     grown = image.stat().st_blocks * 512
-    assert grown >= before + 900 * MiB
+    assert grown >= before + 250 * MiB
     await victim.sh("rm /workspace/w.bin; sync")
     deadline = time.monotonic() + 10
     while image.stat().st_blocks * 512 > before + 64 * MiB and time.monotonic() < deadline:
@@ -286,11 +293,28 @@ async def test_background_processes_do_not_hold_the_call_and_are_gone_after(vict
 
 
 async def test_the_containers_own_long_lived_process_survives_the_sweep(victim: Sandbox) -> None:
-    """Its "own long-lived process" is the agent (PID 1): user code cannot kill it, and the sweep
-    after every call, which kills everything else, leaves it running."""
+    """Its "own long-lived process" is the agent (PID 1): the sweep after every call, which kills
+    everything else, leaves it running, and so does user code signalling everything it can."""
     pid1 = (await victim.sh("ps -o lstart= -p 1")).strip()
-    result = await victim.bash("kill -9 1; kill -9 -1; pkill -9 -u sandbox; kill -KILL -1; echo unreachable")
-    # kill -9 -1 also kills the command's own shell: a result either way, never a dead container
+    result = await victim.bash("kill -9 -1; kill -KILL -1; kill -STOP -1; echo unreachable")
+    assert result.structured_content["type"] == "bash_code_execution_result"  # the shell itself dies or not: a result
+    await recover(victim, result)
+    assert (await victim.sh("ps -o lstart= -p 1")).strip() == pid1
+
+
+@pytest.mark.parametrize("command", ["kill -9 1", "pkill -9 -u sandbox", "kill -STOP 1; sleep 1; echo still"])
+async def test_user_code_cannot_kill_the_agent(victim: Sandbox, command: str) -> None:
+    pid1 = (await victim.sh("ps -o lstart= -p 1")).strip()
+    result = await victim.bash(command)
+    if GVISOR:
+        # gVisor (runsc 2022-12-19) does not give PID 1 the kernel's init protection (signals with a
+        # default action sent from inside its pid namespace are dropped): the agent dies, the sandbox
+        # exits, the call gets `unavailable` and the next call restarts the container, files intact.
+        # runc keeps the agent alive (below). Recommend a current runsc for multi-tenant use.
+        sc = result.structured_content
+        assert sc["type"] == "bash_code_execution_result" or sc["error_code"] == "unavailable", sc
+        await recover(victim, result)
+        return
     assert result.structured_content["type"] == "bash_code_execution_result"
     await recover(victim, result)
     assert (await victim.sh("ps -o lstart= -p 1")).strip() == pid1
@@ -307,7 +331,8 @@ async def test_thousands_of_zombies_are_reaped(victim: Sandbox, host: HostWatch)
             "echo $n; ps -eo stat= | grep -c '^Z' || true"
         )
     count, zombies = map(int, made.split())
-    assert count >= (300 if GVISOR else 1000), count
+    # gVisor forks about 30 processes a second (runc: thousands), so it makes far fewer in 3 s.
+    assert count >= (50 if GVISOR else 1000), count
     assert zombies < 50, f"{zombies} zombies were left unreaped while the call ran"
     assert int((await victim.sh("ps -eo stat= | grep -c '^Z' || true")).strip()) == 0
     python = await victim.sh(
@@ -338,6 +363,14 @@ async def test_many_open_files_are_bounded_by_the_container_limit(victim: Sandbo
 
 
 async def test_filling_tmp_and_dev_shm_does_not_brick_the_container(victim: Sandbox) -> None:
+    try:
+        await _fill_tmpfs_then_bomb(victim)
+    finally:
+        await victim.bash("rm -f /dev/shm/fill /tmp/fill")
+    await recover(victim, None)
+
+
+async def _fill_tmpfs_then_bomb(victim: Sandbox) -> None:
     fill = await victim.bash(
         "head -c 2G /dev/zero > /dev/shm/fill; echo shm=$?; head -c 2G /dev/zero > /tmp/fill; echo tmp=$?; "
         "df -B1 --output=avail /dev/shm /tmp | tail -2"
@@ -355,8 +388,6 @@ async def test_filling_tmp_and_dev_shm_does_not_brick_the_container(victim: Sand
     long_command = "echo ok; cat /workspace/keep.txt # " + "x" * 20000
     again = await victim.bash(long_command)
     assert again.structured_content.get("stdout") == "ok\nprecious\n", again.content[0].text
-    await victim.sh("rm -f /dev/shm/fill /tmp/fill")
-    await recover(victim, again)
 
 
 # --- 31. thread pools under a 1-CPU limit ---------------------------------------------------------------
