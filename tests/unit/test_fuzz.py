@@ -39,6 +39,7 @@ from tests.support.fuzz import (
 from tests.support.http_probe import META, modern_headers, rpc_payload, serve_app
 from tests.support.oracle import assert_hosted_shape
 
+pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")  # huge strings are the point
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
