@@ -355,7 +355,10 @@ class SandboxManager:
                 raise ContainerExpired(cid) from None
             if container.labels.get(L_MANAGED) != "1" or container.labels.get(L_ID) != cid:
                 raise ContainerExpired(cid)
-            record = record_of(container, self.owners)
+            try:
+                record = record_of(container, self.owners)
+            except (KeyError, ValueError, OverflowError):
+                raise ContainerExpired(cid, "its labels are not a sandbox's") from None
             if record.expired:
                 raise ContainerExpired(cid, "it expired at " + record.expires.isoformat())
             if container.status != "running":
@@ -379,7 +382,16 @@ class SandboxManager:
     def list(self, *, all_: bool = True) -> list[tuple[SandboxRecord, Container]]:
         with translate_docker_errors("listing sandboxes"):
             containers = self.client.containers.list(all=all_, filters={"label": f"{L_MANAGED}=1"})
-        return [(record_of(c, self.owners), c) for c in containers if L_ID in c.labels]
+        found = []
+        for c in containers:
+            if L_ID not in c.labels:
+                continue
+            try:
+                found.append((record_of(c, self.owners), c))
+            except (KeyError, ValueError, OverflowError) as exc:
+                # Someone else's container wearing our label key: not ours to list, reap or crash on.
+                log.warning("ignoring container %s: malformed %s labels (%s)", c.name, LABEL, exc)
+        return found
 
     def remove_installation(self) -> list[str]:
         """Remove every sandbox of this data directory, expired or not (tests, `containers prune --all`)."""

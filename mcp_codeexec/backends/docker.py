@@ -302,7 +302,16 @@ class DockerBackend:
             raise ContainerExpired(cid)  # a server's warm container, not handed out yet: nobody's to use
         if record.owner not in (owner, "") and owner != "local":
             raise ContainerExpired(cid)  # never reveal another principal's container
-        return await self._connect(record, container, record.owner or owner)
+        try:
+            return await self._connect(record, container, record.owner or owner)
+        except Unavailable as exc:
+            # The container runs but its agent does not answer: user code stopped it (SIGSTOP
+            # reaches PID 1 under gVisor) or it is wedged. Restart the container (the workspace
+            # stays) rather than failing every later call the same way.
+            log.warning("sandbox %s: %s; restarting the container", cid, exc.message)
+            await _thread(manager.stop, cid)
+            record, container = await _thread(manager.find, cid)
+            return await self._connect(record, container, record.owner or owner)
 
     def _lock(self, key: str) -> anyio.Lock:
         lock = self._locks.get(key)

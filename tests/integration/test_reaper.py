@@ -1,0 +1,230 @@
+"""The reaper: it removes this project's expired sandboxes, their workspaces (loop images and
+mounts, or Docker volumes) and pool leftovers of dead servers, at start-up and periodically, and
+never touches anything else on the engine. 50 create/kill cycles leave zero orphans.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import docker
+import psutil
+import pytest
+
+from mcp_codeexec.sandboxes import (
+    L_CREATED,
+    L_EXPIRES,
+    L_ID,
+    L_INSTALL,
+    L_MANAGED,
+    L_POOL,
+    L_SERVER,
+    NAME_PREFIX,
+    SandboxManager,
+    connect,
+    installation_label,
+    new_container_id,
+)
+from tests.integration.conftest import make_settings
+from tests.support.oracle import assert_hosted_shape
+from tests.support.servers import mcp_client, remove_installation, server_env
+
+pytestmark = pytest.mark.anyio
+
+
+def image_of(settings) -> str:
+    manager = SandboxManager(settings, connect())
+    return manager.resolve_image()
+
+
+@pytest.fixture
+def foreign(settings) -> Iterator[dict[str, docker.models.containers.Container]]:
+    """Containers that are not ours: unlabelled, look-alike labels, malformed labels, our name
+    prefix without labels, and another installation's live sandbox. All must survive every reap."""
+    client = docker.from_env()
+    image = image_of(settings)
+    tag = secrets.token_hex(4)
+    past = f"{time.time() - 3600:.3f}"
+    specs = {
+        "unlabelled": {},
+        "lookalike-keys": {"io.mcp-codeexec.managed.x": "1", "io.mcp-codeexec": "managed", L_EXPIRES + "x": past},
+        "managed-not-1": {L_MANAGED: "true", L_ID: new_container_id(), L_CREATED: past, L_EXPIRES: past},
+        "no-id": {L_MANAGED: "1", L_CREATED: past, L_EXPIRES: past},
+        "malformed-times": {L_MANAGED: "1", L_ID: new_container_id(), L_CREATED: "yesterday", L_EXPIRES: "soon"},
+        "other-installation-live": {L_MANAGED: "1", L_ID: new_container_id(), L_CREATED: past,
+                                    L_EXPIRES: f"{time.time() + 3600:.3f}", L_INSTALL: "someone-else"},
+    }
+    made = {}
+    try:
+        for name, labels in specs.items():
+            made[name] = client.containers.run(
+                image, entrypoint=["sleep", "600"], name=f"adv-foreign-{name}-{tag}", labels=labels, detach=True,
+                network_mode="none", user="1000:1000",
+            )
+        lookalike_name = NAME_PREFIX + new_container_id()  # our naming scheme, none of our labels
+        made["our-name-no-labels"] = client.containers.run(
+            image, entrypoint=["sleep", "600"], name=lookalike_name, detach=True, network_mode="none", user="1000:1000"
+        )
+        yield made
+    finally:
+        for container in made.values():
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+
+
+def assert_all_alive(foreign: dict) -> None:
+    for name, container in foreign.items():
+        container.reload()
+        assert container.status == "running", f"the reaper touched a foreign container ({name})"
+
+
+async def test_reap_removes_only_our_expired_sandboxes_and_their_workspaces(tmp_path, docker_engine, foreign) -> None:
+    settings = make_settings(tmp_path, container_ttl_seconds=2.0)
+    manager = SandboxManager(settings, connect())
+    manager.resolve_image()
+    try:
+        expired, _ = manager.create("local")
+        fresh_settings = make_settings(tmp_path, container_ttl_seconds=3600.0)
+        fresh_manager = SandboxManager(fresh_settings, connect())
+        fresh_manager.resolve_image()
+        fresh, _ = fresh_manager.create("local")
+        await anyio.sleep(2.5)
+        removed = manager.reap()
+        assert expired.id in removed and fresh.id not in removed
+        client = docker.from_env()
+        with pytest.raises(docker.errors.NotFound):
+            client.containers.get(NAME_PREFIX + expired.id)
+        assert client.containers.get(NAME_PREFIX + fresh.id).status == "running"
+        image, mnt = manager.volumes.paths(expired.id)
+        assert not image.exists() and not os.path.ismount(mnt)
+        assert not client.volumes.list(filters={"label": f"{L_ID}={expired.id}"})
+        assert_all_alive(foreign)
+        # The listing and the CLI survive the malformed look-alike too.
+        assert all(record.id != foreign["malformed-times"].labels[L_ID] for record, _ in manager.list())
+    finally:
+        remove_installation(settings)
+    assert_all_alive(foreign)
+
+
+async def test_the_server_reaps_at_start_up_and_then_periodically(tmp_path, docker_engine, foreign) -> None:
+    settings = make_settings(tmp_path, container_ttl_seconds=3.0, reap_interval_seconds=1.0)
+    manager = SandboxManager(settings, connect())
+    manager.resolve_image()
+    client = docker.from_env()
+    try:
+        leftover, _ = manager.create("local")
+        await anyio.sleep(3.5)
+        # Start-up: the expired sandbox is gone before the first call is made.
+        async with mcp_client("memory", settings) as mcp:
+            with pytest.raises(docker.errors.NotFound):
+                client.containers.get(NAME_PREFIX + leftover.id)
+            first = await mcp.call_tool("bash_code_execution", {"command": "echo hi > /workspace/h.txt"})
+            assert_hosted_shape(first.structured_content, "bash_code_execution")
+            cid = first.meta["container"]["id"]
+            # Periodically: once it expires (3 s), the reaper (every 1 s) removes it while serving.
+            with anyio.fail_after(20):
+                while True:
+                    try:
+                        client.containers.get(NAME_PREFIX + cid)
+                    except docker.errors.NotFound:
+                        break
+                    await anyio.sleep(0.3)
+            image, mnt = manager.volumes.paths(cid)
+            assert not image.exists() and not os.path.ismount(mnt)
+            named = await mcp.call_tool("bash_code_execution", {"command": "true", "container_id": cid})
+            assert named.structured_content["error_code"] == "unavailable" and "container_expired" in named.content[0].text
+        assert_all_alive(foreign)
+    finally:
+        remove_installation(settings)
+
+
+async def test_pool_leftovers_of_a_dead_server_are_reaped(tmp_path, docker_engine, foreign) -> None:
+    settings = make_settings(tmp_path, pool_size=1)
+    client = docker.from_env()
+    install = installation_label(settings.data_dir)
+    env = server_env(settings, MCP_CODEEXEC_POOL_SIZE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "mcp_codeexec", "serve"], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with anyio.fail_after(60):
+            while not client.containers.list(filters={"label": [f"{L_INSTALL}={install}", f"{L_POOL}=1"]}):
+                await anyio.sleep(0.3)
+        (pooled,) = client.containers.list(filters={"label": [f"{L_INSTALL}={install}", f"{L_POOL}=1"]})
+        assert pooled.labels[L_SERVER].split(":")[1] == str(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        # Its pool container is nobody's now: the next server's start-up reap removes it.
+        async with mcp_client("memory", make_settings(tmp_path, pool_size=0)) as mcp:
+            await mcp.list_tools()
+            with pytest.raises(docker.errors.NotFound):
+                pooled.reload()
+        assert not list(settings.volumes_dir.glob(f"{pooled.labels[L_ID]}.*"))
+        assert_all_alive(foreign)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        remove_installation(settings)
+
+
+def mounts_under(path: Path) -> list[str]:
+    root = str(path.resolve())
+    return [p.mountpoint for p in psutil.disk_partitions(all=True) if p.mountpoint.startswith(root)]
+
+
+def loops_backed_by(path: Path) -> list[str]:
+    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if str(path.resolve()) in line]
+
+
+async def test_fifty_create_kill_cycles_leave_no_orphans(tmp_path, docker_engine) -> None:
+    """Each cycle creates a sandbox and kills it a different way (docker kill, removal behind the
+    server's back, a server-side remove, a create interrupted after the workspace was made, or an
+    expiry); then the reaper runs. Nothing may be left: no container, no loop image, mount or loop
+    device in the data dir, no Docker volume."""
+    settings = make_settings(tmp_path, container_ttl_seconds=1.0, disk_bytes=256 * 1024**2)
+    manager = SandboxManager(settings, connect())
+    manager.resolve_image()
+    client = docker.from_env()
+    created = []
+    try:
+        for i in range(50):
+            way = i % 5
+            if way == 3:  # interrupted create: the workspace exists, the container never did
+                cid = new_container_id()
+                manager.volumes.create(cid, settings.disk_bytes)
+                created.append(cid)
+                continue
+            record, container = manager.create("local")
+            created.append(record.id)
+            if way == 0:
+                container.kill()
+            elif way == 1:
+                container.remove(force=True)  # behind the server's back: its workspace is orphaned
+            elif way == 2:
+                manager.remove(record.id)
+            # way 4: left running until it expires
+        # Time passes: every sandbox expires and every orphaned workspace ages past the guard.
+        old = time.time() - 600
+        for image in settings.volumes_dir.glob("container_*.img"):
+            os.utime(image, (old, old))
+        await anyio.sleep(1.2)
+        manager.reap()
+        install = installation_label(settings.data_dir)
+        assert client.containers.list(all=True, filters={"label": f"{L_INSTALL}={install}"}) == []
+        assert not settings.volumes_dir.exists() or [p.name for p in settings.volumes_dir.iterdir()] == []
+        assert mounts_under(settings.data_dir) == []
+        assert loops_backed_by(settings.data_dir) == []
+        assert [v for v in client.volumes.list() if any(cid in v.name for cid in created)] == []
+        assert list((settings.data_dir / "owners").glob("*.json")) == []
+    finally:
+        remove_installation(settings)
