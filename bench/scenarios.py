@@ -73,6 +73,8 @@ async def warm_session(settings: Settings, plan: Plan, logs: Path) -> dict[str, 
         _, first = await _bash(client, "true")
         cid = first.meta["container"]["id"]
         await log.wait_for(POOL_READY, count=2)  # the refill after the first call, likewise
+        await anyio.sleep(1.0)
+        out.update(await anyio.to_thread.run_sync(_idle_memory, settings, cid, "per_container_overhead_mb"))
         for _ in range(plan.warmup_calls):
             await _bash(client, "true")
 
@@ -89,7 +91,7 @@ async def warm_session(settings: Settings, plan: Plan, logs: Path) -> dict[str, 
         pid = stdio_server_pid()
         out["stdio_server_rss_mb"] = rss_mb(pid) if pid else None
         await anyio.sleep(1.0)  # let the last call's processes and page cache settle
-        out.update(await anyio.to_thread.run_sync(_idle_memory, settings, cid))
+        out.update(await anyio.to_thread.run_sync(_idle_memory, settings, cid, "per_container_after_warm_run_mb"))
     return out
 
 
@@ -146,17 +148,17 @@ async def _progress(client: Any, plan: Plan) -> dict[str, Any]:
     }
 
 
-def _idle_memory(settings: Settings, cid: str) -> dict[str, Any]:
-    """An idle sandbox's cgroup memory, as `docker stats` shows it (usage minus inactive file cache)."""
+def _idle_memory(settings: Settings, cid: str, key: str) -> dict[str, Any]:
+    """An idle sandbox's cgroup memory as `docker stats` shows it (usage minus inactive file cache),
+    and its anonymous (non-cache) part."""
     manager = _manager(settings)
     _, container = manager.find(cid)
     stats = container.stats(stream=False)["memory_stats"]
     raw = stats.get("stats", {})
     inactive = raw.get("total_inactive_file", raw.get("inactive_file", 0))
     return {
-        "per_container_overhead_mb": round((stats["usage"] - inactive) / 2**20, 2),
-        "per_container_usage_raw_mb": round(stats["usage"] / 2**20, 2),
-        "per_container_rss_mb": round(raw.get("total_rss", raw.get("anon", 0)) / 2**20, 2),
+        key: round((stats["usage"] - inactive) / 2**20, 2),
+        key.replace("_mb", "_anon_mb"): round(raw.get("total_rss", raw.get("anon", 0)) / 2**20, 2),
     }
 
 
