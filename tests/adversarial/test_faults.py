@@ -98,7 +98,7 @@ async def test_concurrent_edits_are_never_torn(box: Sandbox) -> None:
     assert (await box.sh("cat tokens.txt")) == "".join(f"TOK{i}\n" for i in range(20))
     whole = await box.sh("cat whole.txt")
     assert whole in contents, "a create was torn or interleaved with another"
-    assert (await box.sh("wc -l < log; ls -A | grep -c codeexec-tmp || true")).split() == ["2000", "0"]
+    assert (await box.sh("wc -l < log; find . -maxdepth 1 -name '.codeexec-tmp*' | wc -l")).split() == ["2000", "0"]
 
 
 # --- 27. malformed and oversized client input --------------------------------------------------------

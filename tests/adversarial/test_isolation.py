@@ -105,7 +105,7 @@ async def test_nothing_of_the_host_is_visible(box: Sandbox) -> None:
         "cat /proc/1/environ >/dev/null 2>&1 && echo environ-readable; "
         "ls -d /var/run/docker.sock /run/docker.sock /run/containerd /var/run/containerd 2>/dev/null; "
         "find / -xdev \\( -name docker.sock -o -name containerd.sock -o -name '*.sock' \\) 2>/dev/null | grep -v '^/proc' | head; "
-        "ls /dev; echo ---; hostname; cat /proc/self/mountinfo | awk '{print $5}' | sort -u"
+        "find /dev -mindepth 1 -maxdepth 1 -printf '%f\\n' | sort; echo ---; hostname; cat /proc/self/mountinfo | awk '{print $5}' | sort -u"
     )
     lines = out.splitlines()
     if GVISOR:
@@ -286,7 +286,7 @@ async def test_another_session_sees_none_of_my_files_or_processes(pair: tuple[Sa
     assert box.container_id != other.container_id
     # The other session looks everywhere it can without being told the secret.
     out = await other.sh(
-        "ls -A /workspace /tmp /dev/shm; find /workspace /tmp /dev/shm -type f -size -1M 2>/dev/null | xargs -r cat 2>/dev/null; "
+        "find /workspace /tmp /dev/shm; find /workspace /tmp /dev/shm -type f -size -1M 2>/dev/null | xargs -r cat 2>/dev/null; "
         "ps -eo args; cat /proc/net/tcp /proc/net/unix 2>/dev/null"
     )
     assert secret not in out
