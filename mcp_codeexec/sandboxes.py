@@ -355,6 +355,10 @@ class SandboxManager:
                 raise ContainerExpired(cid) from None
             if container.labels.get(L_MANAGED) != "1" or container.labels.get(L_ID) != cid:
                 raise ContainerExpired(cid)
+            if container.labels.get(L_INSTALL) != self.install:
+                # Another data directory's sandbox: its principals are other people (a principal name
+                # means something only within one installation) and its workspace and files are not ours.
+                raise ContainerExpired(cid)
             try:
                 record = record_of(container, self.owners)
             except (KeyError, ValueError, OverflowError):

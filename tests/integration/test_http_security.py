@@ -475,3 +475,26 @@ def test_per_principal_container_limit_answers_too_many_requests(shared: tuple[S
     assert by_id["structuredContent"]["stdout"] == "mine\n" and by_id["_meta"]["container"]["id"] == cids[0]
     assert bash(http, server, BOB, "echo bob-fine")["structuredContent"]["stdout"] == "bob-fine\n"
     assert server.proc.poll() is None
+
+
+def test_a_server_with_another_data_dir_cannot_attach_this_ones_containers(shared: tuple[Server, Settings], http: httpx2.Client,
+                                                                           tmp_path: Path) -> None:
+    """Principal names are local to one installation (data dir): "alice" of another server on the same
+    engine is someone else, and must not reach this alice's container by its id."""
+    server, _ = shared
+    alice_cid = bash(http, server, ALICE, "echo installation-a > /workspace/where")["_meta"]["container"]["id"]
+    other_settings = make_settings(tmp_path)
+    other_alice = "alice-elsewhere-" + secrets.token_urlsafe(16)
+    try:
+        with spawn(other_settings, env={"MCP_CODEEXEC_AUTH_TOKENS": f"alice:{other_alice}"}) as other:
+            result = tool_result(modern_call(http, other.url, other_alice, BASH, {"command": "cat /workspace/where",
+                                                                                   "container_id": alice_cid}))
+            assert result["structuredContent"] == {"type": "bash_code_execution_tool_result_error", "error_code": "unavailable"}
+            assert "installation-a" not in json.dumps(result)
+            r = http.post(other.url + "/v1/files", headers=auth(other_alice), params={"container_id": alice_cid},
+                          files={"file": ("x.txt", b"x")})
+            assert r.status_code == 404, r.text
+    finally:
+        remove_installation(other_settings)
+    out = bash(http, server, ALICE, "cat /workspace/where; ls /workspace/inputs 2>/dev/null")["structuredContent"]["stdout"]
+    assert out.startswith("installation-a\n") and "x.txt" not in out
