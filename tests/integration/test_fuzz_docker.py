@@ -32,9 +32,9 @@ from tests.support.fuzz import (
     surrogateescaped,
     well_shaped_editor,
 )
-from tests.support.http_probe import META, modern_headers, rpc_payload
+from tests.support.http_probe import META, modern_headers, rpc_payload, spawn
 from tests.support.oracle import assert_hosted_shape
-from tests.support.servers import http_server, new_token
+from tests.support.servers import new_token
 
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")  # huge strings are the point
 EXAMPLES = int(os.environ.get("FUZZ_DOCKER_EXAMPLES", "100"))
@@ -86,8 +86,9 @@ class Session:
 @pytest.fixture
 def session(settings: Settings) -> Iterator[Session]:
     token = new_token()
-    with http_server(settings, token=token) as url:
-        s = Session(url, token)
+    # stderr goes to a file (a pipe nobody reads could fill up and stall the server)
+    with spawn(settings, env={"MCP_CODEEXEC_AUTH_TOKENS": token}) as server:
+        s = Session(server.url, token)
         s.assert_usable()  # the container exists before the fuzzing starts
         yield s
         s.http.close()

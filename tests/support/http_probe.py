@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import uvicorn
 
-from tests.support.servers import free_port
+from mcp_codeexec.config import Settings
+from tests.support.servers import free_port, server_env
 
 MODERN = "2026-07-28"
 """Session-less protocol revision: every POST stands alone (no initialize, no Mcp-Session-Id)."""
@@ -110,3 +117,51 @@ def serve_app(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen[bytes]
+    stderr_path: Path
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def rss(self) -> int:
+        import psutil
+
+        return psutil.Process(self.proc.pid).memory_info().rss
+
+
+@contextlib.contextmanager
+def spawn(settings: Settings, *, env: dict[str, str] | None = None, args: list[str] | None = None,
+          expect_start: bool = True) -> Iterator[Server]:
+    """``mcp-codeexec serve --transport http`` exactly as a user runs it (no ``--no-auth`` unless asked)."""
+    port = free_port()
+    full_env = server_env(settings, **(env or {}))
+    argv = [sys.executable, "-m", "mcp_codeexec", "serve", "--transport", "http", "--port", str(port), *(args or [])]
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    stderr_path = settings.data_dir.parent / f"server-{port}.stderr"
+    with open(stderr_path, "wb") as err:
+        proc = subprocess.Popen(argv, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    server = Server(f"http://127.0.0.1:{port}", proc, stderr_path)
+    try:
+        if expect_start:
+            deadline = time.monotonic() + 60
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"HTTP server exited ({proc.returncode}): {server.stderr()[-3000:]}")
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+                assert time.monotonic() < deadline, "HTTP server did not start listening"
+                time.sleep(0.05)
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -13,7 +13,6 @@ import json
 import os
 import traceback
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx2
