@@ -62,7 +62,7 @@ SERVER_TAG = f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}"
 
 def server_alive(tag: str) -> bool:
     host, _, rest = tag.partition(":")
-    pid = rest.partition(":")[0]
+    pid, _, started = rest.partition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return True  # another machine's server: not ours to judge
     if tag == SERVER_TAG:
@@ -73,7 +73,26 @@ def server_alive(tag: str) -> bool:
         return False
     except PermissionError:
         return True
+    proc = _process_state(int(pid))
+    if proc is not None:
+        state, start = proc
+        if state == "Z":
+            return False  # exited, not yet collected by its parent
+        if started.isdigit() and start > int(started) + 5:
+            return False  # the pid was reused: this process started after the server tagged it
     return True
+
+
+def _process_state(pid: int) -> tuple[str, float] | None:
+    """(state letter, start time in epoch seconds) of a process, from /proc; None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+        with open("/proc/stat") as fh:
+            boot = next(int(line.split()[1]) for line in fh if line.startswith("btime "))
+        return fields[0], boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def new_container_id() -> str:
