@@ -199,8 +199,8 @@ class DockerBackend:
                 try:
                     manager = await self._manager_or_raise()
                     sandbox = await self._start_new(manager, owner="", pool=True)
-                except Unavailable as exc:
-                    log.warning("pool: %s", exc.message)
+                except (CodeExecError, OSError) as exc:  # e.g. a full disk: retry later, never take the server down
+                    log.warning("pool: %s", getattr(exc, "message", None) or exc)
                     self._pool_fill_ended()
                     await anyio.sleep(10)
                     continue

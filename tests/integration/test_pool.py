@@ -21,6 +21,7 @@ from mcp_codeexec.backends.base import CallContext
 from mcp_codeexec.backends.docker import DockerBackend
 from mcp_codeexec.config import Settings
 from mcp_codeexec.files import FileStore
+from mcp_codeexec.schemas import BashInput
 from mcp_codeexec.sandboxes import L_ID, L_INSTALL, L_POOL, SandboxManager, connect, installation_label
 from tests.support.servers import server_env
 
@@ -105,6 +106,21 @@ async def test_a_session_arriving_while_the_pool_fills_takes_the_container_being
         assert sandbox.record.pool
         await until(lambda: len(b._pool) == 1)
         assert b._pool[0].record.id != sandbox.record.id
+
+
+async def test_a_pool_start_that_fails_is_retried_later_and_sessions_still_get_containers(settings, monkeypatch):
+    create = SandboxManager.create
+
+    def full_disk_for_the_pool(self, owner, *, pool=False):
+        if pool:
+            raise OSError(28, "No space left on device")
+        return create(self, owner, pool=pool)
+
+    monkeypatch.setattr(SandboxManager, "create", full_disk_for_the_pool)
+    async with backend(settings, pool_size=1) as b:
+        sandbox = await b.sandbox_for(ctx(1), None)
+        assert not sandbox.record.pool
+        assert (await b.bash(BashInput(command="echo ok"), ctx(1))).block.stdout == "ok\n"
 
 
 async def test_a_killed_servers_pool_leftovers_are_removed_when_the_next_server_starts(settings, tmp_path: Path):
