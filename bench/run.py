@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 
 from mcp_codeexec.config import load_settings
+from mcp_codeexec.errors import Unavailable
 from mcp_codeexec.sandboxes import SandboxManager, connect
 
 from . import scenarios
@@ -133,6 +134,21 @@ def update_readme(results: dict[str, Any]) -> None:
     README.write_text(text[:start] + block + text[end:])
 
 
+def remove_everything(settings: Any) -> list[str]:
+    """Remove every container of the bench's installation. A server that was just closed may still
+    be removing its own pool container (Docker answers 409 "removal already in progress"): retry."""
+    removed: list[str] = []
+    for attempt in range(10):
+        try:
+            removed += SandboxManager(settings, connect()).remove_installation()
+            return removed
+        except Unavailable:
+            if attempt == 9:
+                raise
+            time.sleep(0.5)
+    return removed
+
+
 async def run_all(plan: scenarios.Plan, settings: Any, logs: Path, only: set[str] | None, progress: Any) -> dict[str, Any]:
     results: dict[str, Any] = {}
     steps = [
@@ -148,7 +164,7 @@ async def run_all(plan: scenarios.Plan, settings: Any, logs: Path, only: set[str
         started = time.perf_counter()
         results.update(await step())
         progress(f"{name} done in {time.perf_counter() - started:.1f} s")
-        await anyio.to_thread.run_sync(lambda: SandboxManager(settings, connect()).remove_installation())
+        await anyio.to_thread.run_sync(remove_everything, settings)
     if "warm_bash_p50_ms" in results and "baseline_docker_exec_p50_ms" in results:
         results["warm_speedup"] = round(results["baseline_docker_exec_p50_ms"] / results["warm_bash_p50_ms"], 1)
     return results
@@ -203,10 +219,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
     finally:
         try:
-            removed = SandboxManager(settings, connect()).remove_installation()
+            removed = remove_everything(settings)
+        except Unavailable as exc:
+            # Keep the data dir: its path is what labels the containers left behind.
+            say(f"could not remove the bench's sandboxes ({exc.message}); remove them with "
+                f"`python -m mcp_codeexec containers prune --all --yes --data-dir {settings.data_dir}`")
+            failed = True
+        else:
             if removed:
                 say(f"removed {len(removed)} leftover sandboxes")
-        finally:
             if args.keep_logs:
                 say(f"logs kept in {logs}")
             else:
