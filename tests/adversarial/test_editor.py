@@ -122,6 +122,11 @@ async def test_symlinks_to_root_and_proc_1_root_stay_inside_the_container(box: S
     for path in ("root/etc/hostname", "p1/etc/hostname", "e/hostname"):
         viewed = await box.edit(command="view", path=path)
         sc = viewed.structured_content
+        if GVISOR and sc["type"] != ERROR and sc["content"].startswith("Here's the files"):
+            # runsc 2022-12-19 resolves `<symlink to />/etc/hostname` to the root directory itself
+            # (a path-walk bug of its VFS): the listing is of the container's own root.
+            assert f"{path}/workspace\n" in sc["content"] and f"{path}/opt\n" in sc["content"], sc["content"][:300]
+            continue
         assert sc["type"] == ERROR or sc["content"] == "sandbox\n", (path, sc)  # the container's file, never the host's
     # Writing through them lands in the container's own filesystems (or is refused): never on the host.
     created = {}

@@ -176,3 +176,14 @@ async def test_a_second_client_is_unaffected_by_floods(tmp_path, box: Sandbox) -
                 await box.bash("head -c 50000000 /dev/urandom; yes | head -c 50000000 >&2")
     finally:
         remove_installation(settings)
+
+
+async def test_an_oversized_output_file_is_output_file_too_large_and_nothing_partial_is_kept(box: Sandbox) -> None:
+    limit = box.settings.max_output_file_bytes
+    stored_before = {p.name for p in box.settings.files_dir.rglob("*") if p.is_file()} if box.settings.files_dir.exists() else set()
+    result = await box.bash(f"echo small > $OUTPUT_DIR/ok.txt; fallocate -l {limit + 1} $OUTPUT_DIR/huge.bin; echo made")
+    assert result.structured_content == {"type": "bash_code_execution_tool_result_error", "error_code": "output_file_too_large"}
+    assert "huge.bin" in result.content[0].text
+    stored_after = {p.name for p in box.settings.files_dir.rglob("*") if p.is_file()} if box.settings.files_dir.exists() else set()
+    assert stored_after - stored_before <= {"files.db-journal", "files.db-wal", "files.db-shm"}  # not even ok.txt
+    assert (await box.sh("echo next")) == "next\n"
