@@ -46,8 +46,8 @@ TABLE: list[tuple[str, str, str, tuple[str, float] | None]] = [
     ("first_call_cold_p50_ms", "first call of a new session, no pool, p50", "ms", None),
     ("first_call_speedup", "first call speedup (cold / pooled)", "x", (">=", 3)),
     ("first_call_immediate_p50_ms", "first call right after server start, pool filling, p50", "ms", None),
-    ("concurrent_ok", "concurrent sessions OK", "", None),
-    ("concurrent_p99_ms", "concurrent short calls, p99", "ms", None),
+    ("concurrent_ok", "concurrent HTTP sessions OK (each its own container)", "", None),
+    ("concurrent_p99_ms", "16 sessions' short calls at once, p99", "ms", None),
     ("concurrent_first_call_max_ms", "concurrent first calls (container start), max", "ms", None),
     ("server_rss_mb", "server RSS after the concurrency run", "MB", ("<=", 150)),
     ("per_container_overhead_mb", "idle sandbox memory (cgroup)", "MB", None),
@@ -110,12 +110,18 @@ def table(results: dict[str, Any]) -> str:
             shown = f"{value}/{results['concurrent_sessions']}"
             goal = f"{results['concurrent_sessions']}/{results['concurrent_sessions']}"
         else:
-            shown = f"{value:g} {unit}".strip() if isinstance(value, (int, float)) else str(value)
+            shown = f"{_num(value)} {unit}".strip() if isinstance(value, (int, float)) else str(value)
             goal = f"{target[0].replace('<=', '≤').replace('>=', '≥')} {target[1]:g} {unit}".strip() if target else ""
         if key in met:
             goal += " ✅" if met[key] else " ❌"
         rows.append(f"| {label} | {shown} | {goal} |")
     return "\n".join(rows)
+
+
+def _num(value: float) -> str:
+    if isinstance(value, int) or abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
 
 
 def header(results: dict[str, Any]) -> str:
@@ -180,7 +186,15 @@ def main(argv: list[str] | None = None) -> int:
                         "--smoke writes nothing unless given)")
     parser.add_argument("--update-readme", action="store_true", help="write the table into bench/README.md")
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (path printed)")
+    parser.add_argument("--render", type=Path, metavar="JSON", help="only print (and with --update-readme, write) "
+                        "the table of an earlier run's results")
     args = parser.parse_args(argv)
+    if args.render:
+        results = json.loads(args.render.read_text())
+        if args.update_readme:
+            update_readme(results)
+        print(header(results) + "\n\n" + table(results))
+        return 0
 
     plan = scenarios.SMOKE if args.smoke else scenarios.Plan()
     if args.sessions:
