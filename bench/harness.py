@@ -145,16 +145,34 @@ async def http_session(base_url: str) -> AsyncIterator[Client]:
 
 def stdio_server_pid() -> int | None:
     """The pid of the (single) stdio server this process launched."""
-    import psutil
-
-    for child in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            if "mcp_codeexec" in child.cmdline() and "serve" in child.cmdline():
-                return child.pid
+    for pid, cmdline in _children():
+        if "mcp_codeexec" in cmdline and "serve" in cmdline:
+            return pid
     return None
 
 
 def rss_mb(pid: int) -> float:
-    import psutil
-
+    try:
+        import psutil
+    except ImportError:  # psutil is a test extra; /proc is enough on Linux
+        with open(f"/proc/{pid}/status") as fh:
+            kb = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+        return round(kb / 1024, 1)
     return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+
+
+def _children() -> list[tuple[int, list[str]]]:
+    try:
+        import psutil
+    except ImportError:
+        found = []
+        for entry in os.listdir("/proc"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if entry.isdigit() and int(open(f"/proc/{entry}/stat").read().rpartition(")")[2].split()[1]) == os.getpid():
+                    found.append((int(entry), open(f"/proc/{entry}/cmdline").read().split("\0")))
+        return found
+    out = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            out.append((child.pid, child.cmdline()))
+    return out
