@@ -468,4 +468,11 @@ class SandboxManager:
                 if cid and cid not in known:
                     with contextlib.suppress(docker.errors.APIError):
                         volume.remove(force=True)
+        # Ownership records of containers that are gone (removed behind our back). Written only
+        # after their container exists; the age guard covers a create racing this listing.
+        for owner_file in self.owners.root.glob("container_*.json"):
+            cid = owner_file.stem
+            with contextlib.suppress(FileNotFoundError):
+                if cid not in known and time.time() - owner_file.stat().st_mtime > 120:
+                    self.owners.forget(cid)
         return removed

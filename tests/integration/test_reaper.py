@@ -186,12 +186,13 @@ def loops_backed_by(path: Path) -> list[str]:
     return [line for line in out.splitlines() if str(path.resolve()) in line]
 
 
-async def test_fifty_create_kill_cycles_leave_no_orphans(tmp_path, docker_engine) -> None:
+@pytest.mark.parametrize("quota", ["auto", "none"], ids=["loop-images", "docker-volumes"])
+async def test_fifty_create_kill_cycles_leave_no_orphans(tmp_path, docker_engine, quota: str) -> None:
     """Each cycle creates a sandbox and kills it a different way (docker kill, removal behind the
     server's back, a server-side remove, a create interrupted after the workspace was made, or an
     expiry); then the reaper runs. Nothing may be left: no container, no loop image, mount or loop
     device in the data dir, no Docker volume."""
-    settings = make_settings(tmp_path, container_ttl_seconds=1.0, disk_bytes=256 * 1024**2)
+    settings = make_settings(tmp_path, container_ttl_seconds=1.0, disk_bytes=256 * 1024**2, quota=quota)
     manager = SandboxManager(settings, connect())
     manager.resolve_image()
     client = docker.from_env()
@@ -215,8 +216,8 @@ async def test_fifty_create_kill_cycles_leave_no_orphans(tmp_path, docker_engine
             # way 4: left running until it expires
         # Time passes: every sandbox expires and every orphaned workspace ages past the guard.
         old = time.time() - 600
-        for image in settings.volumes_dir.glob("container_*.img"):
-            os.utime(image, (old, old))
+        for leftover in [*settings.volumes_dir.glob("container_*.img"), *(settings.data_dir / "owners").glob("container_*.json")]:
+            os.utime(leftover, (old, old))
         await anyio.sleep(1.2)
         manager.reap()
         install = installation_label(settings.data_dir)
@@ -224,7 +225,10 @@ async def test_fifty_create_kill_cycles_leave_no_orphans(tmp_path, docker_engine
         assert not settings.volumes_dir.exists() or [p.name for p in settings.volumes_dir.iterdir()] == []
         assert mounts_under(settings.data_dir) == []
         assert loops_backed_by(settings.data_dir) == []
-        assert [v for v in client.volumes.list() if any(cid in v.name for cid in created)] == []
+        assert [v.name for v in client.volumes.list() if any(cid in v.name for cid in created)] == []
+        assert client.volumes.list(filters={"label": f"{L_MANAGED}=1"}) == [] or all(
+            v.attrs.get("Labels", {}).get(L_ID) not in created for v in client.volumes.list(filters={"label": f"{L_MANAGED}=1"})
+        )
         assert list((settings.data_dir / "owners").glob("*.json")) == []
     finally:
         remove_installation(settings)
