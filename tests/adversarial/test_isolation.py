@@ -326,3 +326,23 @@ async def test_another_principal_naming_my_container_is_refused_over_http(tmp_pa
                 assert viewed.structured_content["type"] == "text_editor_code_execution_tool_result_error"
     finally:
         remove_installation(settings)
+
+
+async def test_the_agents_channel_is_out_of_reach_of_user_code(box: Sandbox) -> None:
+    """The agent's stdin/stdout is the host's only link to the sandbox: user code must not read the
+    host's requests or write frames into its replies."""
+    result = await box.bash(
+        "python3 -c 'import os; os.close(os.open(\"/proc/1/fd/0\", os.O_RDONLY | os.O_NONBLOCK))' 2>/dev/null && echo opened-stdin; "
+        "printf '\\0\\0\\0\\5\\0\\0\\0\\0hello' > /proc/1/fd/1 2>/dev/null && echo wrote-stdout; "
+        "cat /proc/1/mem >/dev/null 2>&1 && echo read-mem; ls /proc/1/fd >/dev/null 2>&1 && echo listed-fds; echo done"
+    )
+    sc = result.structured_content
+    if GVISOR and sc["type"].endswith("_error"):
+        # runsc 2022-12-19 does not honour PR_SET_DUMPABLE for /proc/1/fd: same-uid code can open
+        # the agent's stdin and write into its stdout. The host's frame decoder rejects the garbage and drops the link:
+        # the call answers `unavailable` and the next call attaches afresh. Only this session's own
+        # container is affected (frame ids are random, so forged replies match nothing).
+        assert sc["error_code"] == "unavailable"
+    else:
+        assert sc["stdout"] == "done\n", sc
+    await box.usable()
