@@ -27,29 +27,25 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from pydantic import ValidationError
 
 from .backends.base import Backend, CallContext, Outcome
 from .config import Settings, load_settings
-from .errors import CodeExecError, InvalidToolInput, Unavailable, error_block
+from .errors import CodeExecError, Unavailable, error_block
 from .files import FileStore, StoredFileNotFound
+from .inputs import BASH, EDITOR, validate_input
 from .schemas import (
     BashError,
     BashInput,
     BashResult,
     CreateResult,
     EditorError,
-    EditorInput,
     StrReplaceResult,
     ViewResult,
 )
 
 log = logging.getLogger(__name__)
 
-BASH = "bash_code_execution"
-EDITOR = "text_editor_code_execution"
 LOCAL_PRINCIPAL = "local"
-MAX_COMMAND_CHARS = 1_000_000
 
 BashBlock = BashResult | BashError
 ViewBlock = ViewResult | EditorError
@@ -224,7 +220,7 @@ class Sandbox:
             raise ValueError(f"unknown tool {name!r} (expected {BASH} or {EDITOR})")
         backend = self.backend
         try:
-            request = _validate(name, {**arguments, "container_id": self._container_id})
+            request = validate_input(name, {**arguments, "container_id": self._container_id})
             if isinstance(request, BashInput):
                 outcome = await backend.bash(request, self._ctx)
             else:
@@ -282,21 +278,6 @@ class Sandbox:
             return await anyio.to_thread.run_sync(read)
         except (StoredFileNotFound, FileNotFoundError):
             raise FileNotFoundError(f"no stored file {file_id!r}") from None
-
-
-def _validate(tool: str, arguments: dict[str, Any]) -> BashInput | EditorInput:
-    model = BashInput if tool == BASH else EditorInput
-    try:
-        request = model.model_validate(arguments)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors()[:5])
-        raise InvalidToolInput(f"invalid input for {tool}: {problems}") from None
-    if isinstance(request, BashInput):
-        if len(request.command) > MAX_COMMAND_CHARS:
-            raise InvalidToolInput(f"command is longer than {MAX_COMMAND_CHARS} characters")
-        if not request.command.strip():
-            raise InvalidToolInput("command is empty")
-    return request
 
 
 __all__ = ["Sandbox", "settings_with"]

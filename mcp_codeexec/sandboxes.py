@@ -245,19 +245,6 @@ class QuotaVolumes:
         # a big file gives the host its disk back (without it the image keeps its high-water mark).
         _run(["mount", "-o", "loop,nosuid,nodev,discard", str(image), str(mnt)])
 
-    def remove_installation(self) -> list[str]:
-        """Remove every sandbox of this data directory, expired or not (tests, `containers prune --all`)."""
-        removed = []
-        with translate_docker_errors("listing sandboxes"):
-            containers = self.client.containers.list(all=True, filters={"label": f"{L_INSTALL}={self.install}"})
-        for container in containers:
-            self.remove(container.labels[L_ID])
-            removed.append(container.labels[L_ID])
-        if self.volumes.root.exists():
-            for image in self.volumes.root.glob("container_*.img"):
-                self._remove_quietly(image.stem)
-        return removed
-
     def remove(self, cid: str) -> None:
         image, mnt = self.paths(cid)
         if os.path.ismount(mnt):

@@ -21,13 +21,13 @@ import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.shared.exceptions import MCPError
-from pydantic import ValidationError
 
 from . import __version__
 from .backends.base import Backend, CallContext, Outcome, ProducedFile
 from .config import Settings
-from .errors import CodeExecError, InvalidToolInput, error_block
+from .errors import CodeExecError, error_block
 from .files import FileStore, StoredFileNotFound
+from .inputs import BASH, CODE, EDITOR, validate_input
 from .schemas import (
     BASH_OUTPUT_SCHEMA,
     CODE_OUTPUT_SCHEMA,
@@ -43,11 +43,7 @@ from .schemas import (
 
 log = logging.getLogger(__name__)
 
-BASH = "bash_code_execution"
-EDITOR = "text_editor_code_execution"
-CODE = "code_execution"
 FILE_URI = "codeexec://files/"
-MAX_COMMAND_CHARS = 1_000_000
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
@@ -124,14 +120,6 @@ def tool_definitions(settings: Settings) -> list[types.Tool]:
         annotations=types.ToolAnnotations(title="Run Python code", open_world_hint=settings.network),
     )
     return [bash, editor, code]
-
-
-def python_command(code: str) -> str:
-    """The legacy tool runs its code through the bash tool: a quoted here-document fed to python3."""
-    import secrets
-
-    delimiter = f"CODEEXEC_PY_{secrets.token_hex(8)}"
-    return f"python3 - <<'{delimiter}'\n{code}\n{delimiter}"
 
 
 def legacy_result(block: BashResult) -> CodeResult:
@@ -270,35 +258,12 @@ async def _file_contents(state: AppState, files: list[ProducedFile], principal: 
     return contents
 
 
-def _validate_input(tool: str, arguments: dict[str, Any]) -> BashInput | EditorInput:
-    if tool == CODE:
-        try:
-            code = CodeInput.model_validate(arguments)
-        except ValidationError as exc:
-            raise InvalidToolInput(f"invalid input for {tool}: {exc.errors()[0]['msg']}") from None
-        if len(code.code) > MAX_COMMAND_CHARS:
-            raise InvalidToolInput(f"code is longer than {MAX_COMMAND_CHARS} characters")
-        return BashInput(command=python_command(code.code), container_id=code.container_id)
-    model = BashInput if tool == BASH else EditorInput
-    try:
-        request = model.model_validate(arguments)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors()[:5])
-        raise InvalidToolInput(f"invalid input for {tool}: {problems}") from None
-    if isinstance(request, BashInput):
-        if len(request.command) > MAX_COMMAND_CHARS:
-            raise InvalidToolInput(f"command is longer than {MAX_COMMAND_CHARS} characters")
-        if not request.command.strip():
-            raise InvalidToolInput("command is empty")
-    return request
-
-
 async def call_tool(state: AppState, tool: str, arguments: dict[str, Any], ctx: CallContext) -> types.CallToolResult:
     """Run one tool call and shape the MCP result. Every CodeExecError becomes a hosted error block here."""
     outcome: Outcome | None = None
     error: CodeExecError | None = None
     try:
-        request = _validate_input(tool, arguments)
+        request = validate_input(tool, arguments)
         if isinstance(request, BashInput):
             outcome = await state.backend.bash(request, ctx)
         else:
