@@ -185,15 +185,15 @@ async def test_disk_fill_releases_the_host_blocks_of_the_workspace_image(victim:
     if victim.docker_container().labels.get("io.mcp-codeexec.quota") != "loop":
         pytest.skip("workspaces are plain Docker volumes here (no root or no mkfs.ext4): no image file")
     image = Path(victim.settings.volumes_dir) / f"{victim.container_id}.img"
-    before = image.stat().st_blocks * 512
-    await victim.sh("head -c 300M /dev/zero > /workspace/w.bin; sync")
+    size = (100 if GVISOR else 300) * MiB  # gVisor writes through its gofer at ~50 MB/s: stay well inside T
+    await victim.sh(f"head -c {size} /dev/zero > /workspace/w.bin; sync")
     grown = image.stat().st_blocks * 512
-    assert grown >= before + 250 * MiB
+    assert grown >= size  # the blocks are real on the host (the image is sparse otherwise)
     await victim.sh("rm /workspace/w.bin; sync")
     deadline = time.monotonic() + 10
-    while image.stat().st_blocks * 512 > before + 64 * MiB and time.monotonic() < deadline:
+    while image.stat().st_blocks * 512 > grown - 0.8 * size and time.monotonic() < deadline:
         await anyio.sleep(0.2)
-    assert image.stat().st_blocks * 512 <= before + 64 * MiB, "deleted blocks stayed allocated on the host"
+    assert image.stat().st_blocks * 512 <= grown - 0.8 * size, "deleted blocks stayed allocated on the host"
 
 
 async def test_inode_exhaustion_is_bounded_by_the_workspace_filesystem(victim: Sandbox, host: HostWatch) -> None:
