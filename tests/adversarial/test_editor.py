@@ -63,7 +63,7 @@ async def test_shadow_is_an_error_however_it_is_spelled(box: Sandbox, path: str)
 
 
 async def test_host_files_are_not_reachable_and_container_files_are_the_containers(box: Sandbox, host_canary) -> None:
-    token, host_path = host_canary
+    _token, host_path = host_canary
     missing = await box.edit(command="view", path=str(host_path))
     assert is_error(missing, "file_not_found")
     hostname = await box.edit(command="view", path="/etc/hostname")

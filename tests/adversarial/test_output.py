@@ -171,9 +171,8 @@ async def test_a_second_client_is_unaffected_by_floods(tmp_path, box: Sandbox) -
 
     settings = adversarial_settings(tmp_path)
     try:
-        async with open_sandbox(settings, "other") as other:
-            async with keeps_answering(other, interval=0.1):
-                await box.bash("head -c 50000000 /dev/urandom; yes | head -c 50000000 >&2")
+        async with open_sandbox(settings, "other") as other, keeps_answering(other, interval=0.1):
+            await box.bash("head -c 50000000 /dev/urandom; yes | head -c 50000000 >&2")
     finally:
         remove_installation(settings)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.adversarial.conftest import GVISOR, GiB, MiB, HostWatch, Sandbox, keeps_answering, sandboxes
+from tests.adversarial.conftest import GVISOR, GiB, HostWatch, MiB, Sandbox, keeps_answering, sandboxes
 
 pytestmark = pytest.mark.anyio
 
@@ -276,8 +276,10 @@ async def test_a_process_ignoring_sigterm_is_still_killed_at_the_limit(victim: S
         "nohup sleep 100000 & echo started",
         "(setsid sleep 10000 &); nohup sleep 10001 >/dev/null 2>&1 & echo started",
         "setsid sleep 1000 & echo started",
-        "python3 -c $'import os,time\\nif os.fork(): os._exit(0)\\nos.setsid()\\nif os.fork(): os._exit(0)\\n"
-        "os.closerange(0,1024)\\ntime.sleep(10**6)'; echo started",
+        (
+            "python3 -c $'import os,time\\nif os.fork(): os._exit(0)\\nos.setsid()\\nif os.fork(): os._exit(0)\\n"
+            "os.closerange(0,1024)\\ntime.sleep(10**6)'; echo started"
+        ),
         "sleep 30 & echo started",  # a background child holding stdout
         "(trap '' TERM HUP; exec -a daemon sleep 1000) & disown; echo started",
     ],

@@ -153,8 +153,10 @@ async def test_pool_leftovers_of_a_dead_server_are_reaped(tmp_path, docker_engin
     client = docker.from_env()
     install = installation_label(settings.data_dir)
     env = server_env(settings, MCP_CODEEXEC_POOL_SIZE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "mcp_codeexec", "serve"], env=env, stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = await anyio.to_thread.run_sync(lambda: subprocess.Popen(
+        [sys.executable, "-m", "mcp_codeexec", "serve"], env=env, stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    ))
     try:
         with anyio.fail_after(60):
             while not client.containers.list(filters={"label": [f"{L_INSTALL}={install}", f"{L_POOL}=1"]}):
@@ -182,7 +184,7 @@ def mounts_under(path: Path) -> list[str]:
 
 
 def loops_backed_by(path: Path) -> list[str]:
-    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    out = subprocess.run(["losetup", "-a"], check=False, capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if str(path.resolve()) in line]
 
 

@@ -96,9 +96,10 @@ async def test_the_stdio_server_passes_the_runtime_through(runsc_settings) -> No
 
 def test_doctor_reports_runsc(runsc_settings) -> None:
     env = server_env(runsc_settings)
-    default = subprocess.run([sys.executable, "-m", "mcp_codeexec", "doctor"], capture_output=True, text=True, timeout=120,
+    default = subprocess.run([sys.executable, "-m", "mcp_codeexec", "doctor"], check=False, capture_output=True, text=True, timeout=120,
                              env={k: v for k, v in env.items() if k != "MCP_CODEEXEC_RUNTIME"})
     assert "runsc (gVisor) available" in default.stdout, default.stdout
-    chosen = subprocess.run([sys.executable, "-m", "mcp_codeexec", "doctor"], capture_output=True, text=True, timeout=120, env=env)
+    chosen = subprocess.run([sys.executable, "-m", "mcp_codeexec", "doctor"], check=False, capture_output=True, text=True,
+                            timeout=120, env=env)
     runtime_line = next(line for line in chosen.stdout.splitlines() if " runtime " in f" {line} ")
     assert runtime_line.startswith("OK") and "runsc" in runtime_line.split("(")[0], runtime_line
