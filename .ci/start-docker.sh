@@ -26,6 +26,10 @@ if docker info >/dev/null 2>&1; then
   fi
 else
   write_conf
+  # A dockerd killed with the session that started it leaves its pid file behind.
+  if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
+    rm -f /var/run/docker.pid
+  fi
   nohup dockerd >/var/log/dockerd.log 2>&1 &
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
 fi
