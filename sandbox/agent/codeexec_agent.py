@@ -69,6 +69,7 @@ DEFAULT_EDIT_MAX = 64 * 1024 * 1024  # str_replace reads the whole file into mem
 TERM_GRACE = 0.5  # seconds between SIGTERM and SIGKILL at the deadline
 DRAIN_LIMIT = 1.0  # seconds to wait for the pipes' EOF after the sweep
 KILL_WAIT_LIMIT = 10.0  # seconds to wait for bash's exit status after SIGKILL
+QUIET_LIMIT = 3.0  # seconds to wait, after a sweep that killed something, for the processes to go
 PROGRESS_TAIL_CHARS = 2000
 MIN_PROGRESS_INTERVAL = 0.02
 SPILL_KEEP = 4  # spill files of the newest calls kept
@@ -331,12 +332,40 @@ def sweep(pgid: int) -> None:
         try:
             os.kill(-1, signal.SIGKILL)
         except ProcessLookupError:
-            pass
+            return  # nothing was left: the common case costs one syscall
+        _await_quiet()
     elif pgid > 1:
         try:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def _await_quiet() -> None:
+    """Wait (bounded) until PID 1 is the container's only process, killing again meanwhile.
+
+    SIGKILL is delivered at once but a process is gone only when the kernel has torn it down and
+    the reaper has collected it; a fork bomb's hundreds take tens of milliseconds. Answering after
+    that means a result always finds the container quiet, and no one sees the case's processes.
+    """
+    end = time.monotonic() + QUIET_LIMIT
+    pause = 0.001
+    while True:
+        try:
+            others = any(name.isdigit() and name != "1" for name in os.listdir("/proc"))
+        except OSError:
+            return
+        if not others:
+            return
+        if time.monotonic() >= end:
+            _log(f"processes still present {QUIET_LIMIT:.1f}s after the sweep")
+            return
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # only zombies are left: the reaper is collecting them
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -91,6 +91,28 @@ async def test_fork_bomb_ends_within_the_limit_and_the_container_works_after(vic
     host.assert_bounded(pids_during=pids_limit + 300)
 
 
+def _pids_in_cgroup(sandbox: Sandbox) -> int:
+    """Tasks (processes and threads) the container's pids cgroup counts now, read on the host."""
+    full_id = sandbox.docker_container().id
+    for path in (Path(f"/sys/fs/cgroup/pids/docker/{full_id}/pids.current"), Path(f"/sys/fs/cgroup/system.slice/docker-{full_id}.scope/pids.current")):
+        if path.exists():
+            return int(path.read_text())
+    pytest.skip("the container's pids cgroup is not where runc on cgroupfs puts it")
+
+
+@pytest.mark.skipif(GVISOR, reason="gVisor's tasks live in its Sentry; the host cgroup does not count them one by one")
+async def test_a_result_finds_the_container_quiet(victim: Sandbox) -> None:
+    """The sweep waits until the killed processes are gone (torn down and reaped) before the call
+    answers, so the moment a result arrives nothing of the call is left, not even exiting."""
+    await victim.sh("true")
+    baseline = _pids_in_cgroup(victim)
+    out = await victim.sh("for i in $(seq 300); do sleep 1000 & done; echo started")
+    after = _pids_in_cgroup(victim)
+    assert out == "started\n"
+    assert after <= baseline + 2, (baseline, after)  # + the next call's bash, started ahead of time
+    await recover(victim, None)
+
+
 async def test_thread_bomb_hits_the_pids_limit(victim: Sandbox, host: HostWatch) -> None:
     with host.running():
         result = await victim.bash(
