@@ -1,4 +1,4 @@
-"""Packaging: `pip install .` gives a working `mcp-codeexec`; the top-level Dockerfile packages the
+"""Packaging: `pip install .` and `uvx --from .` give a working `mcp-codeexec`; the top-level Dockerfile packages the
 server, which then serves /mcp with a bearer token and runs sandboxes on the host's engine.
 
 The Dockerfile's default base is the official Python image; this machine cannot pull it, so the
@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,12 +21,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import docker
 import docker.errors
 import httpx2
 import pytest
 from docker.utils.build import tar
 from mcp import Client
+from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from mcp_codeexec.config import load_settings
@@ -162,3 +165,26 @@ def test_pip_install_gives_a_working_command_with_the_sandbox_build_context(tmp_
     assert not (Path(sandbox) / "ca-bundle.crt").exists()  # a local proxy's CA never ships
     version = subprocess.run([str(command), "--version"], capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
     assert version.stdout.strip() == "mcp-codeexec 0.1.0"
+
+
+async def test_uvx_from_the_checkout_serves_both_tools(tmp_path: Path) -> None:
+    """`uvx --from <checkout> mcp-codeexec serve` (the runtime hint server.json gives registries):
+    uv builds the package into a throwaway environment and a real MCP client lists its tools."""
+    uvx = shutil.which("uvx") or str(Path(sys.executable).parent / "uvx")
+    if not Path(uvx).exists():
+        if IN_CI:
+            pytest.fail("CI=true but uvx is missing (pip install uv; it is in the [test] extra)")
+        pytest.skip("uvx is not installed (pip install uv)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_CODEEXEC_")}
+    # A private cache keeps the test from touching (or depending on) the user's; native TLS makes
+    # uv trust the system CA bundle, as behind this machine's TLS-intercepting proxy.
+    env.update(UV_CACHE_DIR=str(tmp_path / "uv-cache"), UV_NATIVE_TLS="1", UV_TOOL_DIR=str(tmp_path / "uv-tools"),
+               MCP_CODEEXEC_CONFIG=str(tmp_path / "none.toml"), MCP_CODEEXEC_DATA_DIR=str(tmp_path / "data"),
+               MCP_CODEEXEC_POOL_SIZE="0")
+    version = await anyio.run_process([uvx, "--from", str(ROOT), "mcp-codeexec", "--version"], env=env, cwd=tmp_path, check=False)
+    assert version.returncode == 0, version.stderr.decode()[-3000:]
+    assert version.stdout.decode().strip() == "mcp-codeexec 0.1.0"
+    params = StdioServerParameters(command=uvx, args=["--from", str(ROOT), "mcp-codeexec", "serve"], env=env, cwd=str(tmp_path))
+    async with Client(params) as client:
+        tools = await client.list_tools()
+    assert [tool.name for tool in tools.tools] == ["bash_code_execution", "text_editor_code_execution"]
