@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_request_bytes: int = Field(default=64 * MiB, description="Largest MCP request body.")
     max_upload_bytes: int = Field(default=2 * GiB, description="Largest Files API upload.")
+    http_calls_per_minute: float = Field(
+        default=1200.0, ge=0, description="Tool calls each HTTP token holder may make a minute on average (0 = unlimited)."
+    )
+    http_call_burst: int = Field(default=120, ge=1, description="Tool calls an HTTP token holder may make back to back.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     data_dir: Path = Field(default_factory=default_data_dir)
 

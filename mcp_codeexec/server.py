@@ -25,9 +25,10 @@ from mcp.shared.exceptions import MCPError
 from . import __version__
 from .backends.base import Backend, CallContext, Outcome, ProducedFile
 from .config import Settings
-from .errors import CodeExecError, error_block
+from .errors import CodeExecError, TooManyRequests, error_block
 from .files import FileStore, StoredFileNotFound
 from .inputs import BASH, CODE, EDITOR, validate_input
+from .rate_limit import CallRateLimiter
 from .schemas import (
     BASH_OUTPUT_SCHEMA,
     CODE_OUTPUT_SCHEMA,
@@ -134,6 +135,8 @@ class AppState:
     settings: Settings
     backend: Backend
     store: FileStore
+    http_limiter: CallRateLimiter | None = None
+    """Paces HTTP principals' tool calls (None: unlimited)."""
 
 
 def create_backend(settings: Settings, store: FileStore) -> Backend:
@@ -263,6 +266,13 @@ async def call_tool(state: AppState, tool: str, arguments: dict[str, Any], ctx: 
     outcome: Outcome | None = None
     error: CodeExecError | None = None
     try:
+        if ctx.paced and state.http_limiter is not None:
+            wait = state.http_limiter.admit(ctx.principal)
+            if wait:
+                raise TooManyRequests(
+                    f"rate limit: {state.settings.http_calls_per_minute:g} tool calls a minute per client "
+                    f"(bursts of {state.settings.http_call_burst}); retry in {wait:.1f} s"
+                )
         request = validate_input(tool, arguments)
         if isinstance(request, BashInput):
             outcome = await state.backend.bash(request, ctx)
@@ -303,7 +313,8 @@ def create_server(settings: Settings, *, backend: Backend | None = None, store: 
             else:
                 await the_backend.start()
                 stack.push_async_callback(the_backend.aclose)
-            yield AppState(settings, the_backend, file_store)
+            limiter = CallRateLimiter(settings.http_calls_per_minute, settings.http_call_burst) if settings.http_calls_per_minute else None
+            yield AppState(settings, the_backend, file_store, limiter)
 
     tools = tool_definitions(settings)
 
@@ -319,7 +330,8 @@ def create_server(settings: Settings, *, backend: Backend | None = None, store: 
             # A no-op unless the caller asked for progress (token on JSON-RPC, callback in-process).
             await ctx.session.report_progress(round(elapsed, 1), None, message or f"running for {elapsed:.0f} s")
 
-        call_ctx = CallContext(principal=principal, session_key=session_key_of(ctx, principal), progress=progress)
+        call_ctx = CallContext(principal=principal, session_key=session_key_of(ctx, principal), progress=progress,
+                               paced=ctx.request is not None and principal != "local")
         return await call_tool(ctx.lifespan_context, params.name, params.arguments or {}, call_ctx)
 
     async def list_resources(ctx: ServerRequestContext[AppState], params: Any) -> types.ListResourcesResult:

@@ -26,6 +26,8 @@ class CallContext:
     session_key: str
     """Identity of the MCP session; its first call lazily gets a container of its own."""
     progress: ProgressFn | None = None
+    paced: bool = False
+    """A token holder's call to a shared HTTP server: per-principal pacing applies."""
 
 
 @dataclass(frozen=True)

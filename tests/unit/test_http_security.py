@@ -552,3 +552,38 @@ def test_path_shaped_file_ids_are_just_not_found(served: Served, file_id: str) -
     for suffix in ("", "/content"):
         r = served.http.get(served.url + f"/v1/files/{file_id}{suffix}", headers=auth(ALICE))
         assert r.status_code == 404, (file_id, r.status_code, r.text[:300])
+
+
+# ----------------------------------------------------------------------------- call pacing
+
+
+def test_a_principal_past_its_call_rate_gets_too_many_requests_and_others_do_not(tmp_path: Path) -> None:
+    """http_calls_per_minute/http_call_burst pace each principal: past the burst a call runs
+    nothing and is answered with the hosted too_many_requests error, saying when to retry."""
+    settings = make_settings(tmp_path, http_calls_per_minute=1, http_call_burst=3)
+    backend = DummyBackend()
+    store = FileStore(settings.files_dir)
+    with serve_app(create_http_app(settings, backend=backend, store=store)) as url, httpx2.Client(timeout=30) as c:
+        for n in range(3):
+            ok = tool_result(modern_call(c, url, ALICE, BASH, {"command": f"alice {n}"}))
+            assert ok["structuredContent"]["type"] == "bash_code_execution_result"
+        over = tool_result(modern_call(c, url, ALICE, BASH, {"command": "alice over"}))
+        assert over["isError"] is True
+        assert over["structuredContent"] == {"type": "bash_code_execution_tool_result_error", "error_code": "too_many_requests"}
+        assert_hosted_shape(over["structuredContent"], BASH)
+        assert "retry in" in over["content"][0]["text"]
+        editor = tool_result(modern_call(c, url, ALICE, "text_editor_code_execution", {"command": "view", "path": "x"}))
+        assert editor["structuredContent"]["error_code"] == "too_many_requests"
+        assert tool_result(modern_call(c, url, BOB, BASH, {"command": "bob"}))["structuredContent"]["stdout"] == "bob"
+    store.close()
+    assert [cmd for cmd, _ in backend.calls] == ["alice 0", "alice 1", "alice 2", "bob"]  # refused calls ran nothing
+
+
+def test_call_pacing_can_be_switched_off(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, http_calls_per_minute=0, http_call_burst=1)
+    backend = DummyBackend()
+    store = FileStore(settings.files_dir)
+    with serve_app(create_http_app(settings, backend=backend, store=store)) as url, httpx2.Client(timeout=30) as c:
+        for n in range(5):
+            assert tool_result(modern_call(c, url, ALICE, BASH, {"command": f"{n}"}))["structuredContent"]["stdout"] == f"{n}"
+    store.close()
