@@ -88,8 +88,9 @@ class Session:
 @pytest.fixture
 def session(settings: Settings) -> Iterator[Session]:
     token = new_token()
-    # stderr goes to a file (a pipe nobody reads could fill up and stall the server)
-    with spawn(settings, env={"MCP_CODEEXEC_AUTH_TOKENS": token}) as server:
+    # stderr goes to a file (a pipe nobody reads could fill up and stall the server). Hundreds of
+    # calls back to back are the point here: call pacing (tested in the unit suite) is off.
+    with spawn(settings, env={"MCP_CODEEXEC_AUTH_TOKENS": token, "MCP_CODEEXEC_HTTP_CALLS_PER_MINUTE": "0"}) as server:
         s = Session(server.url, token)
         s.assert_usable()  # the container exists before the fuzzing starts
         yield s
