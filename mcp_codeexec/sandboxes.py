@@ -18,7 +18,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,10 @@ L_SERVER = f"{LABEL}.server"
 NAME_PREFIX = "mcp-codeexec-"
 WORKSPACE = "/workspace"
 POOL_OWNER = ""
+
+
+FOREIGN_EXPIRY_GRACE = timedelta(days=1)
+"""How long past its expiry another installation's sandbox is left to that installation's reaper."""
 
 
 def installation_label(data_dir: Path) -> str:
@@ -433,14 +437,21 @@ class SandboxManager:
         self.owners.forget(cid)
 
     def reap(self) -> list[str]:
-        """Remove this project's expired sandboxes, unassigned pool containers whose server process
-        is gone, and workspaces whose container is gone. Never touches anything without our label."""
+        """Remove this installation's expired sandboxes, unassigned pool containers whose server
+        process is gone, and workspaces whose container is gone. Never touches anything without
+        our label. Another installation's (data directory's) sandbox is its own server's to reap;
+        only one expired for over ``FOREIGN_EXPIRY_GRACE`` (its data directory deleted, say) goes."""
         removed = []
         known = set()
+        now = utcnow()
         for record, _container in self.list():
             known.add(record.id)
             pool_leftover = record.pool and record.owner == POOL_OWNER and not server_alive(record.server)
-            if record.expired or pool_leftover:
+            if record.install == self.install:
+                expired = now >= record.expires
+            else:
+                expired = now >= record.expires + FOREIGN_EXPIRY_GRACE
+            if expired or pool_leftover:
                 self.remove(record.id)
                 removed.append(record.id)
         if self.volumes.mode == "loop" and self.volumes.root.exists():

@@ -5,6 +5,7 @@ never touches anything else on the engine. 50 create/kill cycles leave zero orph
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -48,7 +49,8 @@ def image_of(settings) -> str:
 @pytest.fixture
 def foreign(settings) -> Iterator[dict[str, docker.models.containers.Container]]:
     """Containers that are not ours: unlabelled, look-alike labels, malformed labels, our name
-    prefix without labels, and another installation's live sandbox. All must survive every reap."""
+    prefix without labels, and another installation's live and recently expired sandboxes. All must
+    survive every reap."""
     client = docker.from_env()
     image = image_of(settings)
     tag = secrets.token_hex(4)
@@ -61,6 +63,9 @@ def foreign(settings) -> Iterator[dict[str, docker.models.containers.Container]]
         "malformed-times": {L_MANAGED: "1", L_ID: new_container_id(), L_CREATED: "yesterday", L_EXPIRES: "soon"},
         "other-installation-live": {L_MANAGED: "1", L_ID: new_container_id(), L_CREATED: past,
                                     L_EXPIRES: f"{time.time() + 3600:.3f}", L_INSTALL: "someone-else"},
+        # Expired an hour ago: reaping it is that installation's job (its server may be about to).
+        "other-installation-expired": {L_MANAGED: "1", L_ID: new_container_id(), L_CREATED: f"{time.time() - 7200:.3f}",
+                                       L_EXPIRES: past, L_INSTALL: "someone-else"},
     }
     made = {}
     try:
@@ -114,6 +119,36 @@ async def test_reap_removes_only_our_expired_sandboxes_and_their_workspaces(tmp_
     finally:
         remove_installation(settings)
     assert_all_alive(foreign)
+
+
+def test_another_installations_sandbox_is_reaped_only_a_day_after_it_expired(tmp_path, docker_engine) -> None:
+    """A data directory that was deleted leaves sandboxes no server of its own will reap: any
+    installation removes them once they are a day past their expiry, not before."""
+    settings = make_settings(tmp_path)
+    manager = SandboxManager(settings, connect())
+    image = manager.resolve_image()
+    client = docker.from_env()
+    now = time.time()
+    made = {}
+    try:
+        for name, expired_for in (("day-and-more", 86400 + 600), ("hours", 3 * 3600)):
+            cid = new_container_id()
+            made[name] = (cid, client.containers.run(
+                image, entrypoint=["sleep", "600"], name=NAME_PREFIX + cid, detach=True, network_mode="none",
+                user="1000:1000", labels={L_MANAGED: "1", L_ID: cid, L_CREATED: f"{now - 40 * 86400:.3f}",
+                                          L_EXPIRES: f"{now - expired_for:.3f}", L_INSTALL: "a-deleted-data-dir"},
+            ))
+        removed = manager.reap()
+        assert made["day-and-more"][0] in removed and made["hours"][0] not in removed
+        with pytest.raises(docker.errors.NotFound):
+            made["day-and-more"][1].reload()
+        made["hours"][1].reload()
+        assert made["hours"][1].status == "running"
+    finally:
+        for _, container in made.values():
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+        remove_installation(settings)
 
 
 async def test_the_server_reaps_at_start_up_and_then_periodically(tmp_path, docker_engine, foreign) -> None:
