@@ -55,6 +55,9 @@ class Settings(BaseSettings):
         default=1200.0, ge=0, description="Tool calls each HTTP token holder may make a minute on average (0 = unlimited)."
     )
     http_call_burst: int = Field(default=120, ge=1, description="Tool calls an HTTP token holder may make back to back.")
+    http_max_sessions_per_principal: int = Field(
+        default=256, ge=1, description="Open MCP sessions (with an Mcp-Session-Id) each HTTP token holder may hold."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     data_dir: Path = Field(default_factory=default_data_dir)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import json
 import logging
 import os
 import secrets
@@ -19,6 +20,8 @@ from typing import Any
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types import INVALID_REQUEST
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -28,11 +31,13 @@ from .config import Settings
 from .files import FileRecord, FileStore
 from .files_api import FORM_OVERHEAD_BYTES, files_routes
 from .server import create_backend, create_server
+from .session_ledger import SessionLedger
 
 log = logging.getLogger(__name__)
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 RESERVED_PRINCIPALS = {"", "local"}
+MCP_PATH = "/mcp"
 
 
 def is_loopback(host: str) -> bool:
@@ -83,8 +88,9 @@ class SecurityMiddleware:
     """Bearer auth, Host/Origin allow-lists and a request body limit, before anything is parsed."""
 
     def __init__(self, app: ASGIApp, *, tokens: dict[str, str] | None, allowed_hosts: set[str],
-                 allowed_origins: set[str], max_body: int, max_upload: int) -> None:
+                 allowed_origins: set[str], max_body: int, max_upload: int, sessions: SessionLedger | None = None) -> None:
         self.app = app
+        self.sessions = sessions if tokens is not None else None  # --no-auth: one user, the SDK's own cap
         self.tokens = tokens
         # Compared as SHA-256 digests of the raw bytes: constant time, any length, any bytes
         # (hmac.compare_digest raises TypeError on non-ASCII str).
@@ -129,7 +135,47 @@ class SecurityMiddleware:
         # The SDK binds each Mcp-Session-Id to the user that opened it: another principal presenting
         # that id gets 404, so it can neither post into nor DELETE someone else's session.
         scope["user"] = AuthenticatedUser(AccessToken(token="", client_id=principal, scopes=[]))
+        if self.sessions is not None and scope["path"].rstrip("/") == MCP_PATH:
+            await self._mcp_with_session_cap(scope, receive, send, max_body, principal, headers)
+            return
         await self._app_with_limit(scope, receive, send, max_body)
+
+    async def _mcp_with_session_cap(self, scope: Scope, receive: Receive, send: Send, max_body: int, principal: str,
+                                    headers: dict[str, str]) -> None:
+        """/mcp with the per-principal cap on open handshake-era sessions (see session_ledger)."""
+        ledger = self.sessions
+        assert ledger is not None
+        sid = headers.get("mcp-session-id")
+        version = headers.get("mcp-protocol-version")
+        # The SDK opens a session for a request without a session id unless it is a session-less
+        # (2026-07-28 and later) request, which it recognises by this header.
+        would_open = sid is None and (version is None or version in HANDSHAKE_PROTOCOL_VERSIONS)
+        if would_open and ledger.at_cap(principal):
+            body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": INVALID_REQUEST, "message": (
+                f"too many open MCP sessions for this client ({ledger.per_principal}); end some with DELETE /mcp "
+                "or let idle ones expire")}}).encode()
+            await send({"type": "http.response.start", "status": 429, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"retry-after", b"60")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        status = 0
+
+        async def noting_send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                answered = next((v.decode("latin-1") for k, v in message.get("headers", []) if k.lower() == b"mcp-session-id"), None)
+                if answered and status < 400:
+                    ledger.opened(principal, answered)
+            await send(message)
+
+        if sid is not None:
+            ledger.begin(principal, sid)
+        try:
+            await self._app_with_limit(scope, receive, noting_send, max_body)
+        finally:
+            if sid is not None:
+                ledger.end(principal, sid, gone=status == 404 or (scope["method"] == "DELETE" and 200 <= status < 300))
 
     def _principal_of(self, token: str) -> str | None:
         if not token:
@@ -225,7 +271,7 @@ def create_http_app(settings: Settings, *, backend: Backend | None = None, store
         hosts = {"*"}
     origins = set(settings.allowed_origins)
     app = server.streamable_http_app(
-        streamable_http_path="/mcp",
+        streamable_http_path=MCP_PATH,
         max_request_body_size=settings.max_request_bytes,
         host=settings.host,
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
@@ -233,7 +279,7 @@ def create_http_app(settings: Settings, *, backend: Backend | None = None, store
     )
     app.add_middleware(
         SecurityMiddleware, tokens=tokens, allowed_hosts=hosts, allowed_origins=origins, max_body=settings.max_request_bytes,
-        max_upload=settings.max_upload_bytes,
+        max_upload=settings.max_upload_bytes, sessions=SessionLedger(settings.http_max_sessions_per_principal),
     )
     return app
 

@@ -587,3 +587,31 @@ def test_call_pacing_can_be_switched_off(tmp_path: Path) -> None:
         for n in range(5):
             assert tool_result(modern_call(c, url, ALICE, BASH, {"command": f"{n}"}))["structuredContent"]["stdout"] == f"{n}"
     store.close()
+
+
+# ----------------------------------------------------------------------------- open sessions per principal
+
+
+def test_a_principal_at_its_session_cap_is_refused_new_sessions_but_keeps_working(tmp_path: Path) -> None:
+    """http_max_sessions_per_principal: past it a new handshake gets 429 (a JSON-RPC error saying
+    what to do) before the SDK opens anything; the principal's open sessions and session-less calls
+    still work, other principals are unaffected, and a DELETE frees a slot."""
+    settings = make_settings(tmp_path, http_max_sessions_per_principal=2)
+    backend = DummyBackend()
+    store = FileStore(settings.files_dir)
+    with serve_app(create_http_app(settings, backend=backend, store=store)) as url, httpx2.Client(timeout=30) as c:
+        first, second = open_legacy_session(c, url, ALICE), open_legacy_session(c, url, ALICE)
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+        refused = c.post(url + "/mcp", content=json.dumps(init), headers={**ACCEPT, **auth(ALICE)})
+        assert refused.status_code == 429 and "mcp-session-id" not in refused.headers
+        assert "too many open MCP sessions" in refused.json()["error"]["message"]
+        assert tool_result(legacy_call(c, url, ALICE, second, BASH, {"command": "in session"}))["structuredContent"]["stdout"] == "in session"
+        assert tool_result(modern_call(c, url, ALICE, BASH, {"command": "session-less"}))["structuredContent"]["stdout"] == "session-less"
+        open_legacy_session(c, url, BOB)
+        # bob cannot end alice's session, so it does not free her slot either
+        assert c.delete(url + "/mcp", headers=legacy_headers(BOB, first)).status_code == 404
+        assert c.post(url + "/mcp", content=json.dumps(init), headers={**ACCEPT, **auth(ALICE)}).status_code == 429
+        assert c.delete(url + "/mcp", headers=legacy_headers(ALICE, first)).status_code in (200, 204)
+        open_legacy_session(c, url, ALICE)
+    store.close()
