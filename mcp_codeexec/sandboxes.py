@@ -180,23 +180,41 @@ def record_of(container: Container, owners: OwnerRegistry) -> SandboxRecord:
 
 
 class OwnerRegistry:
-    """Who owns each pool-born container (labels are immutable, so the pool's containers record
-    their owner here when handed out). One small JSON file per container, written atomically."""
+    """Each handed-out sandbox's owner and lifetime, one small JSON file per container, written
+    atomically. Labels are immutable, so a pool container records its owner here when handed out;
+    and the record outlives the container, so a sandbox whose container was removed behind our
+    back (``docker container prune`` takes idle-stopped ones) can be rebuilt around its workspace."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
-    def get(self, cid: str) -> str | None:
+    def record(self, cid: str) -> dict[str, Any] | None:
         try:
-            return json.loads((self.root / f"{cid}.json").read_text())["owner"]
-        except (OSError, ValueError, KeyError):
+            data = json.loads((self.root / f"{cid}.json").read_text())
+        except (OSError, ValueError):
             return None
+        return data if isinstance(data, dict) and isinstance(data.get("owner"), str) else None
 
-    def set(self, cid: str, owner: str) -> None:
+    def get(self, cid: str) -> str | None:
+        data = self.record(cid)
+        return data["owner"] if data else None
+
+    def set(self, cid: str, owner: str, *, created: float | None = None, expires: float | None = None,
+            quota: str | None = None) -> None:
+        data: dict[str, Any] = {"owner": owner, "assigned": time.time()}
+        if created is not None and expires is not None:
+            data.update(created=created, expires=expires, quota=quota)
         tmp = self.root / f".{cid}.{secrets.token_hex(4)}.tmp"
-        tmp.write_text(json.dumps({"owner": owner, "assigned": time.time()}))
+        tmp.write_text(json.dumps(data))
         os.replace(tmp, self.root / f"{cid}.json")
+
+    def revivable(self, cid: str) -> dict[str, Any] | None:
+        """The record of a sandbox that may be rebuilt now: it has a lifetime and has not expired."""
+        data = self.record(cid)
+        if data is None or not isinstance(data.get("expires"), (int, float)) or not isinstance(data.get("created"), (int, float)):
+            return None
+        return data if time.time() < data["expires"] else None
 
     def forget(self, cid: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -208,8 +226,9 @@ class QuotaVolumes:
     filesystem (overlay2 on ext4 refuses ``--storage-opt size``). Needs root on the engine's host
     (the usual Linux setup); elsewhere ``mode`` is ``none`` and a plain named volume is used."""
 
-    def __init__(self, root: Path, mode: str) -> None:
+    def __init__(self, root: Path, mode: str, install: str = "") -> None:
         self.root = root
+        self.install = install
         self.mode = self.detect() if mode == "auto" else mode
         if self.mode == "loop":
             root.mkdir(parents=True, exist_ok=True)
@@ -227,7 +246,7 @@ class QuotaVolumes:
 
     def create(self, cid: str, size_bytes: int) -> Mount:
         if self.mode != "loop":
-            return Mount(WORKSPACE, f"{NAME_PREFIX}{cid}", type="volume", labels={L_MANAGED: "1", L_ID: cid})
+            return Mount(WORKSPACE, f"{NAME_PREFIX}{cid}", type="volume", labels={L_MANAGED: "1", L_ID: cid, L_INSTALL: self.install})
         image, mnt = self.paths(cid)
         # ext4 metadata takes ~3%: size the image so the usable space is the promised size.
         with open(image, "wb") as fh:
@@ -280,8 +299,8 @@ class SandboxManager:
         self.client = client
         self.image = settings.image or image_tag("full")
         self.owners = OwnerRegistry(settings.data_dir / "owners")
-        self.volumes = QuotaVolumes(settings.volumes_dir, settings.quota)
         self.install = installation_label(settings.data_dir)
+        self.volumes = QuotaVolumes(settings.volumes_dir, settings.quota, self.install)
 
     def resolve_image(self) -> str:
         """The configured image, or the minimal one when only that is built."""
@@ -303,18 +322,64 @@ class SandboxManager:
         s = self.settings
         cid = new_container_id()
         now = time.time()
-        labels = {
+        labels = self._labels(cid, now, now + s.container_ttl_seconds, "" if pool else owner, pool)
+        workspace = self.volumes.create(cid, s.disk_bytes)
+        try:
+            container = self._run(cid, labels, workspace)
+        except BaseException:
+            self._remove_quietly(cid)
+            raise
+        if not pool:
+            self.owners.set(cid, owner, created=now, expires=now + s.container_ttl_seconds, quota=self.volumes.mode)
+        return record_of(container, self.owners), container
+
+    def revive(self, cid: str) -> tuple[SandboxRecord, Container] | None:
+        """Rebuild the container of a handed-out, unexpired sandbox around its surviving workspace
+        (same id, owner, lifetime and files); None when there is nothing to rebuild."""
+        data = self.owners.revivable(cid)
+        if data is None or data.get("quota") != self.volumes.mode:
+            return None
+        if self.volumes.mode == "loop":
+            if not self.volumes.paths(cid)[0].exists():
+                return None
+            self.volumes.ensure_mounted(cid)
+            workspace = Mount(WORKSPACE, str(self.volumes.paths(cid)[1]), type="bind")
+        else:
+            with translate_docker_errors("looking up a workspace volume"):
+                try:
+                    self.client.volumes.get(NAME_PREFIX + cid)
+                except docker.errors.NotFound:
+                    return None
+            workspace = Mount(WORKSPACE, NAME_PREFIX + cid, type="volume")
+        labels = self._labels(cid, data["created"], data["expires"], data["owner"], False)
+        try:
+            container = self._run(cid, labels, workspace)
+        except Unavailable:
+            # Another server rebuilt it at the same moment (the name is taken): use theirs.
+            with translate_docker_errors("looking up a sandbox"), contextlib.suppress(docker.errors.NotFound):
+                container = self.client.containers.get(NAME_PREFIX + cid)
+                if container.labels.get(L_ID) == cid and container.labels.get(L_INSTALL) == self.install:
+                    return record_of(container, self.owners), container
+            raise
+        log.warning("sandbox %s: its container was removed behind the server's back; rebuilt around its workspace", cid)
+        return record_of(container, self.owners), container
+
+    def _labels(self, cid: str, created: float, expires: float, owner: str, pool: bool) -> dict[str, str]:
+        return {
             L_MANAGED: "1",
             L_ID: cid,
-            L_CREATED: f"{now:.3f}",
-            L_EXPIRES: f"{now + s.container_ttl_seconds:.3f}",
-            L_OWNER: "" if pool else owner,
+            L_CREATED: f"{created:.3f}",
+            L_EXPIRES: f"{expires:.3f}",
+            L_OWNER: owner,
             L_POOL: "1" if pool else "0",
             L_QUOTA: self.volumes.mode,
             L_INSTALL: self.install,
             L_SERVER: SERVER_TAG,
         }
-        workspace = self.volumes.create(cid, s.disk_bytes)
+
+    def _run(self, cid: str, labels: dict[str, str], workspace: Mount) -> Container:
+        """Create and start the hardened container of sandbox ``cid`` on ``workspace``."""
+        s = self.settings
         kwargs: dict[str, Any] = dict(
             image=self.image,
             name=NAME_PREFIX + cid,
@@ -342,17 +407,16 @@ class SandboxManager:
         )
         if s.runtime:
             kwargs["runtime"] = s.runtime
-        try:
-            with translate_docker_errors("creating a sandbox"):
-                container = self.client.containers.create(**kwargs)
+        with translate_docker_errors("creating a sandbox"):
+            container = self.client.containers.create(**kwargs)
+            try:
                 container.start()
                 container.reload()
-        except BaseException:
-            self._remove_quietly(cid)
-            raise
-        if not pool:
-            self.owners.set(cid, owner)
-        return record_of(container, self.owners), container
+            except BaseException:
+                with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+                    container.remove(force=True)
+                raise
+        return container
 
     def find(self, cid: str) -> tuple[SandboxRecord, Container]:
         """The live container for ``cid``, started if it was stopped. Raises ContainerExpired."""
@@ -362,7 +426,10 @@ class SandboxManager:
             try:
                 container = self.client.containers.get(NAME_PREFIX + cid)
             except docker.errors.NotFound:
-                raise ContainerExpired(cid) from None
+                revived = self.revive(cid)
+                if revived is None:
+                    raise ContainerExpired(cid) from None
+                return revived
             if container.labels.get(L_MANAGED) != "1" or container.labels.get(L_ID) != cid:
                 raise ContainerExpired(cid)
             if container.labels.get(L_INSTALL) != self.install:
@@ -390,8 +457,9 @@ class SandboxManager:
             except docker.errors.NotFound:
                 pass
 
-    def claim(self, cid: str, owner: str) -> None:
-        self.owners.set(cid, owner)
+    def claim(self, record: SandboxRecord, owner: str) -> None:
+        self.owners.set(record.id, owner, created=record.created.timestamp(), expires=record.expires.timestamp(),
+                        quota=record.quota)
 
     def list(self, *, all_: bool = True) -> list[tuple[SandboxRecord, Container]]:
         with translate_docker_errors("listing sandboxes"):
@@ -418,6 +486,12 @@ class SandboxManager:
         if self.volumes.root.exists():
             for image in self.volumes.root.glob("container_*.img"):
                 self._remove_quietly(image.stem)
+        with translate_docker_errors("removing workspace volumes"):
+            for volume in self.client.volumes.list(filters={"label": f"{L_INSTALL}={self.install}"}):
+                with contextlib.suppress(docker.errors.APIError):
+                    volume.remove(force=True)
+        for owner_file in self.owners.root.glob("container_*.json"):
+            self.owners.forget(owner_file.stem)
         return removed
 
     def remove(self, cid: str) -> None:
@@ -454,23 +528,28 @@ class SandboxManager:
             if expired or pool_leftover:
                 self.remove(record.id)
                 removed.append(record.id)
+        # A workspace whose container is gone is kept while its sandbox is handed out and unexpired
+        # (the next call rebuilds the container around it: see revive); otherwise it is released.
         if self.volumes.mode == "loop" and self.volumes.root.exists():
             for image in self.volumes.root.glob("container_*.img"):
                 cid = image.stem
-                if cid not in known and time.time() - image.stat().st_mtime > 120:
+                if cid not in known and self.owners.revivable(cid) is None and time.time() - image.stat().st_mtime > 120:
                     self._remove_quietly(cid)
                     removed.append(cid)
         with translate_docker_errors("reaping volumes"):
             for volume in self.client.volumes.list(filters={"label": f"{L_MANAGED}=1"}):
-                cid = volume.attrs.get("Labels", {}).get(L_ID)
-                if cid and cid not in known:
+                labels = volume.attrs.get("Labels") or {}
+                cid = labels.get(L_ID)
+                if labels.get(L_INSTALL, self.install) != self.install:
+                    continue  # another installation's workspace: its owner record is not here to judge
+                if cid and cid not in known and self.owners.revivable(cid) is None:
                     with contextlib.suppress(docker.errors.APIError):
                         volume.remove(force=True)
-        # Ownership records of containers that are gone (removed behind our back). Written only
-        # after their container exists; the age guard covers a create racing this listing.
+        # Ownership records of containers that are gone and cannot come back. Written only after
+        # their container exists; the age guard covers a create racing this listing.
         for owner_file in self.owners.root.glob("container_*.json"):
             cid = owner_file.stem
             with contextlib.suppress(FileNotFoundError):
-                if cid not in known and time.time() - owner_file.stat().st_mtime > 120:
+                if cid not in known and self.owners.revivable(cid) is None and time.time() - owner_file.stat().st_mtime > 120:
                     self.owners.forget(cid)
         return removed

@@ -286,7 +286,7 @@ class DockerBackend:
         sandbox = await self._from_pool()
         if sandbox is not None:
             try:
-                await _thread(manager.claim, sandbox.record.id, owner)
+                await _thread(manager.claim, sandbox.record, owner)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await self._discard(sandbox)  # neither in the pool nor anyone's: do not leak it

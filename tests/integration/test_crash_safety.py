@@ -9,8 +9,10 @@ Documented outcomes:
   seconds; afterwards the same container (kept running by live-restore) answers, files intact.
 - container killed or stopped: the call on the dead stream gets ``unavailable``; the next call
   starts the same container again, workspace intact.
-- container removed: a session continues in a fresh container (like the hosted tool after
-  expiry); naming the removed id explicitly answers ``unavailable`` (``container_expired``).
+- container removed (``docker rm -f``, or ``docker container prune`` taking an idle-stopped one):
+  the next call rebuilds it around its surviving workspace — same id, same files, same owner and
+  expiry. Only when the workspace is gone too does a session continue in a fresh container and
+  naming the id answer ``unavailable`` (``container_expired``).
 """
 
 from __future__ import annotations
@@ -148,33 +150,77 @@ async def test_a_container_killed_during_a_call_ends_that_call_at_once(settings)
         assert again.structured_content["stdout"] == "kept\n" and again.meta["container"]["id"] == cid
 
 
-async def test_a_container_removed_behind_the_servers_back(settings) -> None:
+@pytest.mark.parametrize("quota", ["auto", "none"], ids=["loop-image", "docker-volume"])
+async def test_a_container_removed_behind_the_servers_back_is_rebuilt_with_its_files(tmp_path, docker_engine, quota: str) -> None:
+    settings = make_settings(tmp_path, quota=quota)
+    try:
+        await _removed_and_rebuilt(settings)
+    finally:
+        remove_installation(settings)
+
+
+async def _removed_and_rebuilt(settings) -> None:
+    async with mcp_client("memory", settings) as client:
+        first = await bash(client, "echo kept > /workspace/g.txt; cd /workspace && export MARK=1")
+        cid = first.meta["container"]["id"]
+        docker.from_env().containers.get(NAME_PREFIX + cid).remove(force=True)
+        with anyio.fail_after(60):
+            result = await bash(client, "cat /workspace/g.txt")
+            if result.is_error:  # the call that met the dead stream
+                assert result.structured_content["error_code"] == "unavailable"
+                result = await bash(client, "cat /workspace/g.txt")
+        assert result.structured_content["stdout"] == "kept\n" and result.meta["container"]["id"] == cid
+        assert result.meta["container"]["expires_at"] == first.meta["container"]["expires_at"]
+        assert len(our_containers(settings)) == 1
+        # A reap in between keeps a rebuildable workspace (its sandbox is handed out and unexpired).
+        manager = SandboxManager(settings, connect())
+        docker.from_env().containers.get(NAME_PREFIX + cid).remove(force=True)
+        image, _ = manager.volumes.paths(cid)
+        if manager.volumes.mode == "loop":
+            old = time.time() - 600
+            os.utime(image, (old, old))
+        assert cid not in manager.reap()
+        named = await bash(client, "cat /workspace/g.txt", container_id=cid)
+        if named.is_error:
+            named = await bash(client, "cat /workspace/g.txt", container_id=cid)
+        assert named.structured_content["stdout"] == "kept\n" and named.meta["container"]["id"] == cid
+
+
+async def test_idle_stopped_containers_survive_docker_container_prune(settings) -> None:
+    """`docker container prune` removes every stopped container, so it takes sandboxes stopped for
+    idleness; their workspaces, and so the user's files, must survive it."""
+    async with mcp_client("memory", settings) as client:
+        first = await bash(client, "echo precious > /workspace/p.txt")
+        cid = first.meta["container"]["id"]
+        engine = docker.from_env()
+        engine.containers.get(NAME_PREFIX + cid).stop(timeout=2)  # what the idle stop does
+        engine.containers.prune(filters={"label": f"{L_INSTALL}={installation_label(settings.data_dir)}"})
+        with anyio.fail_after(60):
+            result = await bash(client, "cat /workspace/p.txt")
+            if result.is_error:
+                assert result.structured_content["error_code"] == "unavailable"
+                result = await bash(client, "cat /workspace/p.txt")
+        assert result.structured_content["stdout"] == "precious\n" and result.meta["container"]["id"] == cid
+
+
+async def test_a_removed_container_whose_workspace_is_gone_too_continues_in_a_fresh_one(settings) -> None:
     async with mcp_client("memory", settings) as client:
         first = await bash(client, "echo gone > /workspace/g.txt")
         cid = first.meta["container"]["id"]
+        manager = SandboxManager(settings, connect())
         docker.from_env().containers.get(NAME_PREFIX + cid).remove(force=True)
+        await anyio.to_thread.run_sync(manager.remove, cid)  # the workspace and record go as well
         with anyio.fail_after(60):
             result = await bash(client, "find /workspace -maxdepth 1")  # (not `ls PATH`: old runsc rejects its statx)
             if result.is_error:
                 assert result.structured_content["error_code"] == "unavailable"
                 result = await bash(client, "find /workspace -maxdepth 1")
-            # The session continues in a fresh container (its workspace is new and empty).
             assert result.meta["container"]["id"] != cid
             assert "g.txt" not in result.structured_content["stdout"]
             named = await bash(client, "true", container_id=cid)
         assert named.structured_content == {"type": "bash_code_execution_tool_result_error", "error_code": "unavailable"}
         assert "container_expired" in named.content[0].text
         assert len(our_containers(settings)) == 1
-        # Its workspace is an orphan now: the reaper releases it once it is older than the guard
-        # that protects workspaces being created (2 minutes; aged here instead of waited for).
-        manager = SandboxManager(settings, connect())
-        image, mnt = manager.volumes.paths(cid)
-        if manager.volumes.mode == "loop":
-            assert image.exists()
-            old = time.time() - 600
-            os.utime(image, (old, old))
-            assert cid in manager.reap()
-            assert not image.exists() and not os.path.ismount(mnt) and not mnt.exists()
 
 
 # --- 24. the Docker engine restarted ------------------------------------------------------------------------
