@@ -106,6 +106,33 @@ def _describe(manager: Any, record: Any, container: Any, sizes: dict[str, int] |
     }
 
 
+def _describe_detached(manager: Any, cid: str, data: dict[str, Any]) -> dict[str, Any]:
+    """A sandbox whose container was removed behind the server's back; its workspace is kept and
+    the container is rebuilt on its next use."""
+    now = datetime.now(timezone.utc)
+    created = datetime.fromtimestamp(data["created"], timezone.utc)
+    expires = datetime.fromtimestamp(data["expires"], timezone.utc)
+    usage = manager.volumes.usage(cid) if manager.volumes.mode == "loop" else None
+    return {
+        "id": cid,
+        "owner": data["owner"],
+        "created": created.isoformat().replace("+00:00", "Z"),
+        "age_seconds": round((now - created).total_seconds()),
+        "expires": expires.isoformat().replace("+00:00", "Z"),
+        "expires_in_seconds": round((expires - now).total_seconds()),
+        "expired": False,
+        "status": "detached",
+        "runtime": None,
+        "image": None,
+        "quota": manager.volumes.mode,
+        "disk_limit_bytes": manager.settings.disk_bytes if manager.volumes.mode == "loop" else None,
+        "disk_used_bytes": usage,
+        "pool": False,
+        "this_data_dir": True,
+        "docker_id": None,
+    }
+
+
 def _mounted_usage(attrs: dict[str, Any]) -> int | None:
     """Bytes used in a loop-mounted workspace (its bind source is the mount point on this host)."""
     import os
@@ -165,7 +192,8 @@ def _ls(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> int:
     manager = _manager(ns, get_settings)
     pairs = [(r, c) for r, c in manager.list() if ns.all_data_dirs or r.install == manager.install]
     sizes = _volume_sizes(manager) if any(r.quota != "loop" for r, _ in pairs) else {}
-    rows = sorted((_describe(manager, r, c, sizes) for r, c in pairs), key=lambda d: d["created"], reverse=True)
+    rows = [_describe(manager, r, c, sizes) for r, c in pairs] + [_describe_detached(manager, cid, data) for cid, data in manager.detached()]
+    rows.sort(key=lambda d: d["created"], reverse=True)
     if ns.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -178,7 +206,7 @@ def _ls(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> int:
         table.append((
             d["id"], d["owner"], _human_duration(d["age_seconds"]),
             "expired" if d["expired"] else _human_duration(d["expires_in_seconds"]),
-            d["status"], d["runtime"], _human_bytes(d["disk_used_bytes"]) + limit,
+            d["status"], d["runtime"] or "-", _human_bytes(d["disk_used_bytes"]) + limit,
         ))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
@@ -236,8 +264,9 @@ def _inspect(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> i
 def _rm(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> int:
     manager = _manager(ns, get_settings)
     status = 0
+    detached = {cid for cid, _ in manager.detached()}
     for cid in ns.container_ids:
-        if _find(manager, cid) is None:
+        if _find(manager, cid) is None and cid not in detached:
             _err(f"no such sandbox: {cid}")
             status = 1
             continue

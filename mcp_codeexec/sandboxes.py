@@ -364,6 +364,28 @@ class SandboxManager:
         log.warning("sandbox %s: its container was removed behind the server's back; rebuilt around its workspace", cid)
         return record_of(container, self.owners), container
 
+    def detached(self) -> list[tuple[str, dict[str, Any]]]:
+        """Sandboxes of this installation whose container is gone but which ``revive`` would
+        rebuild on their next use: (id, owner record)."""
+        present = {record.id for record, _ in self.list()}
+        found = []
+        for owner_file in sorted(self.owners.root.glob("container_*.json")):
+            cid = owner_file.stem
+            data = self.owners.revivable(cid)
+            if cid in present or data is None or data.get("quota") != self.volumes.mode:
+                continue
+            if self.volumes.mode == "loop":
+                if not self.volumes.paths(cid)[0].exists():
+                    continue
+            else:
+                with translate_docker_errors("looking up a workspace volume"):
+                    try:
+                        self.client.volumes.get(NAME_PREFIX + cid)
+                    except docker.errors.NotFound:
+                        continue
+            found.append((cid, data))
+        return found
+
     def _labels(self, cid: str, created: float, expires: float, owner: str, pool: bool) -> dict[str, str]:
         return {
             L_MANAGED: "1",

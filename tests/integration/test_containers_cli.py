@@ -71,6 +71,25 @@ async def test_rm_removes_a_sandbox_and_reports_unknown_ids(settings) -> None:
     assert json.loads(cli(settings, "containers", "ls", "--json").stdout) == []
 
 
+async def test_a_sandbox_whose_container_was_removed_is_listed_detached_until_rm(settings) -> None:
+    """After `docker rm` behind the server's back the workspace is kept (the next call rebuilds the
+    container); `ls` shows it as detached so the user knows it still holds files, and `rm` frees it."""
+    import docker
+
+    from mcp_codeexec.sandboxes import NAME_PREFIX
+
+    cid = await make_sandbox(settings)
+    docker.from_env().containers.get(NAME_PREFIX + cid).remove(force=True)
+    [row] = json.loads(cli(settings, "containers", "ls", "--json").stdout)
+    assert row["id"] == cid and row["status"] == "detached" and row["expired"] is False and row["owner"] == "local"
+    if row["quota"] == "loop":
+        assert row["disk_used_bytes"] >= 2_000_000  # the two megabytes make_sandbox wrote are there
+    assert "detached" in cli(settings, "containers", "ls").stdout
+    removed = cli(settings, "containers", "rm", cid)
+    assert removed.returncode == 0 and removed.stdout.strip() == f"removed {cid}", removed.stderr
+    assert json.loads(cli(settings, "containers", "ls", "--json").stdout) == []
+
+
 async def test_prune_reaps_expired_sandboxes_and_prune_all_needs_yes(settings) -> None:
     alive = await make_sandbox(settings)
     expired = await make_sandbox(settings, container_ttl_seconds=0.001)
