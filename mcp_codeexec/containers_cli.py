@@ -228,32 +228,37 @@ def _find(manager: Any, cid: str) -> tuple[Any, Any] | None:
 def _inspect(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> int:
     manager = _manager(ns, get_settings)
     found = _find(manager, ns.container_id)
-    if found is None:
+    detached = dict(manager.detached()) if found is None else {}
+    if found is None and ns.container_id not in detached:
         _err(f"no such sandbox: {ns.container_id}")
         return 1
-    record, container = found
-    sizes = _volume_sizes(manager) if record.quota != "loop" else {}
-    data = _describe(manager, record, container, sizes)
-    attrs = container.attrs or {}
-    host_config = attrs.get("HostConfig") or {}
-    state = attrs.get("State") or {}
-    data.update(
-        started_at=state.get("StartedAt"),
-        limits={
-            "cpus": (host_config.get("NanoCpus") or 0) / 1e9 or None,
-            "memory_bytes": host_config.get("Memory") or None,
-            "pids": host_config.get("PidsLimit"),
-            "network": host_config.get("NetworkMode"),
-            "read_only_root": host_config.get("ReadonlyRootfs"),
-            "cap_drop": host_config.get("CapDrop"),
-        },
-        server=record.server,
-    )
+    if found is None:  # its container was removed outside the server; the next call rebuilds it
+        data = _describe_detached(manager, ns.container_id, detached[ns.container_id])
+        data.update(started_at=None, limits=None, server=None)
+    else:
+        record, container = found
+        sizes = _volume_sizes(manager) if record.quota != "loop" else {}
+        data = _describe(manager, record, container, sizes)
+        attrs = container.attrs or {}
+        host_config = attrs.get("HostConfig") or {}
+        state = attrs.get("State") or {}
+        data.update(
+            started_at=state.get("StartedAt"),
+            limits={
+                "cpus": (host_config.get("NanoCpus") or 0) / 1e9 or None,
+                "memory_bytes": host_config.get("Memory") or None,
+                "pids": host_config.get("PidsLimit"),
+                "network": host_config.get("NetworkMode"),
+                "read_only_root": host_config.get("ReadonlyRootfs"),
+                "cap_drop": host_config.get("CapDrop"),
+            },
+            server=record.server,
+        )
     try:
         from .files import FileStore
 
         with FileStore(manager.settings.files_dir, manager.settings.file_retention_days) as store:
-            files = store.list(container_id=record.id, limit=None)
+            files = store.list(container_id=data["id"], limit=None)
         data["files"] = [{"id": f.id, "filename": f.filename, "size": f.size, "origin": f.origin} for f in files]
     except OSError:
         data["files"] = None

@@ -85,6 +85,8 @@ async def test_a_sandbox_whose_container_was_removed_is_listed_detached_until_rm
     if row["quota"] == "loop":
         assert row["disk_used_bytes"] >= 2_000_000  # the two megabytes make_sandbox wrote are there
     assert "detached" in cli(settings, "containers", "ls").stdout
+    shown = json.loads(cli(settings, "containers", "inspect", cid).stdout)
+    assert shown["status"] == "detached" and [f["filename"] for f in shown["files"]] == ["out.txt"]
     removed = cli(settings, "containers", "rm", cid)
     assert removed.returncode == 0 and removed.stdout.strip() == f"removed {cid}", removed.stderr
     assert json.loads(cli(settings, "containers", "ls", "--json").stdout) == []
