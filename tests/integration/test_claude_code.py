@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,12 +21,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import IN_CI
 from tests.fakes.streaming_messages import ScriptedMessages, ToolUse, streaming_messages
+from tests.support.npm import NODE_DIR, ensure_installed
 from tests.support.oracle import assert_hosted_shape
 from tests.support.servers import server_env
 
-NODE_DIR = Path(__file__).resolve().parents[1] / ".node"
 PACKAGE = "@anthropic-ai/claude-code"
 VERSION = "2"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -35,29 +33,11 @@ BASH = "mcp__codeexec__bash_code_execution"
 EDITOR = "mcp__codeexec__text_editor_code_execution"
 
 
-def _unavailable(why: str) -> None:
-    if IN_CI:
-        pytest.fail(f"CI=true but the Claude Code CLI is unavailable: {why}")
-    pytest.skip(f"Claude Code CLI unavailable: {why}")
-
-
 @pytest.fixture(scope="module")
 def claude_bin() -> Path:
     """The directory holding the real `claude` executable (installed now if missing)."""
     bin_dir = NODE_DIR / "node_modules" / ".bin"
-    if not _runs(bin_dir / "claude"):
-        if shutil.which("npm") is None:
-            _unavailable("npm is not installed (apt-get install npm)")
-        NODE_DIR.mkdir(parents=True, exist_ok=True)
-        try:
-            proc = subprocess.run(
-                ["npm", "install", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund", "--loglevel=error", f"{PACKAGE}@{VERSION}"],
-                capture_output=True, text=True, timeout=600, check=False,
-            )
-        except subprocess.TimeoutExpired:
-            _unavailable("npm install timed out")
-        if proc.returncode != 0 or not _runs(bin_dir / "claude"):
-            _unavailable(f"npm install failed: {proc.stderr.strip()[-1000:]}")
+    ensure_installed("the Claude Code CLI", f"{PACKAGE}@{VERSION}", lambda: _runs(bin_dir / "claude"))
     return bin_dir
 
 

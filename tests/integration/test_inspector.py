@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,41 +17,21 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import IN_CI
+from tests.support.npm import NODE_DIR, ensure_installed
 from tests.support.oracle import assert_hosted_shape
 from tests.support.servers import http_server, new_token, server_env
 
-NODE_DIR = Path(__file__).resolve().parents[1] / ".node"
 PACKAGE = "@modelcontextprotocol/inspector-cli"
 VERSION = "1"
 PACKAGE_DIR = NODE_DIR / "node_modules" / "@modelcontextprotocol" / "inspector-cli"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def _unavailable(why: str) -> None:
-    if IN_CI:
-        pytest.fail(f"CI=true but the MCP Inspector CLI is unavailable: {why}")
-    pytest.skip(f"MCP Inspector CLI unavailable: {why}")
-
-
 @pytest.fixture(scope="module")
 def inspector() -> Path:
     """The installed `mcp-inspector-cli` entry point (installed now if missing)."""
     entry = PACKAGE_DIR / "build" / "cli.js"
-    if entry.is_file():
-        return entry
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        _unavailable("node/npm are not installed (apt-get install nodejs npm)")
-    NODE_DIR.mkdir(parents=True, exist_ok=True)
-    try:
-        proc = subprocess.run(
-            ["npm", "install", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund", "--loglevel=error", f"{PACKAGE}@{VERSION}"],
-            capture_output=True, text=True, timeout=600,
-        )
-    except subprocess.TimeoutExpired:
-        _unavailable("npm install timed out")
-    if proc.returncode != 0 or not entry.is_file():
-        _unavailable(f"npm install failed: {proc.stderr.strip()[-1000:]}")
+    ensure_installed("the MCP Inspector CLI", f"{PACKAGE}@{VERSION}", entry.is_file)
     return entry
 
 
