@@ -27,7 +27,7 @@ from tests.support.oracle import assert_hosted_shape
 from tests.support.servers import server_env
 
 PACKAGE = "@anthropic-ai/claude-code"
-VERSION = "2"
+VERSION = "2.1.330"  # pinned: the headless flags and tool-search switch are what this version takes
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 BASH = "mcp__codeexec__bash_code_execution"
 EDITOR = "mcp__codeexec__text_editor_code_execution"
@@ -45,7 +45,7 @@ def _runs(claude: Path) -> bool:
     if not claude.exists():
         return False
     proc = subprocess.run([str(claude), "--version"], capture_output=True, text=True, timeout=60, check=False)
-    return proc.returncode == 0 and "Claude Code" in proc.stdout
+    return proc.returncode == 0 and proc.stdout.startswith(f"{VERSION} (Claude Code)")
 
 
 @pytest.fixture
