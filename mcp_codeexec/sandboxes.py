@@ -337,20 +337,10 @@ class SandboxManager:
         """Rebuild the container of a handed-out, unexpired sandbox around its surviving workspace
         (same id, owner, lifetime and files); None when there is nothing to rebuild."""
         data = self.owners.revivable(cid)
-        if data is None or data.get("quota") != self.volumes.mode:
+        workspace = self._surviving_workspace(cid, data)
+        if data is None or workspace is None:
             return None
-        if self.volumes.mode == "loop":
-            if not self.volumes.paths(cid)[0].exists():
-                return None
-            self.volumes.ensure_mounted(cid)
-            workspace = Mount(WORKSPACE, str(self.volumes.paths(cid)[1]), type="bind")
-        else:
-            with translate_docker_errors("looking up a workspace volume"):
-                try:
-                    self.client.volumes.get(NAME_PREFIX + cid)
-                except docker.errors.NotFound:
-                    return None
-            workspace = Mount(WORKSPACE, NAME_PREFIX + cid, type="volume")
+        self.volumes.ensure_mounted(cid)
         labels = self._labels(cid, data["created"], data["expires"], data["owner"], False)
         try:
             container = self._run(cid, labels, workspace)
@@ -372,19 +362,23 @@ class SandboxManager:
         for owner_file in sorted(self.owners.root.glob("container_*.json")):
             cid = owner_file.stem
             data = self.owners.revivable(cid)
-            if cid in present or data is None or data.get("quota") != self.volumes.mode:
-                continue
-            if self.volumes.mode == "loop":
-                if not self.volumes.paths(cid)[0].exists():
-                    continue
-            else:
-                with translate_docker_errors("looking up a workspace volume"):
-                    try:
-                        self.client.volumes.get(NAME_PREFIX + cid)
-                    except docker.errors.NotFound:
-                        continue
-            found.append((cid, data))
+            if cid not in present and data is not None and self._surviving_workspace(cid, data) is not None:
+                found.append((cid, data))
         return found
+
+    def _surviving_workspace(self, cid: str, record: dict[str, Any] | None) -> Mount | None:
+        """The mount of ``cid``'s workspace if it is still there (in the mode it was made in)."""
+        if record is None or record.get("quota") != self.volumes.mode:
+            return None
+        if self.volumes.mode == "loop":
+            image, mnt = self.volumes.paths(cid)
+            return Mount(WORKSPACE, str(mnt), type="bind") if image.exists() else None
+        with translate_docker_errors("looking up a workspace volume"):
+            try:
+                self.client.volumes.get(NAME_PREFIX + cid)
+            except docker.errors.NotFound:
+                return None
+        return Mount(WORKSPACE, NAME_PREFIX + cid, type="volume")
 
     def _labels(self, cid: str, created: float, expires: float, owner: str, pool: bool) -> dict[str, str]:
         return {
