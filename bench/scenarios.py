@@ -14,7 +14,18 @@ import anyio.to_thread
 from mcp_codeexec.config import Settings
 from mcp_codeexec.sandboxes import SandboxManager, connect
 
-from .harness import POOL_READY, http_server, http_session, ms, p50, pct, rss_mb, stdio_server_pid, stdio_session
+from .harness import (
+    POOL_READY,
+    ServerLog,
+    http_server,
+    http_session,
+    ms,
+    p50,
+    pct,
+    rss_mb,
+    stdio_server_pid,
+    stdio_session,
+)
 
 BASH = "bash_code_execution"
 EDITOR = "text_editor_code_execution"
@@ -37,6 +48,13 @@ SMOKE = Plan(
     warm_calls=20, warmup_calls=3, baseline_calls=5, editor_cycles=3, progress_pairs=5, long_call_seconds=2.5,
     first_call_trials=1, concurrent_sessions=2, concurrent_calls=3,
 )
+
+
+def _leaf_errors(exc: BaseException) -> str:
+    """What actually went wrong: the leaves of (nested) exception groups, not the group's summary."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_leaf_errors(inner) for inner in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
 
 
 class BenchError(Exception):
@@ -260,7 +278,7 @@ async def concurrency(settings: Settings, plan: Plan, logs: Path) -> dict[str, A
                     loop.append(elapsed)
         except Exception as exc:  # the top-level handler of one session: count it, report it
             failed = True
-            errors.append(f"session {i}: {type(exc).__name__}: {exc}"[:300])
+            errors.append(f"session {i}: {_leaf_errors(exc)}"[:600])
         if not failed:
             ok += 1
 
@@ -283,5 +301,7 @@ async def concurrency(settings: Settings, plan: Plan, logs: Path) -> dict[str, A
         "concurrent_first_call_max_ms": ms(max(first)) if first else None,
         "concurrent_wall_s": round(wall, 2),
         "concurrent_errors": errors[:5],
+        # What the server said while a session failed: the one place the cause shows.
+        "concurrent_server_log": ServerLog(logs / "http.log").text()[-3000:] if errors else None,
         "server_rss_mb": server_rss,
     }
