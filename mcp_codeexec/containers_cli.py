@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .config import Settings
@@ -77,60 +77,48 @@ def _manager(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> A
     return SandboxManager(settings, connect(timeout=15))
 
 
+def _row(manager: Any, cid: str, owner: str, created: datetime, expires: datetime, quota: str,
+         usage: int | None, **rest: Any) -> dict[str, Any]:
+    """One sandbox as `ls --json` shows it: the fields every sandbox has, then ``rest``."""
+    now = datetime.now(UTC)
+    return {
+        "id": cid,
+        "owner": owner,
+        "created": created.isoformat().replace("+00:00", "Z"),
+        "age_seconds": round((now - created).total_seconds()),
+        "expires": expires.isoformat().replace("+00:00", "Z"),
+        "expires_in_seconds": round((expires - now).total_seconds()),
+        "expired": now >= expires,
+        **rest,
+        "quota": quota,
+        "disk_limit_bytes": manager.settings.disk_bytes if quota == "loop" else None,
+        "disk_used_bytes": usage,
+    }
+
+
 def _describe(manager: Any, record: Any, container: Any, sizes: dict[str, int] | None = None) -> dict[str, Any]:
     from .sandboxes import NAME_PREFIX
 
-    now = datetime.now(timezone.utc)
     attrs = container.attrs or {}
     host_config = attrs.get("HostConfig") or {}
     usage = _mounted_usage(attrs) if record.quota == "loop" else None
     if usage is None and sizes is not None:
         usage = sizes.get(NAME_PREFIX + record.id)
-    return {
-        "id": record.id,
-        "owner": record.owner or "(pool)",
-        "created": record.created.isoformat().replace("+00:00", "Z"),
-        "age_seconds": round((now - record.created).total_seconds()),
-        "expires": record.expires.isoformat().replace("+00:00", "Z"),
-        "expires_in_seconds": round((record.expires - now).total_seconds()),
-        "expired": record.expired,
-        "status": record.status,
-        "runtime": host_config.get("Runtime") or "runc",
-        "image": (attrs.get("Config") or {}).get("Image"),
-        "quota": record.quota,
-        "disk_limit_bytes": manager.settings.disk_bytes if record.quota == "loop" else None,
-        "disk_used_bytes": usage,
-        "pool": record.pool,
-        "this_data_dir": record.install == manager.install,
-        "docker_id": record.docker_id[:12],
-    }
+    return _row(
+        manager, record.id, record.owner or "(pool)", record.created, record.expires, record.quota, usage,
+        status=record.status, runtime=host_config.get("Runtime") or "runc", image=(attrs.get("Config") or {}).get("Image"),
+    ) | {"pool": record.pool, "this_data_dir": record.install == manager.install, "docker_id": record.docker_id[:12]}
 
 
 def _describe_detached(manager: Any, cid: str, data: dict[str, Any]) -> dict[str, Any]:
     """A sandbox whose container was removed behind the server's back; its workspace is kept and
     the container is rebuilt on its next use."""
-    now = datetime.now(timezone.utc)
-    created = datetime.fromtimestamp(data["created"], timezone.utc)
-    expires = datetime.fromtimestamp(data["expires"], timezone.utc)
-    usage = manager.volumes.usage(cid) if manager.volumes.mode == "loop" else None
-    return {
-        "id": cid,
-        "owner": data["owner"],
-        "created": created.isoformat().replace("+00:00", "Z"),
-        "age_seconds": round((now - created).total_seconds()),
-        "expires": expires.isoformat().replace("+00:00", "Z"),
-        "expires_in_seconds": round((expires - now).total_seconds()),
-        "expired": False,
-        "status": "detached",
-        "runtime": None,
-        "image": None,
-        "quota": manager.volumes.mode,
-        "disk_limit_bytes": manager.settings.disk_bytes if manager.volumes.mode == "loop" else None,
-        "disk_used_bytes": usage,
-        "pool": False,
-        "this_data_dir": True,
-        "docker_id": None,
-    }
+    mode = manager.volumes.mode
+    return _row(
+        manager, cid, data["owner"], datetime.fromtimestamp(data["created"], UTC),
+        datetime.fromtimestamp(data["expires"], UTC), mode, manager.volumes.usage(cid) if mode == "loop" else None,
+        status="detached", runtime=None, image=None,
+    ) | {"pool": False, "this_data_dir": True, "docker_id": None}
 
 
 def _mounted_usage(attrs: dict[str, Any]) -> int | None:
@@ -192,7 +180,8 @@ def _ls(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> int:
     manager = _manager(ns, get_settings)
     pairs = [(r, c) for r, c in manager.list() if ns.all_data_dirs or r.install == manager.install]
     sizes = _volume_sizes(manager) if any(r.quota != "loop" for r, _ in pairs) else {}
-    rows = [_describe(manager, r, c, sizes) for r, c in pairs] + [_describe_detached(manager, cid, data) for cid, data in manager.detached()]
+    detached = manager.detached(present={r.id for r, _ in pairs})
+    rows = [_describe(manager, r, c, sizes) for r, c in pairs] + [_describe_detached(manager, cid, d) for cid, d in detached]
     rows.sort(key=lambda d: d["created"], reverse=True)
     if ns.json:
         print(json.dumps(rows, indent=2))
@@ -228,7 +217,8 @@ def _find(manager: Any, cid: str) -> tuple[Any, Any] | None:
 def _inspect(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> int:
     manager = _manager(ns, get_settings)
     found = _find(manager, ns.container_id)
-    detached = dict(manager.detached()) if found is None else {}
+    # Not listed: the id has no container, so no container can rule it out of the detached ones.
+    detached = dict(manager.detached(present=set())) if found is None else {}
     if found is None and ns.container_id not in detached:
         _err(f"no such sandbox: {ns.container_id}")
         return 1
@@ -269,9 +259,10 @@ def _inspect(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> i
 def _rm(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> int:
     manager = _manager(ns, get_settings)
     status = 0
-    detached = {cid for cid, _ in manager.detached()}
+    present = {record.id for record, _ in manager.list()}
+    known = present | {cid for cid, _ in manager.detached(present)}
     for cid in ns.container_ids:
-        if _find(manager, cid) is None and cid not in detached:
+        if cid not in known:
             _err(f"no such sandbox: {cid}")
             status = 1
             continue

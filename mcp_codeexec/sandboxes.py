@@ -200,11 +200,8 @@ class OwnerRegistry:
         data = self.record(cid)
         return data["owner"] if data else None
 
-    def set(self, cid: str, owner: str, *, created: float | None = None, expires: float | None = None,
-            quota: str | None = None) -> None:
-        data: dict[str, Any] = {"owner": owner, "assigned": time.time()}
-        if created is not None and expires is not None:
-            data.update(created=created, expires=expires, quota=quota)
+    def set(self, cid: str, owner: str, *, created: float, expires: float, quota: str) -> None:
+        data = {"owner": owner, "assigned": time.time(), "created": created, "expires": expires, "quota": quota}
         tmp = self.root / f".{cid}.{secrets.token_hex(4)}.tmp"
         tmp.write_text(json.dumps(data))
         os.replace(tmp, self.root / f"{cid}.json")
@@ -354,10 +351,12 @@ class SandboxManager:
         log.warning("sandbox %s: its container was removed behind the server's back; rebuilt around its workspace", cid)
         return record_of(container, self.owners), container
 
-    def detached(self) -> list[tuple[str, dict[str, Any]]]:
+    def detached(self, present: set[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
         """Sandboxes of this installation whose container is gone but which ``revive`` would
-        rebuild on their next use: (id, owner record)."""
-        present = {record.id for record, _ in self.list()}
+        rebuild on their next use: (id, owner record). ``present``: the ids of the containers that
+        exist, when the caller has just listed them."""
+        if present is None:
+            present = {record.id for record, _ in self.list()}
         found = []
         for owner_file in sorted(self.owners.root.glob("container_*.json")):
             cid = owner_file.stem

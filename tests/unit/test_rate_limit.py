@@ -5,18 +5,11 @@ from __future__ import annotations
 import pytest
 
 from mcp_codeexec.rate_limit import CallRateLimiter
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 def test_a_burst_is_admitted_then_the_next_call_is_told_how_long_to_wait() -> None:
-    clock = Clock()
+    clock = FakeClock()
     limiter = CallRateLimiter(per_minute=60, burst=3, clock=clock)
     assert [limiter.admit("alice") for _ in range(3)] == [0.0, 0.0, 0.0]
     assert limiter.admit("alice") == pytest.approx(1.0)  # one token a second
@@ -27,7 +20,7 @@ def test_a_burst_is_admitted_then_the_next_call_is_told_how_long_to_wait() -> No
 
 
 def test_refused_calls_take_nothing_and_tokens_refill_only_up_to_the_burst() -> None:
-    clock = Clock()
+    clock = FakeClock()
     limiter = CallRateLimiter(per_minute=120, burst=2, clock=clock)
     limiter.admit("a"), limiter.admit("a")
     for _ in range(100):  # a client hammering while limited does not push its wait further out
@@ -37,7 +30,7 @@ def test_refused_calls_take_nothing_and_tokens_refill_only_up_to_the_burst() -> 
 
 
 def test_principals_have_separate_buckets() -> None:
-    limiter = CallRateLimiter(per_minute=1, burst=1, clock=Clock())
+    limiter = CallRateLimiter(per_minute=1, burst=1, clock=FakeClock())
     assert limiter.admit("alice") == 0.0
     assert limiter.admit("alice") > 0
     assert limiter.admit("bob") == 0.0

@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 from mcp_codeexec.session_ledger import SessionLedger
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 def test_sessions_count_per_principal_up_to_the_cap() -> None:
-    ledger = SessionLedger(per_principal=2, idle_timeout=100, clock=Clock())
+    ledger = SessionLedger(per_principal=2, idle_timeout=100, clock=FakeClock())
     ledger.opened("alice", "s1")
     assert not ledger.at_cap("alice")
     ledger.opened("alice", "s2")
@@ -24,7 +17,7 @@ def test_sessions_count_per_principal_up_to_the_cap() -> None:
 
 
 def test_a_delete_or_a_404_for_the_owner_frees_the_slot_and_another_principal_cannot() -> None:
-    ledger = SessionLedger(per_principal=2, idle_timeout=100, clock=Clock())
+    ledger = SessionLedger(per_principal=2, idle_timeout=100, clock=FakeClock())
     ledger.opened("alice", "s1")
     ledger.opened("alice", "s2")
     assert ledger.begin("bob", "s1") is False  # bob presenting alice's id (the SDK answers him 404)
@@ -36,7 +29,7 @@ def test_a_delete_or_a_404_for_the_owner_frees_the_slot_and_another_principal_ca
 
 
 def test_idle_sessions_expire_like_the_sdks_but_not_while_a_request_is_in_flight() -> None:
-    clock = Clock()
+    clock = FakeClock()
     ledger = SessionLedger(per_principal=5, idle_timeout=100, clock=clock)
     ledger.opened("alice", "idle")
     ledger.opened("alice", "streaming")

@@ -1,0 +1,11 @@
+"""A clock that moves only when a test moves it (for token buckets, idle timeouts)."""
+
+from __future__ import annotations
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
