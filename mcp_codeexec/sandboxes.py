@@ -51,6 +51,10 @@ POOL_OWNER = ""
 
 FOREIGN_EXPIRY_GRACE = timedelta(days=1)
 """How long past its expiry another installation's sandbox is left to that installation's reaper."""
+# A workspace or owner record with no container is left alone this long: a create may be between
+# making the workspace and starting its container. Measured from the file's mtime, which a
+# still-mounted loop image moves whenever its journal commits (every ~5 s after a write).
+ORPHAN_GRACE_SECONDS = 120.0
 
 
 def installation_label(data_dir: Path) -> str:
@@ -298,6 +302,7 @@ class SandboxManager:
         self.owners = OwnerRegistry(settings.data_dir / "owners")
         self.install = installation_label(settings.data_dir)
         self.volumes = QuotaVolumes(settings.volumes_dir, settings.quota, self.install)
+        self.orphan_grace = ORPHAN_GRACE_SECONDS
 
     def resolve_image(self) -> str:
         """The configured image, or the minimal one when only that is built."""
@@ -548,7 +553,7 @@ class SandboxManager:
         if self.volumes.mode == "loop" and self.volumes.root.exists():
             for image in self.volumes.root.glob("container_*.img"):
                 cid = image.stem
-                if cid not in known and self.owners.revivable(cid) is None and time.time() - image.stat().st_mtime > 120:
+                if cid not in known and self.owners.revivable(cid) is None and time.time() - image.stat().st_mtime > self.orphan_grace:
                     self._remove_quietly(cid)
                     removed.append(cid)
         with translate_docker_errors("reaping volumes"):
@@ -565,6 +570,6 @@ class SandboxManager:
         for owner_file in self.owners.root.glob("container_*.json"):
             cid = owner_file.stem
             with contextlib.suppress(FileNotFoundError):
-                if cid not in known and self.owners.revivable(cid) is None and time.time() - owner_file.stat().st_mtime > 120:
+                if cid not in known and self.owners.revivable(cid) is None and time.time() - owner_file.stat().st_mtime > self.orphan_grace:
                     self.owners.forget(cid)
         return removed

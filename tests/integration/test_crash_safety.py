@@ -175,10 +175,7 @@ async def _removed_and_rebuilt(settings) -> None:
         # A reap in between keeps a rebuildable workspace (its sandbox is handed out and unexpired).
         manager = SandboxManager(settings, connect())
         docker.from_env().containers.get(NAME_PREFIX + cid).remove(force=True)
-        image, _ = manager.volumes.paths(cid)
-        if manager.volumes.mode == "loop":
-            old = time.time() - 600
-            os.utime(image, (old, old))
+        manager.orphan_grace = 0.0  # only its unexpired owner record may keep the workspace
         assert cid not in manager.reap()
         named = await bash(client, "cat /workspace/g.txt", container_id=cid)
         if named.is_error:
