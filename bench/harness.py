@@ -111,7 +111,7 @@ def http_server(settings: Settings, log_path: Path) -> Iterator[tuple[str, subpr
     port = free_port()
     args = [sys.executable, "-m", "mcp_codeexec", "serve", "--transport", "http", "--port", str(port), "--no-auth"]
     with open(log_path, "a") as errlog:
-        proc = subprocess.Popen(args, env=server_env(settings), stdin=subprocess.DEVNULL, stdout=errlog, stderr=errlog)
+        proc = subprocess.Popen(args, env=server_env(settings, log_level="INFO"), stdin=subprocess.DEVNULL, stdout=errlog, stderr=errlog)
     try:
         deadline = time.monotonic() + 60
         while True:

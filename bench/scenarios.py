@@ -64,7 +64,8 @@ class BenchError(Exception):
 def _check_bash(result: Any, what: str) -> Any:
     sc = result.structured_content or {}
     if result.is_error or sc.get("type") != "bash_code_execution_result" or sc.get("return_code") != 0:
-        raise BenchError(f"{what}: unexpected result {sc or result.content}")
+        said = " ".join(getattr(c, "text", "") for c in result.content)
+        raise BenchError(f"{what}: unexpected result {sc}: {said}")
     return result
 
 

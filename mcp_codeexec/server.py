@@ -25,7 +25,7 @@ from mcp.shared.exceptions import MCPError
 from . import __version__
 from .backends.base import Backend, CallContext, Outcome, ProducedFile
 from .config import Settings
-from .errors import CodeExecError, TooManyRequests, error_block
+from .errors import CodeExecError, ContainerExpired, TooManyRequests, error_block
 from .files import FileStore, StoredFileNotFound
 from .inputs import BASH, CODE, EDITOR, validate_input
 from .rate_limit import CallRateLimiter
@@ -284,6 +284,9 @@ async def call_tool(state: AppState, tool: str, arguments: dict[str, Any], ctx: 
     except CodeExecError as exc:
         error = exc
         block = error_block(tool, exc)
+        if exc.error_code == "unavailable" and not isinstance(exc, ContainerExpired):
+            # The server's side failed (engine, container, agent): the operator needs the why.
+            log.warning("%s call answered unavailable: %s", tool, exc.message)
     is_error = error is not None or block.type.endswith("_tool_result_error")
     text = _valid_unicode(_fit(_human_text(tool, block, outcome, error), state.settings.max_result_chars))
     content: list[Any] = [types.TextContent(type="text", text=text)]

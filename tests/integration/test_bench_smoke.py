@@ -37,20 +37,28 @@ def run_bench(*args: str) -> dict:
     return results
 
 
+def concurrency_failed(results: dict) -> bool:
+    return results.get("concurrent_p99_ms") is None or results.get("concurrent_ok") != results.get("concurrent_sessions")
+
+
+def concurrency_diagnostics(results: dict) -> dict:
+    """Why sessions failed: their errors and what the server logged meanwhile."""
+    return {k: results.get(k) for k in ("concurrent_ok", "concurrent_sessions", "concurrent_errors", "concurrent_server_log")}
+
+
 def test_the_bench_smoke_run_reports_every_key_and_leaves_no_container(docker_engine):
     results = run_bench()
+    if concurrency_failed(results) and GVISOR:
+        # Seen twice in CI under Debian's 2022 runsc (sessions of the concurrency run failing right
+        # after many other tests) and never in dozens of reruns, nor under runc. A second failure
+        # in a row fails the test, with both runs' diagnostics.
+        first = concurrency_diagnostics(results)
+        again = run_bench("--only", "concurrency")
+        assert not concurrency_failed(again), (first, concurrency_diagnostics(again))
+        results.update({k: again[k] for k in again if k.startswith("concurrent_")})
+    assert not concurrency_failed(results), concurrency_diagnostics(results)
     missing = [k for k in KEYS if results.get(k) is None]
     assert not missing, missing
-    if results["concurrent_ok"] != results["concurrent_sessions"] and GVISOR:
-        # Seen once in CI under Debian's 2022 runsc (one of two sessions failed; the cause was not
-        # recorded then, hence concurrent_server_log now) and never in a dozen reruns, nor under
-        # runc. A second failure in a row fails the test, with both runs' diagnostics.
-        first = {k: results.get(k) for k in ("concurrent_errors", "concurrent_server_log")}
-        results = run_bench("--only", "concurrency")
-        assert results["concurrent_ok"] == results["concurrent_sessions"], (first, results.get("concurrent_errors"),
-                                                                            results.get("concurrent_server_log"))
-    assert results["concurrent_ok"] == results["concurrent_sessions"], (results.get("concurrent_errors"),
-                                                                        results.get("concurrent_server_log"))
     assert results["concurrent_containers"] == results["concurrent_sessions"]
-    if "progress_ok" in results:  # (a concurrency-only rerun does not measure progress)
+    if "progress_ok" in results:
         assert results["progress_ok"] is True

@@ -166,16 +166,20 @@ async def test_the_server_reaps_at_start_up_and_then_periodically(tmp_path, dock
             first = await mcp.call_tool("bash_code_execution", {"command": "echo hi > /workspace/h.txt"})
             assert_hosted_shape(first.structured_content, "bash_code_execution")
             cid = first.meta["container"]["id"]
-            # Periodically: once it expires (3 s), the reaper (every 1 s) removes it while serving.
-            with anyio.fail_after(20):
-                while True:
-                    try:
-                        client.containers.get(NAME_PREFIX + cid)
-                    except docker.errors.NotFound:
-                        break
-                    await anyio.sleep(0.3)
+            # Periodically: once it expires (3 s), the reaper (every 1 s) removes it while serving:
+            # the container first, then (a moment later, in the same pass) its workspace.
             image, mnt = manager.volumes.paths(cid)
-            assert not image.exists() and not os.path.ismount(mnt)
+
+            def container_gone() -> bool:
+                try:
+                    client.containers.get(NAME_PREFIX + cid)
+                except docker.errors.NotFound:
+                    return True
+                return False
+
+            with anyio.fail_after(20):
+                while not (container_gone() and not image.exists() and not os.path.ismount(mnt)):
+                    await anyio.sleep(0.3)
             named = await mcp.call_tool("bash_code_execution", {"command": "true", "container_id": cid})
             assert named.structured_content["error_code"] == "unavailable" and "container_expired" in named.content[0].text
         assert_all_alive(foreign)

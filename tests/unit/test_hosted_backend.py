@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -783,6 +784,24 @@ async def test_through_mcp_an_expired_container_is_unavailable_saying_container_
     assert result.structured_content["error_code"] == "unavailable"
     assert result.structured_content["error_message"].startswith("container_expired")
     assert_hosted_shape(result.structured_content, EDITOR)
+
+
+async def test_an_unavailable_call_is_logged_for_the_operator_with_its_reason(api, mcp_client, caplog):
+    """The client sees only `unavailable`; whoever runs the server needs the why in its log. An
+    expired container is the client's business (its text says so) and is not logged."""
+    api.push(*[fa.overloaded()] * 3)
+    with caplog.at_level(logging.WARNING, logger="mcp_codeexec.server"):
+        await mcp_client.call_tool("bash_code_execution", {"command": "echo hi"})
+    said = [r.getMessage() for r in caplog.records if r.name == "mcp_codeexec.server"]
+    assert len(said) == 1 and "bash_code_execution call answered unavailable" in said[0] and "overloaded" in said[0]
+
+    caplog.clear()
+    api.push(fa.editor_turn({"command": "view", "path": "a"}, fa.view_result("x")), fa.container_expired())
+    await mcp_client.call_tool("text_editor_code_execution", {"command": "view", "path": "a"})
+    with caplog.at_level(logging.WARNING, logger="mcp_codeexec.server"):
+        expired = await mcp_client.call_tool("text_editor_code_execution", {"command": "view", "path": "a"})
+    assert expired.structured_content["error_message"].startswith("container_expired")
+    assert not [r for r in caplog.records if r.name == "mcp_codeexec.server"]
 
 
 async def test_through_mcp_hosted_output_files_are_shown_and_readable_as_resources(api, mcp_client):
