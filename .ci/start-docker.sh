@@ -30,7 +30,8 @@ else
   if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
     rm -f /var/run/docker.pid
   fi
-  nohup dockerd >/var/log/dockerd.log 2>&1 &
+  # Appended, not truncated: a restart (the engine-restart test does one) keeps the earlier log.
+  nohup dockerd >>/var/log/dockerd.log 2>&1 &
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
 fi
 docker info --format 'engine {{.ServerVersion}}, storage {{.Driver}}, runtimes {{json .Runtimes}}' | cut -c1-200

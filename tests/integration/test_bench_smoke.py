@@ -9,7 +9,10 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 GVISOR = os.environ.get("MCP_CODEEXEC_RUNTIME") == "runsc"
@@ -46,6 +49,7 @@ def concurrency_diagnostics(results: dict) -> dict:
     return {k: results.get(k) for k in ("concurrent_ok", "concurrent_sessions", "concurrent_errors", "concurrent_server_log")}
 
 
+@pytest.mark.filterwarnings("always::UserWarning")  # the rerun notice below is a report, not an error
 def test_the_bench_smoke_run_reports_every_key_and_leaves_no_container(docker_engine):
     results = run_bench()
     if concurrency_failed(results) and GVISOR:
@@ -55,6 +59,8 @@ def test_the_bench_smoke_run_reports_every_key_and_leaves_no_container(docker_en
         first = concurrency_diagnostics(results)
         again = run_bench("--only", "concurrency")
         assert not concurrency_failed(again), (first, concurrency_diagnostics(again))
+        # Passed on the rerun: still say so in the run's warnings summary, with the first run's why.
+        warnings.warn(f"gVisor concurrency run failed once, passed on rerun: {first}", stacklevel=1)
         results.update({k: again[k] for k in again if k.startswith("concurrent_")})
     assert not concurrency_failed(results), concurrency_diagnostics(results)
     missing = [k for k in KEYS if results.get(k) is None]
