@@ -1,4 +1,4 @@
-"""Shared machinery of the adversarial suite (docs: ../shared/ADVERSARIAL.md, research/security.md §8).
+"""Shared machinery of the adversarial suite (see SECURITY.md).
 
 Each module shares one or two sandboxes (module-scoped MCP clients over the in-memory transport,
 each with its own server and container) so that the suite stays fast: a case that must leave the

@@ -16,7 +16,7 @@ from tests.support.servers import mcp_client
 
 pytestmark = pytest.mark.anyio
 
-GOLDEN = json.loads((Path(__file__).resolve().parents[3] / "shared" / "golden" / "hosted_examples.json").read_text())
+GOLDEN = json.loads((Path(__file__).resolve().parents[1] / "golden" / "hosted_examples.json").read_text())
 
 
 async def bash(client, command: str, **extra):

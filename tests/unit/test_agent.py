@@ -31,7 +31,7 @@ from mcp_codeexec.protocol import CHUNK, HEADER, FrameDecoder, encode_frame
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT = ROOT / "sandbox" / "agent" / "codeexec_agent.py"
-GOLDEN = ROOT.parent / "shared" / "golden" / "hosted_examples.json"
+GOLDEN = ROOT / "tests" / "golden" / "hosted_examples.json"
 AGENT_PYTHON = os.environ.get("CODEEXEC_TEST_PYTHON", sys.executable)  # e.g. a Python 3.9
 REPLY_TIMEOUT = 30.0
 
@@ -601,60 +601,9 @@ def test_a_true_command_round_trip_is_fast(tmp_path: Path) -> None:
 
 # -- editor: golden examples -------------------------------------------------------------------
 
-GOLDEN_FALLBACK = [  # the editor cases of golden/hosted_examples.json, for clones without ../shared
-    {
-        "name": "view a small JSON file",
-        "files_before": {"config.json": '{\n  "setting": "value",\n  "debug": true\n}'},
-        "input": {"command": "view", "path": "config.json"},
-        "expected": {
-            "type": "text_editor_code_execution_view_result",
-            "file_type": "text",
-            "content": '{\n  "setting": "value",\n  "debug": true\n}',
-            "num_lines": 4,
-            "start_line": 1,
-            "total_lines": 4,
-        },
-    },
-    {
-        "name": "create a new file",
-        "files_before": {},
-        "input": {"command": "create", "path": "new_file.txt", "file_text": "Hello, World!"},
-        "expected": {"type": "text_editor_code_execution_create_result", "is_file_update": False},
-        "files_after": {"new_file.txt": "Hello, World!"},
-    },
-    {
-        "name": "str_replace one line",
-        "files_before": {"config.json": '{\n  "setting": "value",\n  "debug": true\n}'},
-        "input": {
-            "command": "str_replace",
-            "path": "config.json",
-            "old_str": '"debug": true',
-            "new_str": '"debug": false',
-        },
-        "expected": {
-            "type": "text_editor_code_execution_str_replace_result",
-            "old_start": 3,
-            "old_lines": 1,
-            "new_start": 3,
-            "new_lines": 1,
-            "lines": ['-  "debug": true', '+  "debug": false'],
-        },
-        "files_after": {"config.json": '{\n  "setting": "value",\n  "debug": false\n}'},
-    },
-    {
-        "name": "error block shape",
-        "files_before": {},
-        "input": {"command": "view", "path": "does/not/exist.txt"},
-        "expected_shape": {"type": "text_editor_code_execution_tool_result_error", "error_code": "file_not_found"},
-    },
-]
-
-
 def golden_editor_cases() -> list[dict[str, Any]]:
-    if GOLDEN.is_file():
-        cases = json.loads(GOLDEN.read_text())["cases"]
-        return [c for c in cases if c["tool"] == "text_editor_code_execution"]
-    return GOLDEN_FALLBACK
+    cases = json.loads(GOLDEN.read_text())["cases"]
+    return [c for c in cases if c["tool"] == "text_editor_code_execution"]
 
 
 @pytest.mark.parametrize("case", golden_editor_cases(), ids=lambda c: c["name"])
@@ -672,15 +621,6 @@ def test_golden_editor_examples_are_reproduced_exactly(agent: AgentClient, case:
         assert reply["message"]
     for name, text in case.get("files_after", {}).items():
         assert (agent.workspace / name).read_text() == text
-
-
-def test_the_golden_fallback_matches_the_shared_golden_file() -> None:
-    if not GOLDEN.is_file():
-        pytest.skip("no ../shared/golden beside this clone")
-    shared = {c["name"]: c for c in golden_editor_cases()}
-    for case in GOLDEN_FALLBACK:
-        for key in ("files_before", "input", "expected", "expected_shape", "files_after"):
-            assert case.get(key) == shared[case["name"]].get(key)
 
 
 # -- editor: view --------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from tests.support.oracle import assert_hosted_shape
 
 pytestmark = pytest.mark.anyio
 
-GOLDEN = Path(__file__).resolve().parents[3] / "shared" / "golden" / "hosted_examples.json"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "hosted_examples.json"
 BASH = "bash_code_execution"
 EDITOR = "text_editor_code_execution"
 OTHER_CONTAINER = "container_011CTsecondContainerBBBBBBB"

@@ -20,7 +20,7 @@ from mcp_codeexec.errors import (
 )
 from tests.support.oracle import assert_hosted_shape
 
-GOLDEN = Path(__file__).resolve().parents[3] / "shared" / "golden" / "hosted_examples.json"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "hosted_examples.json"
 
 PAIRS = [
     (schemas.BashResult, beta.BetaBashCodeExecutionResultBlock),
