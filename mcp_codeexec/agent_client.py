@@ -26,6 +26,15 @@ FrameHandler = Callable[[dict[str, Any], bytes], Awaitable[None]]
 _DOCKER_MUX = struct.Struct(">BxxxL")
 
 
+def _reason(exc: BaseException) -> str:
+    """What broke, also for the stream errors whose text is empty."""
+    if isinstance(exc, anyio.ClosedResourceError):
+        return "this server already closed the stream"
+    if isinstance(exc, anyio.BrokenResourceError):
+        return str(exc) or "the stream broke (the container stopped or the engine went away)"
+    return str(exc) or type(exc).__name__
+
+
 class AgentGone(Unavailable):
     """The stream to the agent closed or broke (container stopped, engine restarted, ...)."""
 
@@ -125,7 +134,7 @@ class AgentConnection:
             try:
                 await self._stream.send(data)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                raise AgentGone(f"lost the connection to sandbox {self.name}: {exc}") from exc
+                raise AgentGone(f"lost the connection to sandbox {self.name}: {_reason(exc)}") from exc
 
     async def put_file(self, path: str, chunks: AsyncIterator[bytes], *, timeout: float = 300.0) -> dict[str, Any]:
         """Upload a file in chunks that share one request id; the agent answers the ``eof`` chunk."""

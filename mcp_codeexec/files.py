@@ -26,12 +26,14 @@ import builtins
 import hashlib
 import mimetypes
 import os
+import random
 import re
 import secrets
 import sqlite3
 import string
 import tempfile
 import threading
+import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -440,6 +442,72 @@ def _row_to_record(row: tuple[Any, ...]) -> FileRecord:
     )
 
 
+_BUSY_TIMEOUT_S = 30.0
+
+
+def _open_db(path: Path) -> sqlite3.Connection:
+    """A connection with WAL on and the schema at ``_SCHEMA_VERSION``, safe when several servers open
+    one fresh data dir at the same instant (Claude Desktop, Claude Code and Cursor each start one)."""
+    db = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
+    try:
+        _enable_wal(db, path)
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        _migrate(db, path)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _enable_wal(db: sqlite3.Connection, path: Path) -> None:
+    # Switching to WAL needs the database to itself, and SQLite answers "database is locked" at once
+    # (without its busy handler) while another connection is mid-switch or mid-read: retry until the
+    # mode is WAL, whoever switched it.
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    delay = 0.005
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            if db.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":
+                return
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError(f"{path}: could not switch to WAL journal mode")
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 0.1)
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    # One IMMEDIATE transaction (it waits for the write lock through the busy handler) reads the
+    # schema marker (user_version) and creates the schema only if it is older, so concurrent openers
+    # never race between reading the marker and writing the tables.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > _SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{path} has schema version {version}; this mcp-codeexec knows "
+                f"{_SCHEMA_VERSION}. Upgrade mcp-codeexec."
+            )
+        if version < _SCHEMA_VERSION:
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
 class FileStore:
     """Files by id: bytes under ``root/blobs``, metadata in ``root/files.db``.
 
@@ -455,21 +523,7 @@ class FileStore:
         for d in (self.root, self.blobs_dir, self.tmp_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            self.root / "files.db", timeout=30.0, check_same_thread=False, isolation_level=None
-        )
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > _SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"{self.root / 'files.db'} has schema version {version}; this mcp-codeexec knows "
-                    f"{_SCHEMA_VERSION}. Upgrade mcp-codeexec."
-                )
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        self._db = _open_db(self.root / "files.db")
         self._closed = False
 
     # ----------------------------------------------------------------- lifecycle

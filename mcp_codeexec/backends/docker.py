@@ -123,6 +123,11 @@ class DockerBackend:
 
     async def __aexit__(self, *exc_info: object) -> None:
         assert self._tg is not None
+        with anyio.CancelScope(shield=True):
+            # Save before cancelling the task group: it holds each connection's reader, and a
+            # cancelled reader closes its stream under the save request.
+            for sandbox in self._sandboxes.values():
+                await self._save_state(sandbox)
         self._tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
             pool, self._pool = self._pool, []
@@ -131,7 +136,6 @@ class DockerBackend:
                 if self._manager is not None:
                     await anyio.to_thread.run_sync(self._manager.remove, sandbox.record.id)
             for sandbox in self._sandboxes.values():
-                await self._save_state(sandbox)
                 await sandbox.conn.aclose()
         await self._stack.aclose()  # exits the task group: must not happen inside another cancel scope
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import re
 import threading
@@ -300,6 +301,43 @@ def test_two_store_objects_on_one_root_see_each_others_writes(tmp_path: Path) ->
         server.delete(rec.id)
         with pytest.raises(StoredFileNotFound):
             cli.get(rec.id)
+
+
+def _open_fresh_stores(barrier, jobs, results) -> None:
+    """A worker: for each root it is given, wait for every worker, then open and close a store there."""
+    while (root := jobs.get()) is not None:
+        barrier.wait()
+        try:
+            FileStore(root).close()
+            results.put(None)
+        except Exception as exc:  # the failure is the test's finding, reported to the parent
+            results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_one_fresh_store_opened_by_8_processes_at_once_never_fails(tmp_path: Path) -> None:
+    # Claude Desktop, Claude Code and Cursor each start a stdio server on the same data dir, often together.
+    procs, rounds = 8, 50
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(procs), ctx.Queue()
+    queues = [ctx.Queue() for _ in range(procs)]
+    workers = [ctx.Process(target=_open_fresh_stores, args=(barrier, q, results)) for q in queues]
+    for w in workers:
+        w.start()
+    failures: list[str] = []
+    try:
+        for n in range(rounds):
+            root = tmp_path / f"round{n}"
+            for q in queues:
+                q.put(str(root))
+            failures += [r for r in (results.get(timeout=60) for _ in range(procs)) if r is not None]
+            with FileStore(root) as store:  # every round ends with one usable, versioned store
+                assert store.list() == []
+    finally:
+        for q in queues:
+            q.put(None)
+        for w in workers:
+            w.join(timeout=30)
+    assert failures == [], f"{len(failures)} of {procs * rounds} opens failed: {sorted(set(failures))}"
 
 
 # --------------------------------------------------------------------------- names and types
