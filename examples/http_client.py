@@ -25,14 +25,21 @@ from mcp_codeexec.config import load_settings
 def token() -> str:
     if value := os.environ.get("MCP_CODEEXEC_TOKEN"):
         return value
-    return (load_settings().data_dir / "http_token").read_text().strip()  # the server's generated token
+    saved = load_settings().data_dir / "http_token"  # the server's generated token
+    if not saved.is_file():
+        raise SystemExit(f"no token: set MCP_CODEEXEC_TOKEN, or start the server once so that it saves one in {saved}")
+    return saved.read_text().strip()
 
 
 async def main() -> None:
     url = os.environ.get("MCP_CODEEXEC_URL", "http://127.0.0.1:8000/mcp")
     headers = {"Authorization": f"Bearer {token()}"}
     async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(120)) as http:
-        if (await http.post(url, json={})).status_code == 401:  # say so plainly instead of a stack trace
+        try:
+            probe = await http.post(url, json={})
+        except httpx2.TransportError as exc:  # say so plainly instead of a stack trace
+            raise SystemExit(f"cannot reach {url} ({exc or type(exc).__name__}): start it with `mcp-codeexec serve --transport http`") from None
+        if probe.status_code == 401:
             raise SystemExit(f"{url} refused the token (HTTP 401): use the one the server printed or saved in <data dir>/http_token")
         async with Client(streamable_http_client(url, http_client=http)) as client:
             tools = await client.list_tools()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -123,8 +124,23 @@ def _optional_register(module_name: str) -> Callable[..., Any] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+            status = int(args.func(args) or 0)
+        finally:
+            sys.stdout.flush()  # output still buffered meets a closed pipe here, not at interpreter exit
+    except BrokenPipeError:
+        return _reader_went_away()
+    return status
+
+
+def _reader_went_away() -> int:
+    """`mcp-codeexec files ls | head -5`: the reader closed the pipe. Stop quietly, as `ls` would."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+    os.close(devnull)
+    return 141  # 128 + SIGPIPE, what a shell reports for a command its reader left
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
 from tests.support.oracle import assert_hosted_shape
-from tests.support.servers import http_server, new_token, server_env
+from tests.support.servers import free_port, http_server, new_token, server_env
 
 pytestmark = pytest.mark.anyio
 
@@ -103,6 +103,15 @@ def test_the_http_client_example_reaches_the_server_with_a_bearer_token(settings
         refused = subprocess.run([sys.executable, str(EXAMPLES / "http_client.py")], capture_output=True, text=True, timeout=60,
                                  env=server_env(settings, MCP_CODEEXEC_URL=url + "/mcp", MCP_CODEEXEC_TOKEN="wrong-token-0123456789"))
         assert refused.returncode == 1 and "refused the token (HTTP 401)" in refused.stderr
+
+
+def test_the_http_client_example_without_a_server_says_so_in_one_line(tmp_path) -> None:
+    url = f"http://127.0.0.1:{free_port()}/mcp"  # nothing listens there
+    env = {**os.environ, "MCP_CODEEXEC_URL": url, "MCP_CODEEXEC_TOKEN": "some-token-0123456789"}
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "http_client.py")], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"cannot reach {url}") and "mcp-codeexec serve --transport http" in proc.stderr
 
 
 def test_the_python_api_example_runs_a_sandbox_end_to_end(settings) -> None:

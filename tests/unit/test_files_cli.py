@@ -7,6 +7,8 @@ import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -180,3 +182,22 @@ def test_progress_is_drawn_only_on_a_tty_and_only_for_large_transfers() -> None:
     _Progress(1024, "small", stream=small).close(1024)
     _Progress(64 * 1024 * 1024, "piped", stream=pipe).close(64 * 1024 * 1024)
     assert small.getvalue() == "" and pipe.getvalue() == ""
+
+
+@pytest.mark.parametrize("argv", [["files", "ls"], ["files", "ls", "--json"], ["config"], ["--help"]])
+def test_cli_output_into_a_closed_pipe_ends_quietly_without_a_traceback(tmp_path: Path, argv: list[str]) -> None:
+    # `mcp-codeexec files ls | head -5`: the reader has gone before (or while) the CLI writes.
+    data = tmp_path / "data"
+    with FileStore(Settings(data_dir=data).files_dir) as store:
+        for n in range(3):
+            store.add_bytes(b"x", filename=f"f{n}.txt", origin="upload", principal="local")
+    env = {**os.environ, "MCP_CODEEXEC_DATA_DIR": str(data), "MCP_CODEEXEC_CONFIG": str(tmp_path / "none.toml")}
+    r, w = os.pipe()
+    os.close(r)  # no reader: every write to stdout fails with EPIPE
+    try:
+        proc = subprocess.run([sys.executable, "-m", "mcp_codeexec", *argv], stdout=w, stderr=subprocess.PIPE,
+                              env=env, timeout=60)
+    finally:
+        os.close(w)
+    assert b"Traceback" not in proc.stderr and b"BrokenPipeError" not in proc.stderr, proc.stderr.decode()
+    assert proc.returncode != 0 or argv == ["--help"]  # argparse itself ignores a failed write of its help
