@@ -26,7 +26,7 @@ from . import __version__
 from .backends.base import Backend, CallContext, Outcome, ProducedFile
 from .config import Settings
 from .errors import CodeExecError, ContainerExpired, TooManyRequests, error_block
-from .files import FileStore, StoredFileNotFound
+from .files import FileStore, StoredFileNotFound, is_file_id
 from .inputs import BASH, CODE, EDITOR, validate_input
 from .rate_limit import CallRateLimiter
 from .schemas import (
@@ -45,6 +45,8 @@ from .schemas import (
 log = logging.getLogger(__name__)
 
 FILE_URI = "codeexec://files/"
+RESOURCE_PAGE = 100
+"""Files per ``resources/list`` page."""
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
@@ -338,14 +340,26 @@ def create_server(settings: Settings, *, backend: Backend | None = None, store: 
         return await call_tool(ctx.lifespan_context, params.name, params.arguments or {}, call_ctx)
 
     async def list_resources(ctx: ServerRequestContext[AppState], params: Any) -> types.ListResourcesResult:
+        # Paged, newest first: the store holds every file of every earlier session (30 days of them).
+        # The cursor is the last file id of the previous page.
         state = ctx.lifespan_context
-        records = await anyio.to_thread.run_sync(lambda: state.store.list(principal=_owner_filter(ctx)))
+        cursor = getattr(params, "cursor", None) or None
+        if cursor is not None and not is_file_id(cursor):
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Invalid cursor: {_valid_unicode(cursor)}")
+        try:
+            records = await anyio.to_thread.run_sync(
+                lambda: state.store.list(principal=_owner_filter(ctx), limit=RESOURCE_PAGE + 1, after_id=cursor)
+            )
+        except StoredFileNotFound:
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Invalid cursor: {cursor}") from None
+        page = records[:RESOURCE_PAGE]
         return types.ListResourcesResult(
             resources=[
                 types.Resource(name=r.filename, uri=FILE_URI + r.id, mime_type=r.mime_type, size=r.size,
                                description=f"{r.origin} file from {r.container_id or 'upload'}, {r.created_at.isoformat()}")
-                for r in records
-            ]
+                for r in page
+            ],
+            next_cursor=page[-1].id if len(records) > RESOURCE_PAGE else None,
         )
 
     async def list_templates(ctx: ServerRequestContext[AppState], params: Any) -> types.ListResourceTemplatesResult:

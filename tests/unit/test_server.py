@@ -131,6 +131,26 @@ async def test_unknown_resources_are_not_found(server):
     assert templates[0].uri_template == "codeexec://files/{file_id}"
 
 
+async def test_resources_list_pages_the_file_store_newest_first(tmp_path: Path, backend: DummyBackend):
+    # A new stdio session must not receive every file of every earlier session in one answer.
+    store = FileStore(tmp_path / "files")
+    ids = [store.add_bytes(b"%d" % n, filename=f"f{n}.txt", origin="output", principal="local").id for n in range(250)]
+    server = create_server(load_settings(data_dir=str(tmp_path)), backend=backend, store=store)
+    pages = []
+    async with Client(server) as client:
+        cursor = None
+        while True:
+            page = await client.list_resources(cursor=cursor)
+            pages.append([str(r.uri).removeprefix("codeexec://files/") for r in page.resources])
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        with pytest.raises(MCPError):
+            await client.list_resources(cursor="not-a-cursor")
+    assert [len(p) for p in pages] == [100, 100, 50]
+    assert [fid for page in pages for fid in page] == ids[::-1]
+
+
 async def test_many_calls_at_once_all_come_back(server):
     results = []
     async with Client(server) as client:
