@@ -99,6 +99,23 @@ async def test_an_editor_error_inside_a_container_still_names_the_container(serv
     assert result.meta["container"]["id"] == backend.info.id
 
 
+@pytest.mark.parametrize("blank", ["absent", None, ""])
+async def test_absent_null_and_empty_optional_arguments_mean_the_same_everywhere(server, backend, blank):
+    def args(base: dict, *names: str) -> dict:
+        return base if blank == "absent" else {**base, **{n: blank for n in names}}
+
+    async with Client(server) as client:
+        bash = await client.call_tool("bash_code_execution", args({"command": "echo hi"}, "restart", "container_id"))
+        await client.call_tool("text_editor_code_execution", {"command": "create", "path": "a.txt", "file_text": "x\n"})
+        view = await client.call_tool(
+            "text_editor_code_execution", args({"command": "view", "path": "a.txt"}, "view_range", "container_id")
+        )
+    for result in (bash, view):
+        assert result.is_error is False, result.content[0].text
+        assert result.meta["container"]["id"] == backend.info.id
+    assert bash.structured_content["stdout"] == "echo hi" and view.structured_content["content"] == "x\n"
+
+
 async def test_an_unknown_container_id_is_unavailable_with_container_expired_in_the_text(server):
     async with Client(server) as client:
         result = await client.call_tool("bash_code_execution", {"command": "ls", "container_id": "container_nope"})
