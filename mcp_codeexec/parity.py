@@ -88,7 +88,9 @@ SCRIPT: tuple[Step, ...] = (
     ),
     _bash(
         "network",
-        "python3 -c \"import socket; socket.create_connection(('1.1.1.1', 53), 3)\" 2>/dev/null && echo online || echo offline",
+        # Judged from the network tables, never by connecting anywhere: any interface but lo, or any route, is online.
+        "python3 -c \"import socket; r = open('/proc/net/route').read().splitlines()[1:]; "
+        "print('online' if [n for _, n in socket.if_nameindex()] != ['lo'] or any(l.strip() for l in r) else 'offline')\"",
     ),
     _editor("create a file", command="create", path="parity/hello.py", file_text="print('hello')\nprint('world')\n"),
     _editor("view it", command="view", path="parity/hello.py"),

@@ -188,8 +188,8 @@ async def test_the_sandbox_has_the_hosted_limits_and_no_network(settings):
             "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max; "
             "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max; "
             "ls /sys/class/net; "
-            "python3 -c \"import socket\ntry:\n socket.create_connection(('1.1.1.1',53),2); print('connected')\n"
-            "except OSError as e: print('blocked')\"; "
+            # No route anywhere (judged from the table; nothing is sent off the machine):
+            "[ \"$(tail -n +2 /proc/net/route | grep -c .)\" = 0 ] && echo blocked || echo has-routes; "
             "touch /etc/x 2>/dev/null && echo wrote-etc || echo etc-readonly",
         )
         lines = probe.structured_content["stdout"].split()

@@ -240,7 +240,7 @@ def test_tokens_come_from_the_environment_as_a_comma_list(tmp_path: Path, monkey
     assert load_tokens(settings) == {ALICE: "alice", BOB: "bob"}
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.5", "10.0.0.1", "example.com", "localhost.example.com", "127.0.0.1.nip.io"])
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.5", "10.0.0.1", "example.invalid", "localhost.example.invalid", "127.0.0.1.nip.io"])
 def test_no_auth_is_refused_on_a_non_loopback_host(tmp_path: Path, host: str) -> None:
     settings = make_settings(tmp_path, host=host, no_auth=True)
     with pytest.raises(SystemExit, match="loopback"):
