@@ -42,6 +42,8 @@ def _configure_logging(settings: Settings) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings_from(args)
     _configure_logging(settings)
+    if settings.backend == "docker" and settings.auto_build_image and not _image_ready(settings):
+        return 1
     if settings.transport == "http":
         from .http_app import serve_http
 
@@ -60,6 +62,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     anyio.run(main)
     return 0
+
+
+def _image_ready(settings: Settings) -> bool:
+    """Build the sandbox image on first use (progress on stderr); False when that build failed."""
+    import docker
+
+    from .image import ImageError, ensure_image
+
+    try:
+        ensure_image(settings.image, base=settings.image_base)
+    except (ImageError, docker.errors.DockerException) as exc:
+        print(f"mcp-codeexec: building the sandbox image failed: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _add_server_flags(p: argparse.ArgumentParser) -> None:

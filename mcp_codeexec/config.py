@@ -91,7 +91,10 @@ class Settings(BaseSettings):
     reap_interval_seconds: float = 300.0
     idle_stop_seconds: float = Field(default=900.0, description="Stop sandboxes idle this long (0 = never); files stay.")
     file_retention_days: float = 30.0
-    auto_build_image: bool = False
+    auto_build_image: bool = Field(default=True, description="`serve` builds the sandbox image when it is missing.")
+    image_base: str = Field(
+        default="auto", description="Base of an image `serve` builds: auto (python if present locally, else debian) | python | debian | IMAGE."
+    )
 
     # --- hosted backend
     anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")

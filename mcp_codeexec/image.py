@@ -270,7 +270,14 @@ def build_context(ca_bundle: Path | None, source: Path | None = None) -> io.Byte
 
 def resolve_base(base: str, progress: _Progress | None = None, client: docker.APIClient | None = None) -> str:
     """`python` -> the official image, `debian` -> the debootstrapped base (made if missing),
-    anything else -> that image name."""
+    `auto` -> the official image if it is already here, else the Debian one; anything else -> that
+    image name. `auto` looks only at local images: it never asks a registry (which may be
+    unreachable, slow to time out, or must not be contacted at all)."""
+    if base == "auto":
+        base = "python" if image_exists(PYTHON_BASE, client) else "debian"
+        if progress is not None:
+            progress.info(f"base auto: {PYTHON_BASE if base == 'python' else DEBIAN_BASE} "
+                          f"({'present locally' if base == 'python' else 'the official image is not here; no registry is asked'})")
     if base == "python":
         return PYTHON_BASE
     if base == "debian":
@@ -280,7 +287,7 @@ def resolve_base(base: str, progress: _Progress | None = None, client: docker.AP
 
 def build_image(
     target: str = "full",
-    base: str = "python",
+    base: str = "auto",
     ca_bundle: str | os.PathLike[str] | None = None,
     progress: bool = True,
     *,
@@ -290,7 +297,7 @@ def build_image(
     tag: str | None = None,
     client: docker.APIClient | None = None,
 ) -> str:
-    """Build `target` of sandbox/Dockerfile on `base` (python | debian | IMAGE) and tag it as
+    """Build `target` of sandbox/Dockerfile on `base` (auto | python | debian | IMAGE) and tag it as
     `image_tag(target)` (or `tag`). Returns the tag; raises ImageError on failure."""
     if target not in TARGETS:
         raise ImageError(f"unknown target {target!r} (expected one of {', '.join(TARGETS)})")
@@ -320,6 +327,27 @@ def build_image(
     image_id = _consume_build(stream, display, base_image)
     display.done(f"built {tag} ({image_id[:19] if image_id else 'no id'})")
     return tag
+
+
+def ensure_image(image: str | None, *, base: str = "auto", client: docker.APIClient | None = None) -> str | None:
+    """`serve`'s first use: build the sandbox image the server expects when it is missing, with
+    progress on stderr. Returns the tag built, or None when nothing was built: the image is there,
+    the server was told to use some other image, or no engine answers (the server then starts
+    anyway and each call says what is wrong). Raises ImageError when the build fails."""
+    targets = {image_tag(t): t for t in TARGETS}
+    wanted = image or image_tag("full")
+    if wanted not in targets:
+        return None  # a custom image is the user's to build
+    try:
+        api = _api(client)
+        present = image_exists(wanted, api) or (image is None and image_exists(image_tag("minimal"), api))
+    except ImageError:
+        return None
+    if present:
+        return None
+    print(f"mcp-codeexec: the sandbox image {wanted} is not built yet; building it now (once, a few minutes)",
+          file=sys.stderr, flush=True)
+    return build_image(targets[wanted], base, None, True, client=api)
 
 
 def _consume_build(stream: Iterable[dict[str, Any]], display: _Progress, base_image: str) -> str | None:
@@ -536,9 +564,10 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     build.add_argument("--target", choices=TARGETS, default="full", help="image target (default: full)")
     build.add_argument(
         "--base",
-        default="python",
-        metavar="python|debian|IMAGE",
-        help=f"python: {PYTHON_BASE} (needs a registry); debian: bootstrap {DEBIAN_BASE} with "
+        default="auto",
+        metavar="auto|python|debian|IMAGE",
+        help=f"auto (default): {PYTHON_BASE} if it is already present locally, else debian; "
+        f"python: {PYTHON_BASE} (needs a registry); debian: bootstrap {DEBIAN_BASE} with "
         "debootstrap (needs root; reused when present); or any Debian bookworm image name",
     )
     build.add_argument(

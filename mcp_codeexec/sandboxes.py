@@ -316,8 +316,7 @@ class SandboxManager:
                     continue
         raise Unavailable(
             f"the sandbox image {self.image} is not built. Build it with `mcp-codeexec image build` "
-            "(or `mcp-codeexec image build --base debian` where Docker Hub is unreachable), "
-            "or set MCP_CODEEXEC_AUTO_BUILD_IMAGE=true to build it on first use."
+            "(`mcp-codeexec serve` does that on start unless MCP_CODEEXEC_AUTO_BUILD_IMAGE=false)."
         )
 
     def create(self, owner: str, *, pool: bool = False) -> tuple[SandboxRecord, Container]:

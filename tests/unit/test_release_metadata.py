@@ -39,3 +39,18 @@ def test_the_server_dockerfile_serves_http_on_all_interfaces_without_the_loop_qu
     assert re.search(r"^ARG BASE=", dockerfile, re.M) and "FROM ${BASE}" in dockerfile
     assert 'CMD ["serve", "--transport", "http", "--host", "0.0.0.0"]' in dockerfile
     assert "MCP_CODEEXEC_QUOTA=none" in dockerfile
+
+
+def _commands(section: str) -> list[str]:
+    """The lines of the fenced bash blocks in one README section."""
+    readme = (ROOT / "README.md").read_text()
+    body = readme.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", body, re.S)
+    return [line for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_gives_one_set_up_command_and_one_test_command_which_ci_runs() -> None:
+    assert _commands("Set up and run") == ["pip install . && mcp-codeexec serve"]
+    assert _commands("Test") == ['pip install -e ".[test]" && python -m pytest']
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert 'pip install -e ".[test]" && python -m pytest' in ci
