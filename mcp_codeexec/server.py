@@ -26,7 +26,7 @@ from . import __version__
 from .backends.base import Backend, CallContext, Outcome, ProducedFile
 from .config import Settings
 from .errors import CodeExecError, ContainerExpired, TooManyRequests, error_block
-from .files import FileStore, StoredFileNotFound, is_file_id
+from .files import FileStore, StoredFileNotFound, guess_mime, is_file_id
 from .inputs import BASH, CODE, EDITOR, validate_input
 from .rate_limit import CallRateLimiter
 from .schemas import (
@@ -263,10 +263,39 @@ async def _file_contents(state: AppState, files: list[ProducedFile], principal: 
     return contents
 
 
+_IMAGE_MIMES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+
+
+async def _media_view(state: AppState, path: str, block: Any, container: Any) -> tuple[str, list[Any]]:
+    """An image or PDF view: a text that says what the file is (never its base64, which clients
+    would show the model as text), and the file itself as MCP content: an image, or a PDF as an
+    embedded resource (clients that take documents read it; Claude Code saves it for its Read tool)."""
+    data = base64.b64decode(block.content)
+    mime = guess_mime(path, data[:64])
+    contents: list[Any] = []
+    if block.file_type == "image" and mime in _IMAGE_MIMES:
+        shown, shown_mime = data, mime
+        if len(data) > state.settings.max_image_bytes:
+            shrunk = await anyio.to_thread.run_sync(_downscale, data, state.settings.max_image_bytes)
+            shown, shown_mime = shrunk if shrunk else (b"", mime)
+        if shown:
+            contents.append(types.ImageContent(type="image", data=base64.b64encode(shown).decode(), mime_type=shown_mime))
+    elif block.file_type == "pdf":
+        where = f"codeexec://containers/{container.id if container else 'unknown'}/{path.lstrip('/')}"
+        contents.append(types.EmbeddedResource(
+            type="resource", resource=types.BlobResourceContents(uri=where, blob=block.content, mime_type="application/pdf")
+        ))
+    attached = "attached below" if contents else "not attached (too large to show)"
+    text = (f"{path}: {block.file_type} file, {mime}, {len(data)} bytes; {attached}. "
+            "structuredContent holds the hosted view block with the file as base64.")
+    return text, contents
+
+
 async def call_tool(state: AppState, tool: str, arguments: dict[str, Any], ctx: CallContext) -> types.CallToolResult:
     """Run one tool call and shape the MCP result. Every CodeExecError becomes a hosted error block here."""
     outcome: Outcome | None = None
     error: CodeExecError | None = None
+    request: BashInput | EditorInput | None = None
     try:
         if ctx.paced and state.http_limiter is not None:
             wait = state.http_limiter.admit(ctx.principal)
@@ -290,8 +319,13 @@ async def call_tool(state: AppState, tool: str, arguments: dict[str, Any], ctx: 
             # The server's side failed (engine, container, agent): the operator needs the why.
             log.warning("%s call answered unavailable: %s", tool, exc.message)
     is_error = error is not None or block.type.endswith("_tool_result_error")
-    text = _valid_unicode(_fit(_human_text(tool, block, outcome, error), state.settings.max_result_chars))
-    content: list[Any] = [types.TextContent(type="text", text=text)]
+    media: list[Any] = []
+    if isinstance(request, EditorInput) and outcome is not None and getattr(block, "file_type", "text") in ("image", "pdf"):
+        text, media = await _media_view(state, request.path, block, outcome.container)
+    else:
+        text = _human_text(tool, block, outcome, error)
+    text = _valid_unicode(_fit(text, state.settings.max_result_chars))
+    content: list[Any] = [types.TextContent(type="text", text=text), *media]
     if outcome is not None and outcome.files:
         content += await _file_contents(state, outcome.files, ctx.principal)
     meta: dict[str, Any] = {"anthropic/maxResultSizeChars": state.settings.max_result_chars}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import anyio
@@ -166,6 +167,42 @@ async def test_resources_list_pages_the_file_store_newest_first(tmp_path: Path, 
             await client.list_resources(cursor="not-a-cursor")
     assert [len(p) for p in pages] == [100, 100, 50]
     assert [fid for page in pages for fid in page] == ids[::-1]
+
+
+class MediaBackend(DummyBackend):
+    """Views of `*.png` / `*.pdf` answer the hosted image / pdf view block (base64 content)."""
+
+    PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 5000
+    PDF = b"%PDF-1.4\n" + b"x" * 3000
+
+    async def editor(self, request, ctx):
+        from mcp_codeexec.backends.base import Outcome
+        from mcp_codeexec.schemas import ViewResult
+
+        for suffix, kind, data in ((".png", "image", self.PNG), (".pdf", "pdf", self.PDF)):
+            if request.path.endswith(suffix):
+                return Outcome(ViewResult(file_type=kind, content=base64.b64encode(data).decode()), self.info)
+        return await super().editor(request, ctx)
+
+
+@pytest.mark.parametrize(("path", "kind", "mime"), [("chart.png", "image", "image/png"), ("report.pdf", "pdf", "application/pdf")])
+async def test_an_image_or_pdf_view_keeps_base64_out_of_the_text_and_attaches_the_file(tmp_path: Path, path, kind, mime):
+    backend = MediaBackend()
+    server = create_server(load_settings(data_dir=str(tmp_path)), backend=backend, store=FileStore(tmp_path / "files"))
+    async with Client(server) as client:
+        result = await client.call_tool("text_editor_code_execution", {"command": "view", "path": path})
+    data = backend.PNG if kind == "image" else backend.PDF
+    b64 = base64.b64encode(data).decode()
+    assert result.structured_content == {"type": "text_editor_code_execution_view_result", "file_type": kind, "content": b64}
+    text = result.content[0]
+    assert text.type == "text" and b64[:40] not in text.text and len(text.text) < 300
+    assert path in text.text and mime in text.text and f"{len(data)} bytes" in text.text
+    attached = result.content[1]
+    if kind == "image":
+        assert attached.type == "image" and attached.mime_type == mime and attached.data == b64
+    else:
+        assert attached.type == "resource" and attached.resource.mime_type == mime and attached.resource.blob == b64
+    assert len(result.content) == 2
 
 
 async def test_many_calls_at_once_all_come_back(server):
