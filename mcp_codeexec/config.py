@@ -63,15 +63,19 @@ class Settings(BaseSettings):
 
     # --- calls
     call_timeout: float = Field(default=50.0, gt=0, le=3600, description="Seconds a tool call may run.")
-    max_output_bytes: int = Field(default=100_000, ge=1000, description="stdout/stderr bytes kept per stream.")
+    max_output_bytes: int = Field(default=40_000, ge=1000, description="stdout/stderr bytes kept per stream (both fit max_result_chars).")
     max_spill_bytes: int = 256 * MiB
     max_output_file_bytes: int = 100 * MiB
     max_view_bytes: int = Field(
-        default=180_000, ge=1024, description="Text bytes a view returns (within max_result_chars); larger files show the lines that fit."
+        default=90_000, ge=1024, description="Text bytes a view returns (within max_result_chars); larger files show the lines that fit."
     )
     max_view_media_bytes: int = Field(default=5 * MiB, description="Largest image or PDF a view returns (base64).")
     max_image_bytes: int = Field(default=1 * MiB, description="Images above this are downscaled for MCP image content.")
-    max_result_chars: int = 200_000
+    max_result_chars: int = Field(
+        default=100_000, ge=1000, le=500_000,
+        description="Characters a result's text and its structuredContent JSON stay within; announced as "
+        "anthropic/maxResultSizeChars on each tool, so Claude Code shows results up to this whole (it caps the value at 500,000).",
+    )
     progress_interval: float = 2.0
     legacy_tool: bool = Field(default=False, description="Also offer the legacy Python-only `code_execution` tool.")
 

@@ -18,13 +18,6 @@ BASH = "bash_code_execution"
 EDITOR = "text_editor_code_execution"
 CODE = "code_execution"
 MAX_COMMAND_CHARS = 1_000_000
-OPTIONAL_ARGUMENTS = frozenset({"restart", "container_id", "view_range"})
-"""Optional arguments whose null or empty value means "not given" (clients send all three forms).
-Not file_text / old_str / new_str: an empty string is a real value there."""
-
-
-def _without_blank_optionals(arguments: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in arguments.items() if not (k in OPTIONAL_ARGUMENTS and v in (None, "", []))}
 
 
 def python_command(code: str) -> str:
@@ -40,8 +33,6 @@ def _problems(tool: str, exc: ValidationError) -> InvalidToolInput:
 
 def validate_input(tool: str, arguments: dict[str, Any]) -> BashInput | EditorInput:
     """The hosted input of ``tool`` as a model; the legacy ``code_execution`` becomes a bash input."""
-    if isinstance(arguments, dict):
-        arguments = _without_blank_optionals(arguments)
     if tool == CODE:
         try:
             code = CodeInput.model_validate(arguments)

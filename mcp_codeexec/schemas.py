@@ -102,8 +102,18 @@ CONTAINER_ID_FIELD = Field(
 )
 
 
+def _without_blank_optionals(data: Any) -> Any:
+    """Absent, null and empty optional arguments mean the same, "not given" (clients send all three).
+    Not file_text / old_str / new_str: an empty string is a real value there."""
+    if not isinstance(data, dict):
+        return data
+    blank: dict[str, tuple[Any, ...]] = {"restart": (None, ""), "container_id": (None, ""), "view_range": (None, "", [])}
+    return {k: v for k, v in data.items() if not (k in blank and any(v is b or (type(v) is type(b) and v == b) for b in blank[k]))}
+
+
 class BashInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    _blank = model_validator(mode="before")(_without_blank_optionals)
     command: str = Field(description="The shell command to run (bash).")
     restart: bool = Field(default=False, description="Start a fresh shell (clears working directory and exported variables) before running.")
     container_id: str | None = CONTAINER_ID_FIELD
@@ -111,6 +121,7 @@ class BashInput(BaseModel):
 
 class EditorInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    _blank = model_validator(mode="before")(_without_blank_optionals)
     command: Literal["view", "create", "str_replace"] = Field(description="view | create | str_replace")
     path: str = Field(description="File path; relative paths resolve against /workspace.")
     file_text: str | None = Field(default=None, description="create: the full content of the file.")
@@ -137,6 +148,7 @@ class EditorInput(BaseModel):
 
 class CodeInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    _blank = model_validator(mode="before")(_without_blank_optionals)
     code: str = Field(description="Python code to run (Python 3.11).")
     container_id: str | None = CONTAINER_ID_FIELD
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -184,6 +185,61 @@ def _fit(text: str, limit: int) -> str:
     return text[:head] + marker.format(len(text) - keep) + text[len(text) - (keep - head):]
 
 
+BUDGET_META = "anthropic/maxResultSizeChars"
+_SPILL_MARKER = re.compile(r"\n\[\.\.\. (\d+) bytes omitted([^\n\]]*) \.\.\.\]\n")
+_FITTED_FIELDS = ("stdout", "stderr", "content", "error_message")
+
+
+def _js_length(value: Any) -> int:
+    """The length Claude Code measures: JSON.stringify of structuredContent, in UTF-16 code units."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-16-le")) // 2
+
+
+def _cut_middle(text: str, chars: int) -> str:
+    """``text`` with about ``chars`` fewer characters, cut around its middle. An agent truncation
+    marker stays (with its spill path) and its byte count grows by what was cut; else one is added."""
+    found = _SPILL_MARKER.search(text)
+    if found is None:
+        keep = max(0, len(text) - chars)
+        head, tail = text[: keep // 2], text[len(text) - (keep - keep // 2):] if keep else ""
+        cut = text[len(head): len(text) - len(tail)]
+        return f"{head}\n[... {len(cut.encode('utf-8', 'surrogatepass'))} bytes omitted from this result ...]\n{tail}"
+    head, tail = text[: found.start()], text[found.end():]
+    from_head = min(len(head), (chars + 1) // 2 + max(0, chars // 2 - len(tail)))
+    from_tail = min(len(tail), chars - from_head)
+    cut = head[len(head) - from_head:] + tail[:from_tail]
+    omitted = int(found.group(1)) + len(cut.encode("utf-8", "surrogatepass"))
+    return f"{head[: len(head) - from_head]}\n[... {omitted} bytes omitted{found.group(2)} ...]\n{tail[from_tail:]}"
+
+
+def _fit_block(block: dict[str, Any], budget: int) -> dict[str, Any]:
+    """Keep the structuredContent JSON within the announced budget: Claude Code shows the model that
+    JSON (not the text content), and replaces a larger one with a 2 KB preview. Only the big text
+    fields shrink, each in its middle, so head, tail, the marker and the spill path stay."""
+    if block.get("file_type") in ("image", "pdf"):
+        return block  # the file itself: shown as an image / document, not cut
+    for _ in range(8):
+        excess = _js_length(block) - budget
+        if excess <= 0:
+            break
+        sizes = {k: _js_length(v) for k in _FITTED_FIELDS if isinstance(v := block.get(k), str) and v}
+        if not sizes:
+            break
+        total = sum(sizes.values())
+        for field, size in sizes.items():  # each field gives its share, so none is emptied for another
+            text = block[field]
+            share = -(-(excess + 128) * size // total)
+            chars = min(len(text), -(-share * len(text) // size))  # escaping makes a char cost more than one
+            block = {**block, field: _cut_middle(text, chars)}
+    return block
+
+
+def _with_result_budget(tools: list[types.Tool], settings: Settings) -> list[types.Tool]:
+    """Announce the result budget on each tool: Claude Code takes it from the tool definition and
+    then keeps results up to it whole, instead of cutting at 50,000 characters (or 25,000 tokens)."""
+    return [t.model_copy(update={"meta": {**(t.meta or {}), BUDGET_META: settings.max_result_chars}}) for t in tools]
+
+
 def _human_text(tool: str, block: Any, outcome: Outcome | None, error: CodeExecError | None) -> str:
     if error is not None:
         text = f"Error ({error.error_code}): {error.message}"
@@ -328,14 +384,16 @@ async def call_tool(state: AppState, tool: str, arguments: dict[str, Any], ctx: 
     content: list[Any] = [types.TextContent(type="text", text=text), *media]
     if outcome is not None and outcome.files:
         content += await _file_contents(state, outcome.files, ctx.principal)
-    meta: dict[str, Any] = {"anthropic/maxResultSizeChars": state.settings.max_result_chars}
+    structured = _valid_unicode(_fit_block(block.model_dump(exclude_none=True), state.settings.max_result_chars))
+    # Honest per result: a media view carries its file beyond the text budget.
+    meta: dict[str, Any] = {BUDGET_META: max(state.settings.max_result_chars, len(text), _js_length(structured))}
     container = outcome.container if outcome is not None else getattr(error, "container", None)
     if container is not None:
         meta["container"] = container.meta()
     if outcome is not None:
         meta.update(outcome.meta)
     return types.CallToolResult(
-        content=content, structured_content=_valid_unicode(block.model_dump(exclude_none=True)), is_error=is_error, _meta=meta
+        content=content, structured_content=structured, is_error=is_error, _meta=meta
     )
 
 
@@ -355,7 +413,7 @@ def create_server(settings: Settings, *, backend: Backend | None = None, store: 
             limiter = CallRateLimiter(settings.http_calls_per_minute, settings.http_call_burst) if settings.http_calls_per_minute else None
             yield AppState(settings, the_backend, file_store, limiter)
 
-    tools = tool_definitions(settings)
+    tools = _with_result_budget(tool_definitions(settings), settings)
 
     async def list_tools(ctx: ServerRequestContext[AppState], params: Any) -> types.ListToolsResult:
         return types.ListToolsResult(tools=tools)

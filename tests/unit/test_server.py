@@ -205,6 +205,51 @@ async def test_an_image_or_pdf_view_keeps_base64_out_of_the_text_and_attaches_th
     assert len(result.content) == 2
 
 
+class FloodBackend(DummyBackend):
+    """A bash block as the agent makes it for a flood: head, the spill marker, tail; stderr full of
+    control characters, which JSON escapes to six characters each."""
+
+    MARKER = "\n[... 2900000 bytes omitted; full output saved to /workspace/.codeexec/spill/7.stdout ...]\n"
+
+    async def bash(self, request, ctx):
+        from mcp_codeexec.backends.base import Outcome
+        from mcp_codeexec.schemas import BashResult
+
+        stdout = "H" * 50_000 + self.MARKER + "T" * 50_000
+        return Outcome(BashResult(stdout=stdout, stderr="\x01" * 30_000, return_code=0), self.info)
+
+
+def _js_length(value) -> int:
+    """What Claude Code measures: JSON.stringify(structuredContent).length (UTF-16 code units)."""
+    import json
+
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-16-le")) // 2
+
+
+async def test_a_flood_fits_the_budget_claude_code_is_told_keeping_head_tail_marker_and_spill_path(tmp_path: Path):
+    import re
+
+    settings = load_settings(data_dir=str(tmp_path))
+    server = create_server(settings, backend=FloodBackend(), store=FileStore(tmp_path / "files"))
+    async with Client(server) as client:
+        tools = (await client.list_tools()).tools
+        result = await client.call_tool("bash_code_execution", {"command": "flood"})
+    budget = settings.max_result_chars
+    assert 50_000 < budget <= 500_000  # Claude Code: 50,000 for undeclared tools; declared values capped at 500,000
+    for tool in tools:  # Claude Code reads the budget from the tool definition
+        assert tool.meta["anthropic/maxResultSizeChars"] == budget
+    assert result.meta["anthropic/maxResultSizeChars"] == budget
+    sc = result.structured_content
+    assert_hosted_shape(sc, "bash_code_execution")
+    assert _js_length(sc) <= budget and len(result.content[0].text) <= budget
+    marker = re.search(r"\n\[\.\.\. (\d+) bytes omitted; full output saved to (\S+) \.\.\.\]\n", sc["stdout"])
+    assert marker and marker.group(2) == "/workspace/.codeexec/spill/7.stdout"
+    head, tail = sc["stdout"].split(marker.group(0))
+    assert head and set(head) == {"H"} and tail and set(tail) == {"T"}
+    assert int(marker.group(1)) == 2_900_000 + (50_000 - len(head)) + (50_000 - len(tail))  # the count stays true
+    assert "omitted" in sc["stderr"] and sc["stderr"].startswith("\x01")
+
+
 async def test_many_calls_at_once_all_come_back(server):
     results = []
     async with Client(server) as client:
