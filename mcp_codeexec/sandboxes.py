@@ -15,6 +15,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,9 +46,16 @@ L_QUOTA = f"{LABEL}.quota"
 L_INSTALL = f"{LABEL}.install"
 L_SERVER = f"{LABEL}.server"
 NAME_PREFIX = "mcp-codeexec-"
+IMAGE_PREFIX = "ws_"  # workspace image files: ws_<random token>.img
 WORKSPACE = "/workspace"
 POOL_OWNER = ""
 
+
+MASKED_SYS_PATHS = ("/sys/block", "/sys/devices/virtual/block")
+POOL_SILENCE_SECONDS = 45.0
+"""An unclaimed pool container whose server sends nothing for this long exits (and is auto-removed)."""
+POOL_KEEPALIVE_SECONDS = 15.0
+"""How often a server pings its pool containers (well inside POOL_SILENCE_SECONDS)."""
 
 FOREIGN_EXPIRY_GRACE = timedelta(days=1)
 """How long past its expiry another installation's sandbox is left to that installation's reaper."""
@@ -169,13 +177,17 @@ class SandboxRecord:
 def record_of(container: Container, owners: OwnerRegistry) -> SandboxRecord:
     labels = container.labels
     cid = labels[L_ID]
+    # Ownership has one source of truth: the owner label of a container created for a session, else
+    # the owner record written when a pool container is handed out. A pool-born container with an
+    # owner record is a session's sandbox like any other (labels are immutable: its pool label stays).
+    owner = labels.get(L_OWNER) or owners.get(cid) or POOL_OWNER
     return SandboxRecord(
         id=cid,
         docker_id=container.id,
         created=datetime.fromtimestamp(float(labels[L_CREATED]), timezone.utc),
         expires=datetime.fromtimestamp(float(labels[L_EXPIRES]), timezone.utc),
-        owner=labels.get(L_OWNER) or owners.get(cid) or POOL_OWNER,
-        pool=labels.get(L_POOL) == "1",
+        owner=owner,
+        pool=labels.get(L_POOL) == "1" and owner == POOL_OWNER,
         quota=labels.get(L_QUOTA, "none"),
         status=container.status,
         install=labels.get(L_INSTALL, ""),
@@ -243,12 +255,19 @@ class QuotaVolumes:
         return "none"
 
     def paths(self, cid: str) -> tuple[Path, Path]:
+        """``<cid>.img`` (a symlink to the image file, or the image itself when made before images
+        were named by token) and ``<cid>.mnt``."""
         return self.root / f"{cid}.img", self.root / f"{cid}.mnt"
 
     def create(self, cid: str, size_bytes: int) -> Mount:
         if self.mode != "loop":
             return Mount(WORKSPACE, f"{NAME_PREFIX}{cid}", type="volume", labels={L_MANAGED: "1", L_ID: cid, L_INSTALL: self.install})
-        image, mnt = self.paths(cid)
+        link, mnt = self.paths(cid)
+        # The loop device's backing file path is what the kernel shows in /sys/block/loopN/loop/backing_file:
+        # the image is named by a random token, unrelated to the container id, and found through
+        # the ``<cid>.img`` symlink. The link is made first, so a crash leaves nothing unfindable.
+        image = self.root / f"{IMAGE_PREFIX}{secrets.token_hex(16)}.img"
+        os.symlink(image.name, link)
         # ext4 metadata takes ~3%: size the image so the usable space is the promised size.
         with open(image, "wb") as fh:
             fh.truncate(size_bytes + size_bytes // 25)
@@ -267,16 +286,28 @@ class QuotaVolumes:
         mnt.mkdir(exist_ok=True)
         # discard: blocks freed inside the sandbox are punched out of the sparse image, so deleting
         # a big file gives the host its disk back (without it the image keeps its high-water mark).
-        _run(["mount", "-o", "loop,nosuid,nodev,discard", str(image), str(mnt)])
+        _run(["mount", "-o", "loop,nosuid,nodev,discard", str(image.resolve()), str(mnt)])
+        # mkfs.ext4's lost+found (root's, empty) would show in every workspace listing; fsck
+        # recreates it should it ever need one.
+        with contextlib.suppress(OSError):
+            (mnt / "lost+found").rmdir()
 
     def remove(self, cid: str) -> None:
-        image, mnt = self.paths(cid)
+        link, mnt = self.paths(cid)
         if os.path.ismount(mnt):
             _run(["umount", "-l", str(mnt)])
         with contextlib.suppress(OSError):
             mnt.rmdir()
+        if link.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / os.readlink(link)).unlink()
         with contextlib.suppress(FileNotFoundError):
-            image.unlink()
+            link.unlink()
+
+    def unlinked_images(self) -> list[Path]:
+        """Token-named images no ``<cid>.img`` link points at (a create that died between the two)."""
+        linked = {os.readlink(p) for p in self.root.glob("container_*.img") if p.is_symlink()}
+        return [p for p in self.root.glob(f"{IMAGE_PREFIX}*.img") if p.name not in linked]
 
     def usage(self, cid: str) -> int | None:
         _, mnt = self.paths(cid)
@@ -286,10 +317,40 @@ class QuotaVolumes:
         return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
+def _mtime(path: Path) -> float:
+    """The newest mtime of a link and what it points at (a dangling link counts by itself)."""
+    try:
+        return max(path.lstat().st_mtime, path.stat().st_mtime)
+    except FileNotFoundError:
+        return path.lstat().st_mtime
+
+
 def _run(argv: list[str]) -> None:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
         raise Unavailable(f"{argv[0]} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+
+
+class CreateTicket:
+    """Between a create running in a worker thread and the caller awaiting it: a caller that gives
+    up (cancelled) either stops the create from delivering, or learns what was made to remove it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._made: str | None = None
+
+    def deliver(self, cid: str) -> bool:
+        with self._lock:
+            if not self._abandoned:
+                self._made = cid
+            return not self._abandoned
+
+    def abandon(self) -> str | None:
+        """Give up; returns the id of a sandbox that was already delivered (the caller removes it)."""
+        with self._lock:
+            self._abandoned = True
+            return self._made
 
 
 class SandboxManager:
@@ -303,6 +364,15 @@ class SandboxManager:
         self.install = installation_label(settings.data_dir)
         self.volumes = QuotaVolumes(settings.volumes_dir, settings.quota, self.install)
         self.orphan_grace = ORPHAN_GRACE_SECONDS
+        self.closing = threading.Event()
+        self._creates = threading.Condition()
+        self._active_creates = 0
+
+    def drain_creates(self, timeout: float) -> bool:
+        """At shutdown (after ``closing`` is set): wait for creates still running in worker threads
+        to finish and remove what they made. False if some are still running after ``timeout``."""
+        with self._creates:
+            return self._creates.wait_for(lambda: self._active_creates == 0, timeout)
 
     def resolve_image(self) -> str:
         """The configured image, or the minimal one when only that is built."""
@@ -320,17 +390,31 @@ class SandboxManager:
             "or set MCP_CODEEXEC_AUTO_BUILD_IMAGE=true to build it on first use."
         )
 
-    def create(self, owner: str, *, pool: bool = False) -> tuple[SandboxRecord, Container]:
+    def create(self, owner: str, *, pool: bool = False, ticket: CreateTicket | None = None) -> tuple[SandboxRecord, Container]:
+        """Make a sandbox. A create whose caller gave up (``ticket``) or whose server is shutting
+        down (``closing``) removes what it made: no create outlives its server unowned."""
         s = self.settings
         cid = new_container_id()
         now = time.time()
         labels = self._labels(cid, now, now + s.container_ttl_seconds, "" if pool else owner, pool)
-        workspace = self.volumes.create(cid, s.disk_bytes)
+        with self._creates:
+            self._active_creates += 1
         try:
-            container = self._run(cid, labels, workspace)
-        except BaseException:
-            self._remove_quietly(cid)
-            raise
+            if self.closing.is_set():
+                raise Unavailable("the server is shutting down")
+            workspace = self.volumes.create(cid, s.disk_bytes)
+            try:
+                container = self._run(cid, labels, workspace, pool=pool)
+                if self.closing.is_set() or (ticket is not None and not ticket.deliver(cid)):
+                    raise Unavailable("the server is shutting down" if self.closing.is_set() else "the call was cancelled")
+            except BaseException:
+                with contextlib.suppress(Unavailable):
+                    self.remove(cid)
+                raise
+        finally:
+            with self._creates:
+                self._active_creates -= 1
+                self._creates.notify_all()
         if not pool:
             self.owners.set(cid, owner, created=now, expires=now + s.container_ttl_seconds, quota=self.volumes.mode)
         return record_of(container, self.owners), container
@@ -397,9 +481,14 @@ class SandboxManager:
             L_SERVER: SERVER_TAG,
         }
 
-    def _run(self, cid: str, labels: dict[str, str], workspace: Mount) -> Container:
-        """Create and start the hardened container of sandbox ``cid`` on ``workspace``."""
+    def _run(self, cid: str, labels: dict[str, str], workspace: Mount, *, pool: bool = False) -> Container:
+        """Create and start the hardened container of sandbox ``cid`` on ``workspace``. A pool
+        container is removed by the engine when its agent exits, which an unclaimed one does when
+        its server is gone (see the agent's POOL_SILENCE): a killed server leaves no pool behind."""
         s = self.settings
+        # The host's block devices are none of the sandbox's business: /sys/block/loopN/loop/backing_file
+        # names every other sandbox's workspace image and the host's data directory (gVisor hides them already).
+        masks = {path: "ro,nosuid,nodev,noexec,size=4k,mode=0555" for path in MASKED_SYS_PATHS}
         kwargs: dict[str, Any] = dict(
             image=self.image,
             name=NAME_PREFIX + cid,
@@ -411,7 +500,7 @@ class SandboxManager:
             cap_drop=["ALL"],
             security_opt=["no-new-privileges:true"],
             read_only=True,
-            tmpfs={"/tmp": f"rw,nosuid,nodev,size={s.tmp_bytes},mode=1777"},
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={s.tmp_bytes},mode=1777", **masks},
             shm_size=64 * 1024 * 1024,
             mounts=[workspace],
             working_dir=WORKSPACE,
@@ -425,6 +514,8 @@ class SandboxManager:
             labels=labels,
             restart_policy={"Name": "no"},
         )
+        if pool:
+            kwargs.update(auto_remove=True, environment={"CODEEXEC_POOL": "1", "CODEEXEC_POOL_SILENCE": f"{POOL_SILENCE_SECONDS:g}"})
         if s.runtime:
             kwargs["runtime"] = s.runtime
         with translate_docker_errors("creating a sandbox"):
@@ -477,9 +568,20 @@ class SandboxManager:
             except docker.errors.NotFound:
                 pass
 
-    def claim(self, record: SandboxRecord, owner: str) -> None:
+    def claim(self, record: SandboxRecord, owner: str) -> bool:
+        """Hand a pool container to ``owner``: False when it was removed meanwhile (a reaper that judged
+        it a leftover before the record was written), so the caller takes another."""
         self.owners.set(record.id, owner, created=record.created.timestamp(), expires=record.expires.timestamp(),
                         quota=record.quota)
+        with translate_docker_errors("claiming a pool sandbox"):
+            try:
+                container = self.client.containers.get(record.docker_id)
+            except docker.errors.NotFound:
+                container = None
+        if container is None or container.status != "running":
+            self._remove_quietly(record.id)
+            return False
+        return True
 
     def list(self, *, all_: bool = True) -> list[tuple[SandboxRecord, Container]]:
         with translate_docker_errors("listing sandboxes"):
@@ -506,6 +608,8 @@ class SandboxManager:
         if self.volumes.root.exists():
             for image in self.volumes.root.glob("container_*.img"):
                 self._remove_quietly(image.stem)
+            for stray in self.volumes.unlinked_images():
+                stray.unlink(missing_ok=True)
         with translate_docker_errors("removing workspace volumes"):
             for volume in self.client.volumes.list(filters={"label": f"{L_INSTALL}={self.install}"}):
                 with contextlib.suppress(docker.errors.APIError):
@@ -520,6 +624,9 @@ class SandboxManager:
                 self.client.containers.get(NAME_PREFIX + cid).remove(force=True)
             except docker.errors.NotFound:
                 pass
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: the engine is removing it already (AutoRemove)
+                    raise
         self._remove_quietly(cid)
 
     def _remove_quietly(self, cid: str) -> None:
@@ -545,6 +652,8 @@ class SandboxManager:
                 expired = now >= record.expires
             else:
                 expired = now >= record.expires + FOREIGN_EXPIRY_GRACE
+            if pool_leftover and self.owners.get(record.id) is not None:
+                pool_leftover = False  # handed out since it was listed: a session's sandbox now
             if expired or pool_leftover:
                 self.remove(record.id)
                 removed.append(record.id)
@@ -553,9 +662,13 @@ class SandboxManager:
         if self.volumes.mode == "loop" and self.volumes.root.exists():
             for image in self.volumes.root.glob("container_*.img"):
                 cid = image.stem
-                if cid not in known and self.owners.revivable(cid) is None and time.time() - image.stat().st_mtime > self.orphan_grace:
+                if cid not in known and self.owners.revivable(cid) is None and time.time() - _mtime(image) > self.orphan_grace:
                     self._remove_quietly(cid)
                     removed.append(cid)
+            for stray in self.volumes.unlinked_images():
+                with contextlib.suppress(FileNotFoundError):
+                    if time.time() - stray.lstat().st_mtime > self.orphan_grace:
+                        stray.unlink()
         with translate_docker_errors("reaping volumes"):
             for volume in self.client.volumes.list(filters={"label": f"{L_MANAGED}=1"}):
                 labels = volume.attrs.get("Labels") or {}

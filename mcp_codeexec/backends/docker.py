@@ -7,6 +7,7 @@ This module (with ``sandboxes``) is the only importer of ``docker``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import mimetypes
 import time
@@ -34,7 +35,15 @@ from ..errors import (
     Unavailable,
 )
 from ..files import FileStore, PendingFile
-from ..sandboxes import POOL_OWNER, SandboxManager, SandboxRecord, connect, translate_docker_errors
+from ..sandboxes import (
+    POOL_KEEPALIVE_SECONDS,
+    POOL_OWNER,
+    CreateTicket,
+    SandboxManager,
+    SandboxRecord,
+    connect,
+    translate_docker_errors,
+)
 from ..schemas import (
     BashInput,
     BashOutputBlock,
@@ -119,20 +128,28 @@ class DockerBackend:
         self._tg.start_soon(self._reaper)
         if self.settings.pool_size > 0:
             self._tg.start_soon(self._pool_filler)
+            self._tg.start_soon(self._pool_keepalive)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         assert self._tg is not None
+        if self._manager is not None:
+            self._manager.closing.set()  # creates still running remove what they make
         self._tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
             pool, self._pool = self._pool, []
             for sandbox in pool:
                 await sandbox.conn.aclose()
                 if self._manager is not None:
-                    await anyio.to_thread.run_sync(self._manager.remove, sandbox.record.id)
+                    try:
+                        await anyio.to_thread.run_sync(self._manager.remove, sandbox.record.id)
+                    except Unavailable as exc:
+                        log.warning("removing pool container %s: %s", sandbox.record.id, exc.message)
             for sandbox in self._sandboxes.values():
                 await self._save_state(sandbox)
                 await sandbox.conn.aclose()
+            if self._manager is not None and not await anyio.to_thread.run_sync(self._manager.drain_creates, 30.0):
+                log.warning("a sandbox create was still running at exit; its container removes itself")
         await self._stack.aclose()  # exits the task group: must not happen inside another cancel scope
 
     async def _save_state(self, sandbox: Sandbox) -> None:
@@ -210,6 +227,20 @@ class DockerBackend:
             self._pool_wanted = anyio.Event()
             await self._pool_wanted.wait()
 
+    async def _pool_keepalive(self) -> None:
+        """Unclaimed pool containers exit when their server has been silent for a while (the agent's
+        POOL_SILENCE): tell ours we are alive."""
+        while True:
+            await anyio.sleep(POOL_KEEPALIVE_SECONDS)
+            for sandbox in list(self._pool):
+                with contextlib.suppress(AgentGone):
+                    await sandbox.conn.request({"op": "ping"}, timeout=10)
+
+    async def _tell_claimed(self, sandbox: Sandbox) -> None:
+        """The container is a session's now: its agent must not exit when this server goes."""
+        with contextlib.suppress(AgentGone):
+            await sandbox.conn.notify({"op": "claim"})
+
     def _pool_fill_ended(self) -> None:
         self._pool_filling = False
         self._pool_changed.set()
@@ -270,7 +301,17 @@ class DockerBackend:
         return Sandbox(record, conn, owner)
 
     async def _start_new(self, manager: SandboxManager, *, owner: str, pool: bool) -> Sandbox:
-        record, container = await _thread(lambda: manager.create(owner, pool=pool))
+        ticket = CreateTicket()
+        try:
+            record, container = await _thread(lambda: manager.create(owner, pool=pool, ticket=ticket))
+        except anyio.get_cancelled_exc_class():
+            # The create carries on in its worker thread: it removes what it makes, or (made
+            # already) we do. Nothing is left behind that no session and no pool knows of.
+            made = ticket.abandon()
+            if made is not None:
+                with anyio.CancelScope(shield=True):
+                    await _thread(manager.remove, made)
+            raise
         try:
             return await self._connect(record, container, owner)
         except BaseException:
@@ -286,13 +327,17 @@ class DockerBackend:
         sandbox = await self._from_pool()
         if sandbox is not None:
             try:
-                await _thread(manager.claim, sandbox.record, owner)
+                claimed = await _thread(manager.claim, sandbox.record, owner)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await self._discard(sandbox)  # neither in the pool nor anyone's: do not leak it
                 raise
-            sandbox.owner = owner
-            return sandbox
+            if claimed:
+                sandbox.owner = owner
+                sandbox.record = dataclasses.replace(sandbox.record, owner=owner, pool=False)
+                await self._tell_claimed(sandbox)
+                return sandbox
+            await sandbox.conn.aclose()
         return await self._start_new(manager, owner=owner, pool=False)
 
     async def _reattach(self, cid: str, owner: str) -> Sandbox:

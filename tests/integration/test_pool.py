@@ -23,7 +23,7 @@ from mcp_codeexec.config import Settings
 from mcp_codeexec.files import FileStore
 from mcp_codeexec.schemas import BashInput
 from mcp_codeexec.sandboxes import L_ID, L_INSTALL, L_POOL, SandboxManager, connect, installation_label
-from tests.support.servers import server_env
+from tests.support.servers import mcp_client, server_env
 
 pytestmark = pytest.mark.anyio
 
@@ -43,6 +43,15 @@ async def until(condition, timeout: float = 60) -> None:
 
 def ctx(n: int) -> CallContext:
     return CallContext(principal="local", session_key=f"session-{n}")
+
+
+def first_started(settings: Settings, cid: str) -> str:
+    """When the container of ``cid`` was (last) started: a rebuilt or restarted one has a later time."""
+    client = docker.from_env()
+    try:
+        return client.containers.get(f"mcp-codeexec-{cid}").attrs["State"]["StartedAt"]
+    finally:
+        client.close()
 
 
 def pool_containers(settings: Settings) -> list[str]:
@@ -103,7 +112,8 @@ async def test_a_dead_pool_container_is_not_handed_out_and_is_removed(settings):
 async def test_a_session_arriving_while_the_pool_fills_takes_the_container_being_started(settings):
     async with backend(settings, pool_size=1) as b:
         sandbox = await b.sandbox_for(ctx(1), None)  # the pool is still being filled at this point
-        assert sandbox.record.pool
+        assert sandbox.record.id in pool_containers(settings)  # born in the pool
+        assert not sandbox.record.pool and sandbox.record.owner == "local"  # and handed out
         await until(lambda: len(b._pool) == 1)
         assert b._pool[0].record.id != sandbox.record.id
 
@@ -111,10 +121,10 @@ async def test_a_session_arriving_while_the_pool_fills_takes_the_container_being
 async def test_a_pool_start_that_fails_is_retried_later_and_sessions_still_get_containers(settings, monkeypatch):
     create = SandboxManager.create
 
-    def full_disk_for_the_pool(self, owner, *, pool=False):
+    def full_disk_for_the_pool(self, owner, *, pool=False, ticket=None):
         if pool:
             raise OSError(28, "No space left on device")
-        return create(self, owner, pool=pool)
+        return create(self, owner, pool=pool, ticket=ticket)
 
     monkeypatch.setattr(SandboxManager, "create", full_disk_for_the_pool)
     async with backend(settings, pool_size=1) as b:
@@ -143,3 +153,20 @@ async def test_a_killed_servers_pool_leftovers_are_removed_when_the_next_server_
     async with backend(settings, pool_size=0):
         assert pool_containers(s) == []
     SandboxManager(s, connect()).remove_installation()
+
+
+async def test_a_claimed_pool_container_survives_the_next_servers_reap_with_its_files_and_variables(settings):
+    s = settings.model_copy(update={"pool_size": 1})
+    async with mcp_client("stdio", s) as a:  # server A: its session takes the warm container
+        first = await a.call_tool("bash_code_execution", {"command": "echo kept > /workspace/f.txt; export KEEP=yes"})
+        cid = first.meta["container"]["id"]
+        assert cid in pool_containers(s)  # it was born in the pool
+        started = first_started(s, cid)
+    # A has exited. Server B's start-up reap must see a handed-out sandbox, not a pool leftover.
+    async with backend(settings, pool_size=0) as b:
+        assert cid in pool_containers(s)  # still running: not reaped
+        record, container = await anyio.to_thread.run_sync(b._manager.find, cid)
+        assert not record.pool and record.owner == "local"
+        assert container.attrs["State"]["StartedAt"] == started  # the same container, never restarted
+        out = await b.bash(BashInput(command="cat /workspace/f.txt; echo $KEEP", container_id=cid), ctx(9))
+        assert out.block.stdout == "kept\nyes\n"
