@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -38,7 +39,17 @@ def _configure_logging(settings: Settings) -> None:
     )
 
 
+def _quit_quietly(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    # Until the event loop takes the signals over (shutdown.py) nothing is running that a shutdown
+    # would have to answer or clean up: a signal just ends the process, exit 0, no traceback.
+    from .shutdown import SIGNALS
+
+    for signum in SIGNALS:
+        signal.signal(signum, _quit_quietly)
     settings = _settings_from(args)
     _configure_logging(settings)
     if settings.transport == "http":
@@ -49,13 +60,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import anyio
 
     from .server import create_server
+    from .shutdown import Shutdown, stop_on_signals
     from .stdio import serve_stdio
 
-    server = create_server(settings)
+    shutdown = Shutdown()
+    server = create_server(settings, shutdown=shutdown)
 
     async def main() -> None:
-        async with serve_stdio() as (read_stream, write_stream):
-            await server.run(read_stream, write_stream, server.create_initialization_options())
+        async with anyio.create_task_group() as tg:
+            with anyio.CancelScope() as serving:
+                tg.start_soon(stop_on_signals, shutdown, serving.cancel)
+                async with serve_stdio() as (read_stream, write_stream):
+                    await server.run(read_stream, write_stream, server.create_initialization_options())
+            tg.cancel_scope.cancel()  # the client closed stdin, or a signal stopped serving: done
 
     anyio.run(main)
     return 0
