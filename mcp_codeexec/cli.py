@@ -28,6 +28,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         "anthropic_base_url": getattr(args, "base_url", None),
         "hosted_model": getattr(args, "model", None),
         "legacy_tool": True if getattr(args, "legacy_tool", False) else None,
+        "resume_sandbox": False if getattr(args, "fresh", False) else None,
     }
     return load_settings(**overrides)
 
@@ -100,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="HTTP bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (default 8000)")
     serve.add_argument("--no-auth", action="store_true", help="HTTP without bearer tokens (loopback only)")
+    serve.add_argument("--fresh", action="store_true",
+                       help="stdio: start in a fresh sandbox instead of resuming the most recent idle one")
     _add_server_flags(serve)
     serve.set_defaults(func=cmd_serve)
 

@@ -92,6 +92,17 @@ class Settings(BaseSettings):
     idle_stop_seconds: float = Field(default=900.0, description="Stop sandboxes idle this long (0 = never); files stay.")
     file_retention_days: float = 30.0
     auto_build_image: bool = False
+    resume_sandbox: bool = Field(
+        default=True,
+        description="A new stdio session resumes the local user's most recent sandbox that no other server is using "
+        "(clients that start a server per call keep their files and shell); false (or `serve --fresh`): a fresh one.",
+    )
+    max_kept_sandboxes_per_principal: int = Field(
+        default=8, ge=1, description="Stopped sandboxes a principal keeps; beyond it the least recently used are removed."
+    )
+    max_kept_disk_bytes_per_principal: int = Field(
+        default=20 * GiB, ge=0, description="Workspace disk a principal's stopped sandboxes keep; beyond it the least recently used are removed."
+    )
 
     # --- hosted backend
     anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")

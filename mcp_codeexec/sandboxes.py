@@ -8,6 +8,7 @@ error family by ``translate_docker_errors``, the one choke point for foreign err
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -234,6 +235,72 @@ class OwnerRegistry:
             (self.root / f"{cid}.json").unlink()
 
 
+class Leases:
+    """Which sandboxes a live server is using for a session: an exclusive ``flock`` on
+    ``<data>/leases/<id>.lock``, held while the server uses the sandbox. The kernel drops it when the
+    process ends, however it ends (kill -9 included), so a stale lease cannot exist. The file's
+    mtime, touched on taking and on letting go, says when the sandbox was last used."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self._held: dict[str, int] = {}
+
+    def _path(self, cid: str) -> Path:
+        return self.root / f"{cid}.lock"
+
+    def acquire(self, cid: str) -> bool:
+        if cid in self._held:
+            return True
+        fd = os.open(self._path(cid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.utime(fd)
+        self._held[cid] = fd
+        return True
+
+    def in_use(self, cid: str) -> bool:
+        """Held by this process or another live one."""
+        if cid in self._held:
+            return True
+        try:
+            fd = os.open(self._path(cid), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def last_used(self, cid: str) -> float | None:
+        try:
+            return self._path(cid).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def release(self, cid: str) -> None:
+        fd = self._held.pop(cid, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.utime(fd)
+            os.close(fd)
+
+    def release_all(self) -> None:
+        for cid in list(self._held):
+            self.release(cid)
+
+    def forget(self, cid: str) -> None:
+        if cid not in self._held:
+            with contextlib.suppress(FileNotFoundError):
+                self._path(cid).unlink()
+
+
 class QuotaVolumes:
     """Workspaces as loop-mounted ext4 images: a hard size and inode limit that works on any host
     filesystem (overlay2 on ext4 refuses ``--storage-opt size``). Needs root on the engine's host
@@ -361,6 +428,7 @@ class SandboxManager:
         self.client = client
         self.image = settings.image or image_tag("full")
         self.owners = OwnerRegistry(settings.data_dir / "owners")
+        self.leases = Leases(settings.data_dir / "leases")
         self.install = installation_label(settings.data_dir)
         self.volumes = QuotaVolumes(settings.volumes_dir, settings.quota, self.install)
         self.orphan_grace = ORPHAN_GRACE_SECONDS
@@ -630,12 +698,77 @@ class SandboxManager:
         self._remove_quietly(cid)
 
     def _remove_quietly(self, cid: str) -> None:
-        """Remove what a sandbox left besides its container: workspace and ownership record."""
+        """Remove what a sandbox left besides its container: workspace, ownership record, lease file."""
         self.volumes.remove(cid)
         if self.volumes.mode != "loop":
             with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
                 self.client.volumes.get(NAME_PREFIX + cid).remove(force=True)
         self.owners.forget(cid)
+        self.leases.forget(cid)
+
+    def last_used(self, cid: str, record: dict[str, Any] | None = None) -> float:
+        """When a sandbox was last used by a session: its lease, else its hand-out, else its creation."""
+        record = record if record is not None else self.owners.record(cid)
+        times = [self.leases.last_used(cid) or 0.0]
+        if record is not None:
+            times += [float(record.get("assigned") or 0), float(record.get("created") or 0)]
+        return max(times)
+
+    def kept(self) -> dict[str, list[tuple[str, float, int]]]:
+        """This installation's sandboxes that no server uses and whose container is stopped or gone,
+        by owner, most recently used first: (id, last used, workspace bytes)."""
+        found: dict[str, list[tuple[str, float, int]]] = {}
+        present = set()
+        candidates = []
+        for record, _ in self.list():
+            present.add(record.id)
+            if record.install == self.install and record.owner != POOL_OWNER and record.status != "running":
+                candidates.append((record.id, record.owner, None))
+        candidates += [(cid, data["owner"], data) for cid, data in self.detached(present)]
+        for cid, owner, data in candidates:
+            if self.leases.in_use(cid):
+                continue
+            found.setdefault(owner, []).append((cid, self.last_used(cid, data), self.disk_bytes(cid)))
+        for entries in found.values():
+            entries.sort(key=lambda e: e[1], reverse=True)
+        return found
+
+    def disk_bytes(self, cid: str) -> int:
+        """Host disk a workspace takes (loop images: allocated blocks of the sparse image)."""
+        if self.volumes.mode != "loop":
+            return 0
+        try:
+            return self.volumes.paths(cid)[0].stat().st_blocks * 512
+        except FileNotFoundError:
+            return 0
+
+    def evict_kept(self) -> list[str]:
+        """Per principal: keep the newest ``max_kept_sandboxes_per_principal`` stopped sandboxes within
+        ``max_kept_disk_bytes_per_principal``; remove the least recently used beyond either."""
+        s = self.settings
+        removed = []
+        for owner, entries in self.kept().items():
+            total = 0
+            for n, (cid, _, size) in enumerate(entries):
+                total += size
+                if n >= s.max_kept_sandboxes_per_principal or (n > 0 and total > s.max_kept_disk_bytes_per_principal):
+                    log.info("evicting sandbox %s of %s: beyond the %d stopped sandboxes / %d bytes a principal keeps",
+                             cid, owner, s.max_kept_sandboxes_per_principal, s.max_kept_disk_bytes_per_principal)
+                    self.remove(cid)
+                    removed.append(cid)
+                    total -= size
+        return removed
+
+    def resumable(self, owner: str) -> list[str]:
+        """``owner``'s unexpired sandboxes of this installation, most recently used first (the
+        caller takes the first whose lease it gets)."""
+        candidates = []
+        for owner_file in self.owners.root.glob("container_*.json"):
+            cid = owner_file.stem
+            data = self.owners.revivable(cid)
+            if data is not None and data["owner"] == owner and not self.leases.in_use(cid):
+                candidates.append((self.last_used(cid, data), cid))
+        return [cid for _, cid in sorted(candidates, reverse=True)]
 
     def reap(self) -> list[str]:
         """Remove this installation's expired sandboxes, unassigned pool containers whose server
@@ -647,7 +780,11 @@ class SandboxManager:
         now = utcnow()
         for record, _container in self.list():
             known.add(record.id)
-            pool_leftover = record.pool and record.owner == POOL_OWNER and not server_alive(record.server)
+            # Only this installation's owner records say whether a pool-born container was handed
+            # out: another installation's is judged by its own servers (unclaimed ones exit by
+            # themselves when their server is gone), never here.
+            pool_leftover = (record.install == self.install and record.pool and record.owner == POOL_OWNER
+                             and not server_alive(record.server))
             if record.install == self.install:
                 expired = now >= record.expires
             else:
@@ -678,6 +815,7 @@ class SandboxManager:
                 if cid and cid not in known and self.owners.revivable(cid) is None:
                     with contextlib.suppress(docker.errors.APIError):
                         volume.remove(force=True)
+        removed += self.evict_kept()
         # Ownership records of containers that are gone and cannot come back. Written only after
         # their container exists; the age guard covers a create racing this listing.
         for owner_file in self.owners.root.glob("container_*.json"):

@@ -58,6 +58,7 @@ from .base import CallContext, ContainerInfo, Outcome, ProducedFile
 log = logging.getLogger(__name__)
 
 INPUT_DIR = "/workspace/inputs"
+STDIO_SESSION = "local:process"  # the session key of a stdio (or in-process) server: see server.session_key_of
 _AGENT_ERRORS: dict[str, type[CodeExecError]] = {
     "invalid_tool_input": InvalidToolInput,
     "file_not_found": FileNotFound,
@@ -150,6 +151,8 @@ class DockerBackend:
                 await sandbox.conn.aclose()
             if self._manager is not None and not await anyio.to_thread.run_sync(self._manager.drain_creates, 30.0):
                 log.warning("a sandbox create was still running at exit; its container removes itself")
+            if self._manager is not None:
+                self._manager.leases.release_all()  # the sandboxes are free for the next session to resume
         await self._stack.aclose()  # exits the task group: must not happen inside another cancel scope
 
     async def _save_state(self, sandbox: Sandbox) -> None:
@@ -208,6 +211,7 @@ class DockerBackend:
                     await _thread(self._manager.stop, cid)
                 except Unavailable as exc:
                     log.warning("stopping idle sandbox %s: %s", cid, exc.message)
+                await _thread(self._manager.leases.release, cid)
 
     async def _pool_filler(self) -> None:
         while True:
@@ -375,6 +379,7 @@ class DockerBackend:
                     sandbox = await self._reattach(container_id, ctx.principal)
                     self._sandboxes[container_id] = sandbox
                 self._sessions.setdefault(ctx.session_key, container_id)
+                await self._lease(container_id)
                 return sandbox
         async with self._lock(ctx.session_key):
             cid = self._sessions.get(ctx.session_key)
@@ -389,11 +394,41 @@ class DockerBackend:
                     # The session's own container was removed or expired: like the hosted tool,
                     # the session continues in a fresh one (an explicit container_id still errors).
                     log.warning("session container %s is gone; starting a fresh one", cid)
+            elif ctx.session_key == STDIO_SESSION and ctx.principal == "local" and self.settings.resume_sandbox:
+                sandbox = await self._resume(ctx.principal)
             if sandbox is None:
                 sandbox = await self._new_for(ctx.principal)
             self._sandboxes[sandbox.record.id] = sandbox
             self._sessions[ctx.session_key] = sandbox.record.id
+            await self._lease(sandbox.record.id)
             return sandbox
+
+    async def _lease(self, cid: str) -> None:
+        """Mark the sandbox as in use by this server (no other server resumes or evicts it)."""
+        if self._manager is not None:
+            try:
+                await _thread(self._manager.leases.acquire, cid)
+            except OSError as exc:
+                log.warning("sandbox %s: cannot take its lease: %s", cid, exc)
+
+    async def _resume(self, principal: str) -> Sandbox | None:
+        """A new stdio session continues in the local user's most recently used sandbox that no
+        live server is using: clients that start a server per tool call (langchain-mcp-adapters'
+        default) keep their files, shell state and container. ``resume_sandbox = false`` (``serve
+        --fresh``) starts fresh instead."""
+        manager = await self._manager_or_raise()
+        for cid in await _thread(manager.resumable, principal):
+            if not await _thread(manager.leases.acquire, cid):
+                continue  # another server took it meanwhile
+            try:
+                sandbox = await self._reattach(cid, principal)
+            except (ContainerExpired, Unavailable) as exc:
+                log.info("not resuming sandbox %s: %s", cid, exc.message)
+                await _thread(manager.leases.release, cid)
+                continue
+            log.info("resuming sandbox %s (the most recent one no server is using)", cid)
+            return sandbox
+        return None
 
     async def end_session(self, session_key: str) -> None:
         self._sessions.pop(session_key, None)

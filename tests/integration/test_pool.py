@@ -24,6 +24,7 @@ from mcp_codeexec.config import Settings
 from mcp_codeexec.files import FileStore
 from mcp_codeexec.schemas import BashInput
 from mcp_codeexec.sandboxes import L_ID, L_INSTALL, L_POOL, SandboxManager, connect, installation_label
+from tests.integration.conftest import make_settings
 from tests.support.servers import mcp_client, server_env
 
 pytestmark = pytest.mark.anyio
@@ -156,14 +157,17 @@ async def test_a_killed_servers_pool_container_is_gone_within_90_s_without_anoth
     SandboxManager(s, connect()).remove_installation()
 
 
-async def test_a_claimed_pool_container_survives_the_next_servers_reap_with_its_files_and_variables(settings):
+async def test_a_claimed_pool_container_survives_the_next_servers_reap_with_its_files_and_variables(settings, tmp_path):
     s = settings.model_copy(update={"pool_size": 1})
     async with mcp_client("stdio", s) as a:  # server A: its session takes the warm container
         first = await a.call_tool("bash_code_execution", {"command": "echo kept > /workspace/f.txt; export KEEP=yes"})
         cid = first.meta["container"]["id"]
         assert cid in pool_containers(s)  # it was born in the pool
         started = first_started(s, cid)
-    # A has exited. Server B's start-up reap must see a handed-out sandbox, not a pool leftover.
+    # A has exited. A server of another data directory (whose owner records say nothing of it)
+    # reaps, and so does server B of A's own: both must see a handed-out sandbox, not a pool leftover.
+    other = make_settings(tmp_path / "other")
+    assert await anyio.to_thread.run_sync(SandboxManager(other, connect()).reap) == []
     async with backend(settings, pool_size=0) as b:
         assert cid in pool_containers(s)  # still running: not reaped
         record, container = await anyio.to_thread.run_sync(b._manager.find, cid)
