@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         "anthropic_base_url": getattr(args, "base_url", None),
         "hosted_model": getattr(args, "model", None),
         "legacy_tool": True if getattr(args, "legacy_tool", False) else None,
+        "resume_sandbox": False if getattr(args, "fresh", False) else None,
     }
     return load_settings(**overrides)
 
@@ -39,7 +41,17 @@ def _configure_logging(settings: Settings) -> None:
     )
 
 
+def _quit_quietly(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    # Until the event loop takes the signals over (shutdown.py) nothing is running that a shutdown
+    # would have to answer or clean up: a signal just ends the process, exit 0, no traceback.
+    from .shutdown import SIGNALS
+
+    for signum in SIGNALS:
+        signal.signal(signum, _quit_quietly)
     settings = _settings_from(args)
     _configure_logging(settings)
     if settings.backend == "docker" and settings.auto_build_image and not _image_ready(settings):
@@ -52,13 +64,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import anyio
 
     from .server import create_server
+    from .shutdown import Shutdown, stop_on_signals
     from .stdio import serve_stdio
 
-    server = create_server(settings)
+    shutdown = Shutdown()
+    server = create_server(settings, shutdown=shutdown)
 
     async def main() -> None:
-        async with serve_stdio() as (read_stream, write_stream):
-            await server.run(read_stream, write_stream, server.create_initialization_options())
+        async with anyio.create_task_group() as tg:
+            with anyio.CancelScope() as serving:
+                tg.start_soon(stop_on_signals, shutdown, serving.cancel)
+                async with serve_stdio() as (read_stream, write_stream):
+                    await server.run(read_stream, write_stream, server.create_initialization_options())
+            tg.cancel_scope.cancel()  # the client closed stdin, or a signal stopped serving: done
 
     anyio.run(main)
     return 0
@@ -100,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="HTTP bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (default 8000)")
     serve.add_argument("--no-auth", action="store_true", help="HTTP without bearer tokens (loopback only)")
+    serve.add_argument("--fresh", action="store_true",
+                       help="stdio: start in a fresh sandbox instead of resuming the most recent idle one")
     _add_server_flags(serve)
     serve.set_defaults(func=cmd_serve)
 

@@ -99,6 +99,17 @@ class Settings(BaseSettings):
     image_base: str = Field(
         default="auto", description="Base of an image `serve` builds: auto (python if present locally, else debian) | python | debian | IMAGE."
     )
+    resume_sandbox: bool = Field(
+        default=True,
+        description="A new stdio session resumes the local user's most recent sandbox that no other server is using "
+        "(clients that start a server per call keep their files and shell); false (or `serve --fresh`): a fresh one.",
+    )
+    max_kept_sandboxes_per_principal: int = Field(
+        default=8, ge=1, description="Stopped sandboxes a principal keeps; beyond it the least recently used are removed."
+    )
+    max_kept_disk_bytes_per_principal: int = Field(
+        default=20 * GiB, ge=0, description="Workspace disk a principal's stopped sandboxes keep; beyond it the least recently used are removed."
+    )
 
     # --- hosted backend
     anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")

@@ -32,6 +32,7 @@ from .files import FileRecord, FileStore
 from .files_api import FORM_OVERHEAD_BYTES, files_routes
 from .server import create_backend, create_server
 from .session_ledger import SessionLedger
+from .shutdown import Shutdown
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +249,8 @@ async def _reject(send: Send, status: int, kind: str, message: str, extra: list[
     await send({"type": "http.response.body", "body": body})
 
 
-def create_http_app(settings: Settings, *, backend: Backend | None = None, store: FileStore | None = None) -> Starlette:
+def create_http_app(settings: Settings, *, backend: Backend | None = None, store: FileStore | None = None,
+                    shutdown: Shutdown | None = None) -> Starlette:
     """The HTTP app. ``backend``/``store`` default to the configured ones (tests inject others)."""
     if settings.no_auth and not is_loopback(settings.host):
         raise SystemExit("--no-auth is only allowed when binding a loopback address (127.0.0.1, ::1, localhost)")
@@ -257,7 +259,7 @@ def create_http_app(settings: Settings, *, backend: Backend | None = None, store
     tokens = None if settings.no_auth else load_tokens(settings)
     store = FileStore(settings.files_dir, settings.file_retention_days) if store is None else store
     backend = create_backend(settings, store) if backend is None else backend
-    server = create_server(settings, backend=backend, store=store)
+    server = create_server(settings, backend=backend, store=store, shutdown=shutdown)
 
     def request_principal(request: Request) -> str:
         return request.scope.get("state", {}).get("principal", "local")
@@ -285,10 +287,32 @@ def create_http_app(settings: Settings, *, backend: Backend | None = None, store
 
 
 def serve_http(settings: Settings) -> None:
+    import contextlib
+
+    import anyio
     import uvicorn
 
-    app = create_http_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), log_config=None)
+    from .shutdown import Shutdown, stop_on_signals
+
+    shutdown = Shutdown()
+    app = create_http_app(settings, shutdown=shutdown)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                            log_config=None, timeout_graceful_shutdown=3)
+    server = uvicorn.Server(config)
+    # The signals are ours (see shutdown.py): uvicorn's own handling would stop at once, without
+    # answering the calls in flight, and re-raise the signal afterwards (exit -15, a traceback).
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+
+    def stop() -> None:
+        server.should_exit = True
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stop_on_signals, shutdown, stop)
+            await server.serve()
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
 
 
 def token_file(settings: Settings) -> Path:

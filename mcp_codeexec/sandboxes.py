@@ -8,6 +8,7 @@ error family by ``translate_docker_errors``, the one choke point for foreign err
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,9 +47,16 @@ L_QUOTA = f"{LABEL}.quota"
 L_INSTALL = f"{LABEL}.install"
 L_SERVER = f"{LABEL}.server"
 NAME_PREFIX = "mcp-codeexec-"
+IMAGE_PREFIX = "ws_"  # workspace image files: ws_<random token>.img
 WORKSPACE = "/workspace"
 POOL_OWNER = ""
 
+
+MASKED_SYS_PATHS = ("/sys/block", "/sys/devices/virtual/block")
+POOL_SILENCE_SECONDS = 45.0
+"""An unclaimed pool container whose server sends nothing for this long exits (and is auto-removed)."""
+POOL_KEEPALIVE_SECONDS = 15.0
+"""How often a server pings its pool containers (well inside POOL_SILENCE_SECONDS)."""
 
 FOREIGN_EXPIRY_GRACE = timedelta(days=1)
 """How long past its expiry another installation's sandbox is left to that installation's reaper."""
@@ -169,13 +178,17 @@ class SandboxRecord:
 def record_of(container: Container, owners: OwnerRegistry) -> SandboxRecord:
     labels = container.labels
     cid = labels[L_ID]
+    # Ownership has one source of truth: the owner label of a container created for a session, else
+    # the owner record written when a pool container is handed out. A pool-born container with an
+    # owner record is a session's sandbox like any other (labels are immutable: its pool label stays).
+    owner = labels.get(L_OWNER) or owners.get(cid) or POOL_OWNER
     return SandboxRecord(
         id=cid,
         docker_id=container.id,
         created=datetime.fromtimestamp(float(labels[L_CREATED]), timezone.utc),
         expires=datetime.fromtimestamp(float(labels[L_EXPIRES]), timezone.utc),
-        owner=labels.get(L_OWNER) or owners.get(cid) or POOL_OWNER,
-        pool=labels.get(L_POOL) == "1",
+        owner=owner,
+        pool=labels.get(L_POOL) == "1" and owner == POOL_OWNER,
         quota=labels.get(L_QUOTA, "none"),
         status=container.status,
         install=labels.get(L_INSTALL, ""),
@@ -222,6 +235,72 @@ class OwnerRegistry:
             (self.root / f"{cid}.json").unlink()
 
 
+class Leases:
+    """Which sandboxes a live server is using for a session: an exclusive ``flock`` on
+    ``<data>/leases/<id>.lock``, held while the server uses the sandbox. The kernel drops it when the
+    process ends, however it ends (kill -9 included), so a stale lease cannot exist. The file's
+    mtime, touched on taking and on letting go, says when the sandbox was last used."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self._held: dict[str, int] = {}
+
+    def _path(self, cid: str) -> Path:
+        return self.root / f"{cid}.lock"
+
+    def acquire(self, cid: str) -> bool:
+        if cid in self._held:
+            return True
+        fd = os.open(self._path(cid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.utime(fd)
+        self._held[cid] = fd
+        return True
+
+    def in_use(self, cid: str) -> bool:
+        """Held by this process or another live one."""
+        if cid in self._held:
+            return True
+        try:
+            fd = os.open(self._path(cid), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def last_used(self, cid: str) -> float | None:
+        try:
+            return self._path(cid).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def release(self, cid: str) -> None:
+        fd = self._held.pop(cid, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.utime(fd)
+            os.close(fd)
+
+    def release_all(self) -> None:
+        for cid in list(self._held):
+            self.release(cid)
+
+    def forget(self, cid: str) -> None:
+        if cid not in self._held:
+            with contextlib.suppress(FileNotFoundError):
+                self._path(cid).unlink()
+
+
 class QuotaVolumes:
     """Workspaces as loop-mounted ext4 images: a hard size and inode limit that works on any host
     filesystem (overlay2 on ext4 refuses ``--storage-opt size``). Needs root on the engine's host
@@ -243,12 +322,19 @@ class QuotaVolumes:
         return "none"
 
     def paths(self, cid: str) -> tuple[Path, Path]:
+        """``<cid>.img`` (a symlink to the image file, or the image itself when made before images
+        were named by token) and ``<cid>.mnt``."""
         return self.root / f"{cid}.img", self.root / f"{cid}.mnt"
 
     def create(self, cid: str, size_bytes: int) -> Mount:
         if self.mode != "loop":
             return Mount(WORKSPACE, f"{NAME_PREFIX}{cid}", type="volume", labels={L_MANAGED: "1", L_ID: cid, L_INSTALL: self.install})
-        image, mnt = self.paths(cid)
+        link, mnt = self.paths(cid)
+        # The loop device's backing file path is what the kernel shows in /sys/block/loopN/loop/backing_file:
+        # the image is named by a random token, unrelated to the container id, and found through
+        # the ``<cid>.img`` symlink. The link is made first, so a crash leaves nothing unfindable.
+        image = self.root / f"{IMAGE_PREFIX}{secrets.token_hex(16)}.img"
+        os.symlink(image.name, link)
         # ext4 metadata takes ~3%: size the image so the usable space is the promised size.
         with open(image, "wb") as fh:
             fh.truncate(size_bytes + size_bytes // 25)
@@ -267,16 +353,28 @@ class QuotaVolumes:
         mnt.mkdir(exist_ok=True)
         # discard: blocks freed inside the sandbox are punched out of the sparse image, so deleting
         # a big file gives the host its disk back (without it the image keeps its high-water mark).
-        _run(["mount", "-o", "loop,nosuid,nodev,discard", str(image), str(mnt)])
+        _run(["mount", "-o", "loop,nosuid,nodev,discard", str(image.resolve()), str(mnt)])
+        # mkfs.ext4's lost+found (root's, empty) would show in every workspace listing; fsck
+        # recreates it should it ever need one.
+        with contextlib.suppress(OSError):
+            (mnt / "lost+found").rmdir()
 
     def remove(self, cid: str) -> None:
-        image, mnt = self.paths(cid)
+        link, mnt = self.paths(cid)
         if os.path.ismount(mnt):
             _run(["umount", "-l", str(mnt)])
         with contextlib.suppress(OSError):
             mnt.rmdir()
+        if link.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / os.readlink(link)).unlink()
         with contextlib.suppress(FileNotFoundError):
-            image.unlink()
+            link.unlink()
+
+    def unlinked_images(self) -> list[Path]:
+        """Token-named images no ``<cid>.img`` link points at (a create that died between the two)."""
+        linked = {os.readlink(p) for p in self.root.glob("container_*.img") if p.is_symlink()}
+        return [p for p in self.root.glob(f"{IMAGE_PREFIX}*.img") if p.name not in linked]
 
     def usage(self, cid: str) -> int | None:
         _, mnt = self.paths(cid)
@@ -286,10 +384,40 @@ class QuotaVolumes:
         return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
+def _mtime(path: Path) -> float:
+    """The newest mtime of a link and what it points at (a dangling link counts by itself)."""
+    try:
+        return max(path.lstat().st_mtime, path.stat().st_mtime)
+    except FileNotFoundError:
+        return path.lstat().st_mtime
+
+
 def _run(argv: list[str]) -> None:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
         raise Unavailable(f"{argv[0]} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+
+
+class CreateTicket:
+    """Between a create running in a worker thread and the caller awaiting it: a caller that gives
+    up (cancelled) either stops the create from delivering, or learns what was made to remove it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._made: str | None = None
+
+    def deliver(self, cid: str) -> bool:
+        with self._lock:
+            if not self._abandoned:
+                self._made = cid
+            return not self._abandoned
+
+    def abandon(self) -> str | None:
+        """Give up; returns the id of a sandbox that was already delivered (the caller removes it)."""
+        with self._lock:
+            self._abandoned = True
+            return self._made
 
 
 class SandboxManager:
@@ -300,9 +428,19 @@ class SandboxManager:
         self.client = client
         self.image = settings.image or image_tag("full")
         self.owners = OwnerRegistry(settings.data_dir / "owners")
+        self.leases = Leases(settings.data_dir / "leases")
         self.install = installation_label(settings.data_dir)
         self.volumes = QuotaVolumes(settings.volumes_dir, settings.quota, self.install)
         self.orphan_grace = ORPHAN_GRACE_SECONDS
+        self.closing = threading.Event()
+        self._creates = threading.Condition()
+        self._active_creates = 0
+
+    def drain_creates(self, timeout: float) -> bool:
+        """At shutdown (after ``closing`` is set): wait for creates still running in worker threads
+        to finish and remove what they made. False if some are still running after ``timeout``."""
+        with self._creates:
+            return self._creates.wait_for(lambda: self._active_creates == 0, timeout)
 
     def resolve_image(self) -> str:
         """The configured image, or the minimal one when only that is built."""
@@ -319,17 +457,31 @@ class SandboxManager:
             "(`mcp-codeexec serve` does that on start unless MCP_CODEEXEC_AUTO_BUILD_IMAGE=false)."
         )
 
-    def create(self, owner: str, *, pool: bool = False) -> tuple[SandboxRecord, Container]:
+    def create(self, owner: str, *, pool: bool = False, ticket: CreateTicket | None = None) -> tuple[SandboxRecord, Container]:
+        """Make a sandbox. A create whose caller gave up (``ticket``) or whose server is shutting
+        down (``closing``) removes what it made: no create outlives its server unowned."""
         s = self.settings
         cid = new_container_id()
         now = time.time()
         labels = self._labels(cid, now, now + s.container_ttl_seconds, "" if pool else owner, pool)
-        workspace = self.volumes.create(cid, s.disk_bytes)
+        with self._creates:
+            self._active_creates += 1
         try:
-            container = self._run(cid, labels, workspace)
-        except BaseException:
-            self._remove_quietly(cid)
-            raise
+            if self.closing.is_set():
+                raise Unavailable("the server is shutting down")
+            workspace = self.volumes.create(cid, s.disk_bytes)
+            try:
+                container = self._run(cid, labels, workspace, pool=pool)
+                if self.closing.is_set() or (ticket is not None and not ticket.deliver(cid)):
+                    raise Unavailable("the server is shutting down" if self.closing.is_set() else "the call was cancelled")
+            except BaseException:
+                with contextlib.suppress(Unavailable):
+                    self.remove(cid)
+                raise
+        finally:
+            with self._creates:
+                self._active_creates -= 1
+                self._creates.notify_all()
         if not pool:
             self.owners.set(cid, owner, created=now, expires=now + s.container_ttl_seconds, quota=self.volumes.mode)
         return record_of(container, self.owners), container
@@ -396,9 +548,14 @@ class SandboxManager:
             L_SERVER: SERVER_TAG,
         }
 
-    def _run(self, cid: str, labels: dict[str, str], workspace: Mount) -> Container:
-        """Create and start the hardened container of sandbox ``cid`` on ``workspace``."""
+    def _run(self, cid: str, labels: dict[str, str], workspace: Mount, *, pool: bool = False) -> Container:
+        """Create and start the hardened container of sandbox ``cid`` on ``workspace``. A pool
+        container is removed by the engine when its agent exits, which an unclaimed one does when
+        its server is gone (see the agent's POOL_SILENCE): a killed server leaves no pool behind."""
         s = self.settings
+        # The host's block devices are none of the sandbox's business: /sys/block/loopN/loop/backing_file
+        # names every other sandbox's workspace image and the host's data directory (gVisor hides them already).
+        masks = {path: "ro,nosuid,nodev,noexec,size=4k,mode=0555" for path in MASKED_SYS_PATHS}
         kwargs: dict[str, Any] = dict(
             image=self.image,
             name=NAME_PREFIX + cid,
@@ -410,7 +567,7 @@ class SandboxManager:
             cap_drop=["ALL"],
             security_opt=["no-new-privileges:true"],
             read_only=True,
-            tmpfs={"/tmp": f"rw,nosuid,nodev,size={s.tmp_bytes},mode=1777"},
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={s.tmp_bytes},mode=1777", **masks},
             shm_size=64 * 1024 * 1024,
             mounts=[workspace],
             working_dir=WORKSPACE,
@@ -424,6 +581,8 @@ class SandboxManager:
             labels=labels,
             restart_policy={"Name": "no"},
         )
+        if pool:
+            kwargs.update(auto_remove=True, environment={"CODEEXEC_POOL": "1", "CODEEXEC_POOL_SILENCE": f"{POOL_SILENCE_SECONDS:g}"})
         if s.runtime:
             kwargs["runtime"] = s.runtime
         with translate_docker_errors("creating a sandbox"):
@@ -476,9 +635,20 @@ class SandboxManager:
             except docker.errors.NotFound:
                 pass
 
-    def claim(self, record: SandboxRecord, owner: str) -> None:
+    def claim(self, record: SandboxRecord, owner: str) -> bool:
+        """Hand a pool container to ``owner``: False when it was removed meanwhile (a reaper that judged
+        it a leftover before the record was written), so the caller takes another."""
         self.owners.set(record.id, owner, created=record.created.timestamp(), expires=record.expires.timestamp(),
                         quota=record.quota)
+        with translate_docker_errors("claiming a pool sandbox"):
+            try:
+                container = self.client.containers.get(record.docker_id)
+            except docker.errors.NotFound:
+                container = None
+        if container is None or container.status != "running":
+            self._remove_quietly(record.id)
+            return False
+        return True
 
     def list(self, *, all_: bool = True) -> list[tuple[SandboxRecord, Container]]:
         with translate_docker_errors("listing sandboxes"):
@@ -505,6 +675,8 @@ class SandboxManager:
         if self.volumes.root.exists():
             for image in self.volumes.root.glob("container_*.img"):
                 self._remove_quietly(image.stem)
+            for stray in self.volumes.unlinked_images():
+                stray.unlink(missing_ok=True)
         with translate_docker_errors("removing workspace volumes"):
             for volume in self.client.volumes.list(filters={"label": f"{L_INSTALL}={self.install}"}):
                 with contextlib.suppress(docker.errors.APIError):
@@ -519,15 +691,83 @@ class SandboxManager:
                 self.client.containers.get(NAME_PREFIX + cid).remove(force=True)
             except docker.errors.NotFound:
                 pass
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: the engine is removing it already (AutoRemove)
+                    raise
         self._remove_quietly(cid)
 
     def _remove_quietly(self, cid: str) -> None:
-        """Remove what a sandbox left besides its container: workspace and ownership record."""
+        """Remove what a sandbox left besides its container: workspace, ownership record, lease file."""
         self.volumes.remove(cid)
         if self.volumes.mode != "loop":
             with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
                 self.client.volumes.get(NAME_PREFIX + cid).remove(force=True)
         self.owners.forget(cid)
+        self.leases.forget(cid)
+
+    def last_used(self, cid: str, record: dict[str, Any] | None = None) -> float:
+        """When a sandbox was last used by a session: its lease, else its hand-out, else its creation."""
+        record = record if record is not None else self.owners.record(cid)
+        times = [self.leases.last_used(cid) or 0.0]
+        if record is not None:
+            times += [float(record.get("assigned") or 0), float(record.get("created") or 0)]
+        return max(times)
+
+    def kept(self) -> dict[str, list[tuple[str, float, int]]]:
+        """This installation's sandboxes that no server uses and whose container is stopped or gone,
+        by owner, most recently used first: (id, last used, workspace bytes)."""
+        found: dict[str, list[tuple[str, float, int]]] = {}
+        present = set()
+        candidates = []
+        for record, _ in self.list():
+            present.add(record.id)
+            if record.install == self.install and record.owner != POOL_OWNER and record.status != "running":
+                candidates.append((record.id, record.owner, None))
+        candidates += [(cid, data["owner"], data) for cid, data in self.detached(present)]
+        for cid, owner, data in candidates:
+            if self.leases.in_use(cid):
+                continue
+            found.setdefault(owner, []).append((cid, self.last_used(cid, data), self.disk_bytes(cid)))
+        for entries in found.values():
+            entries.sort(key=lambda e: e[1], reverse=True)
+        return found
+
+    def disk_bytes(self, cid: str) -> int:
+        """Host disk a workspace takes (loop images: allocated blocks of the sparse image)."""
+        if self.volumes.mode != "loop":
+            return 0
+        try:
+            return self.volumes.paths(cid)[0].stat().st_blocks * 512
+        except FileNotFoundError:
+            return 0
+
+    def evict_kept(self) -> list[str]:
+        """Per principal: keep the newest ``max_kept_sandboxes_per_principal`` stopped sandboxes within
+        ``max_kept_disk_bytes_per_principal``; remove the least recently used beyond either."""
+        s = self.settings
+        removed = []
+        for owner, entries in self.kept().items():
+            total = 0
+            for n, (cid, _, size) in enumerate(entries):
+                total += size
+                if n >= s.max_kept_sandboxes_per_principal or (n > 0 and total > s.max_kept_disk_bytes_per_principal):
+                    log.info("evicting sandbox %s of %s: beyond the %d stopped sandboxes / %d bytes a principal keeps",
+                             cid, owner, s.max_kept_sandboxes_per_principal, s.max_kept_disk_bytes_per_principal)
+                    self.remove(cid)
+                    removed.append(cid)
+                    total -= size
+        return removed
+
+    def resumable(self, owner: str) -> list[str]:
+        """``owner``'s unexpired sandboxes of this installation, most recently used first (the
+        caller takes the first whose lease it gets)."""
+        candidates = []
+        for owner_file in self.owners.root.glob("container_*.json"):
+            cid = owner_file.stem
+            data = self.owners.revivable(cid)
+            if data is not None and data["owner"] == owner and not self.leases.in_use(cid):
+                candidates.append((self.last_used(cid, data), cid))
+        return [cid for _, cid in sorted(candidates, reverse=True)]
 
     def reap(self) -> list[str]:
         """Remove this installation's expired sandboxes, unassigned pool containers whose server
@@ -539,11 +779,17 @@ class SandboxManager:
         now = utcnow()
         for record, _container in self.list():
             known.add(record.id)
-            pool_leftover = record.pool and record.owner == POOL_OWNER and not server_alive(record.server)
+            # Only this installation's owner records say whether a pool-born container was handed
+            # out: another installation's is judged by its own servers (unclaimed ones exit by
+            # themselves when their server is gone), never here.
+            pool_leftover = (record.install == self.install and record.pool and record.owner == POOL_OWNER
+                             and not server_alive(record.server))
             if record.install == self.install:
                 expired = now >= record.expires
             else:
                 expired = now >= record.expires + FOREIGN_EXPIRY_GRACE
+            if pool_leftover and self.owners.get(record.id) is not None:
+                pool_leftover = False  # handed out since it was listed: a session's sandbox now
             if expired or pool_leftover:
                 self.remove(record.id)
                 removed.append(record.id)
@@ -552,9 +798,13 @@ class SandboxManager:
         if self.volumes.mode == "loop" and self.volumes.root.exists():
             for image in self.volumes.root.glob("container_*.img"):
                 cid = image.stem
-                if cid not in known and self.owners.revivable(cid) is None and time.time() - image.stat().st_mtime > self.orphan_grace:
+                if cid not in known and self.owners.revivable(cid) is None and time.time() - _mtime(image) > self.orphan_grace:
                     self._remove_quietly(cid)
                     removed.append(cid)
+            for stray in self.volumes.unlinked_images():
+                with contextlib.suppress(FileNotFoundError):
+                    if time.time() - stray.lstat().st_mtime > self.orphan_grace:
+                        stray.unlink()
         with translate_docker_errors("reaping volumes"):
             for volume in self.client.volumes.list(filters={"label": f"{L_MANAGED}=1"}):
                 labels = volume.attrs.get("Labels") or {}
@@ -564,6 +814,7 @@ class SandboxManager:
                 if cid and cid not in known and self.owners.revivable(cid) is None:
                     with contextlib.suppress(docker.errors.APIError):
                         volume.remove(force=True)
+        removed += self.evict_kept()
         # Ownership records of containers that are gone and cannot come back. Written only after
         # their container exists; the age guard covers a create racing this listing.
         for owner_file in self.owners.root.glob("container_*.json"):

@@ -8,6 +8,7 @@ anthropic: the backend does the work.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import logging
@@ -26,7 +27,7 @@ from mcp.shared.exceptions import MCPError
 from . import __version__
 from .backends.base import Backend, CallContext, Outcome, ProducedFile
 from .config import Settings
-from .errors import CodeExecError, ContainerExpired, TooManyRequests, error_block
+from .errors import CodeExecError, ContainerExpired, TooManyRequests, Unavailable, error_block
 from .files import FileStore, StoredFileNotFound, guess_mime, is_file_id
 from .inputs import BASH, CODE, EDITOR, validate_input
 from .rate_limit import CallRateLimiter
@@ -42,6 +43,7 @@ from .schemas import (
     EditorInput,
     input_schema,
 )
+from .shutdown import Shutdown
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +399,23 @@ async def call_tool(state: AppState, tool: str, arguments: dict[str, Any], ctx: 
     )
 
 
-def create_server(settings: Settings, *, backend: Backend | None = None, store: FileStore | None = None) -> Server[AppState]:
+class _Refusing:
+    """Stands in for the backend once the server is shutting down: every call is answered
+    ``unavailable`` with the reason, shaped like any other result by ``call_tool``."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    async def bash(self, request: Any, ctx: CallContext) -> Outcome:
+        raise Unavailable(f"{self.reason}; retry the call when it is back")
+
+    editor = bash
+
+
+def create_server(settings: Settings, *, backend: Backend | None = None, store: FileStore | None = None,
+                  shutdown: Shutdown | None = None) -> Server[AppState]:
+    shutdown = shutdown or Shutdown()
+
     @asynccontextmanager
     async def lifespan(_: Server[AppState]) -> AsyncIterator[AppState]:
         async with AsyncExitStack() as stack:
@@ -429,7 +447,13 @@ def create_server(settings: Settings, *, backend: Backend | None = None, store: 
 
         call_ctx = CallContext(principal=principal, session_key=session_key_of(ctx, principal), progress=progress,
                                paced=ctx.request is not None and principal != "local")
-        return await call_tool(ctx.lifespan_context, params.name, params.arguments or {}, call_ctx)
+        state = ctx.lifespan_context
+        if not shutdown.closing:
+            with shutdown.call():
+                return await call_tool(state, params.name, params.arguments or {}, call_ctx)
+        # Stopped by the shutdown (its command was killed in the sandbox), or arrived during it.
+        refusing = dataclasses.replace(state, backend=_Refusing(shutdown.reason or "the server is shutting down"))  # type: ignore[arg-type]
+        return await call_tool(refusing, params.name, params.arguments or {}, call_ctx)
 
     async def list_resources(ctx: ServerRequestContext[AppState], params: Any) -> types.ListResourcesResult:
         # Paged, newest first: the store holds every file of every earlier session (30 days of them).

@@ -7,6 +7,7 @@ This module (with ``sandboxes``) is the only importer of ``docker``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import mimetypes
 import time
@@ -34,7 +35,15 @@ from ..errors import (
     Unavailable,
 )
 from ..files import FileStore, PendingFile
-from ..sandboxes import POOL_OWNER, SandboxManager, SandboxRecord, connect, translate_docker_errors
+from ..sandboxes import (
+    POOL_KEEPALIVE_SECONDS,
+    POOL_OWNER,
+    CreateTicket,
+    SandboxManager,
+    SandboxRecord,
+    connect,
+    translate_docker_errors,
+)
 from ..schemas import (
     BashInput,
     BashOutputBlock,
@@ -49,6 +58,7 @@ from .base import CallContext, ContainerInfo, Outcome, ProducedFile
 log = logging.getLogger(__name__)
 
 INPUT_DIR = "/workspace/inputs"
+STDIO_SESSION = "local:process"  # the session key of a stdio (or in-process) server: see server.session_key_of
 _AGENT_ERRORS: dict[str, type[CodeExecError]] = {
     "invalid_tool_input": InvalidToolInput,
     "file_not_found": FileNotFound,
@@ -119,10 +129,13 @@ class DockerBackend:
         self._tg.start_soon(self._reaper)
         if self.settings.pool_size > 0:
             self._tg.start_soon(self._pool_filler)
+            self._tg.start_soon(self._pool_keepalive)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         assert self._tg is not None
+        if self._manager is not None:
+            self._manager.closing.set()  # creates still running remove what they make
         with anyio.CancelScope(shield=True):
             # Save before cancelling the task group: it holds each connection's reader, and a
             # cancelled reader closes its stream under the save request.
@@ -134,9 +147,16 @@ class DockerBackend:
             for sandbox in pool:
                 await sandbox.conn.aclose()
                 if self._manager is not None:
-                    await anyio.to_thread.run_sync(self._manager.remove, sandbox.record.id)
+                    try:
+                        await anyio.to_thread.run_sync(self._manager.remove, sandbox.record.id)
+                    except Unavailable as exc:
+                        log.warning("removing pool container %s: %s", sandbox.record.id, exc.message)
             for sandbox in self._sandboxes.values():
                 await sandbox.conn.aclose()
+            if self._manager is not None and not await anyio.to_thread.run_sync(self._manager.drain_creates, 30.0):
+                log.warning("a sandbox create was still running at exit; its container removes itself")
+            if self._manager is not None:
+                self._manager.leases.release_all()  # the sandboxes are free for the next session to resume
         await self._stack.aclose()  # exits the task group: must not happen inside another cancel scope
 
     async def _save_state(self, sandbox: Sandbox) -> None:
@@ -195,6 +215,7 @@ class DockerBackend:
                     await _thread(self._manager.stop, cid)
                 except Unavailable as exc:
                     log.warning("stopping idle sandbox %s: %s", cid, exc.message)
+                await _thread(self._manager.leases.release, cid)
 
     async def _pool_filler(self) -> None:
         while True:
@@ -213,6 +234,20 @@ class DockerBackend:
             log.info("pool: %d/%d warm containers ready", len(self._pool), self.settings.pool_size)
             self._pool_wanted = anyio.Event()
             await self._pool_wanted.wait()
+
+    async def _pool_keepalive(self) -> None:
+        """Unclaimed pool containers exit when their server has been silent for a while (the agent's
+        POOL_SILENCE): tell ours we are alive."""
+        while True:
+            await anyio.sleep(POOL_KEEPALIVE_SECONDS)
+            for sandbox in list(self._pool):
+                with contextlib.suppress(AgentGone):
+                    await sandbox.conn.request({"op": "ping"}, timeout=10)
+
+    async def _tell_claimed(self, sandbox: Sandbox) -> None:
+        """The container is a session's now: its agent must not exit when this server goes."""
+        with contextlib.suppress(AgentGone):
+            await sandbox.conn.notify({"op": "claim"})
 
     def _pool_fill_ended(self) -> None:
         self._pool_filling = False
@@ -274,7 +309,17 @@ class DockerBackend:
         return Sandbox(record, conn, owner)
 
     async def _start_new(self, manager: SandboxManager, *, owner: str, pool: bool) -> Sandbox:
-        record, container = await _thread(lambda: manager.create(owner, pool=pool))
+        ticket = CreateTicket()
+        try:
+            record, container = await _thread(lambda: manager.create(owner, pool=pool, ticket=ticket))
+        except anyio.get_cancelled_exc_class():
+            # The create carries on in its worker thread: it removes what it makes, or (made
+            # already) we do. Nothing is left behind that no session and no pool knows of.
+            made = ticket.abandon()
+            if made is not None:
+                with anyio.CancelScope(shield=True):
+                    await _thread(manager.remove, made)
+            raise
         try:
             return await self._connect(record, container, owner)
         except BaseException:
@@ -290,13 +335,17 @@ class DockerBackend:
         sandbox = await self._from_pool()
         if sandbox is not None:
             try:
-                await _thread(manager.claim, sandbox.record, owner)
+                claimed = await _thread(manager.claim, sandbox.record, owner)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await self._discard(sandbox)  # neither in the pool nor anyone's: do not leak it
                 raise
-            sandbox.owner = owner
-            return sandbox
+            if claimed:
+                sandbox.owner = owner
+                sandbox.record = dataclasses.replace(sandbox.record, owner=owner, pool=False)
+                await self._tell_claimed(sandbox)
+                return sandbox
+            await sandbox.conn.aclose()
         return await self._start_new(manager, owner=owner, pool=False)
 
     async def _reattach(self, cid: str, owner: str) -> Sandbox:
@@ -334,6 +383,7 @@ class DockerBackend:
                     sandbox = await self._reattach(container_id, ctx.principal)
                     self._sandboxes[container_id] = sandbox
                 self._sessions.setdefault(ctx.session_key, container_id)
+                await self._lease(container_id)
                 return sandbox
         async with self._lock(ctx.session_key):
             cid = self._sessions.get(ctx.session_key)
@@ -348,11 +398,41 @@ class DockerBackend:
                     # The session's own container was removed or expired: like the hosted tool,
                     # the session continues in a fresh one (an explicit container_id still errors).
                     log.warning("session container %s is gone; starting a fresh one", cid)
+            elif ctx.session_key == STDIO_SESSION and ctx.principal == "local" and self.settings.resume_sandbox:
+                sandbox = await self._resume(ctx.principal)
             if sandbox is None:
                 sandbox = await self._new_for(ctx.principal)
             self._sandboxes[sandbox.record.id] = sandbox
             self._sessions[ctx.session_key] = sandbox.record.id
+            await self._lease(sandbox.record.id)
             return sandbox
+
+    async def _lease(self, cid: str) -> None:
+        """Mark the sandbox as in use by this server (no other server resumes or evicts it)."""
+        if self._manager is not None:
+            try:
+                await _thread(self._manager.leases.acquire, cid)
+            except OSError as exc:
+                log.warning("sandbox %s: cannot take its lease: %s", cid, exc)
+
+    async def _resume(self, principal: str) -> Sandbox | None:
+        """A new stdio session continues in the local user's most recently used sandbox that no
+        live server is using: clients that start a server per tool call (langchain-mcp-adapters'
+        default) keep their files, shell state and container. ``resume_sandbox = false`` (``serve
+        --fresh``) starts fresh instead."""
+        manager = await self._manager_or_raise()
+        for cid in await _thread(manager.resumable, principal):
+            if not await _thread(manager.leases.acquire, cid):
+                continue  # another server took it meanwhile
+            try:
+                sandbox = await self._reattach(cid, principal)
+            except (ContainerExpired, Unavailable) as exc:
+                log.info("not resuming sandbox %s: %s", cid, exc.message)
+                await _thread(manager.leases.release, cid)
+                continue
+            log.info("resuming sandbox %s (the most recent one no server is using)", cid)
+            return sandbox
+        return None
 
     async def end_session(self, session_key: str) -> None:
         self._sessions.pop(session_key, None)

@@ -3,7 +3,8 @@
 
 It runs as PID 1 of every sandbox container, as uid 1000, and serves framed requests on its
 stdin/stdout: ``bash`` (one terminal, calls serialised), the editor ops (``view``, ``create``,
-``str_replace``), file transfer (``put_file``, ``get_file``), ``hello``, ``ping`` and ``cancel``.
+``str_replace``), file transfer (``put_file``, ``get_file``), ``hello``, ``ping``, ``cancel`` and
+``claim``.
 As PID 1 it is also the container's init: one reaper thread collects every child and orphan.
 
 Stdlib only, one file, Python 3.9+. It cannot import ``mcp_codeexec``, so it carries its own copy
@@ -22,6 +23,7 @@ import errno
 import json
 import os
 import queue
+import select
 import selectors
 import shutil
 import signal
@@ -56,6 +58,12 @@ INLINE_COMMAND_LIMIT = 96 * 1024  # below Linux's 128 KiB limit on one argv stri
 OUTPUTS_DIR = os.path.join(WORKSPACE, ".codeexec", "outputs")
 SPILL_DIR = os.path.join(WORKSPACE, ".codeexec", "spill")
 INPUT_DIR = os.path.join(WORKSPACE, "inputs")
+# A warm pool container (CODEEXEC_POOL=1) that is not yet handed out (op `claim`) belongs to the
+# server that made it and nobody else: when that server is gone (its attach stream ends, or it sends
+# nothing, not even its keep-alive pings, for this long) the agent exits and the engine removes
+# the container (AutoRemove). So a killed server's pool never outlives it by more than this.
+POOL_MODE = os.environ.get("CODEEXEC_POOL") == "1"
+POOL_SILENCE = float(os.environ.get("CODEEXEC_POOL_SILENCE", "45"))
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Defaults for fields the host normally sends.
@@ -553,6 +561,7 @@ class Terminal:
             f"{self._script_trap}{self._default_run}"
         )
         self._ready: tuple[int, int, int, int] | None = None  # pid, stdout, stderr, fd 3's writer
+        self._persisted: bytes | None = None  # the shell state last copied to STATE_BACKUP
         self._prepare_next()
 
     @staticmethod
@@ -661,8 +670,28 @@ class Terminal:
                     self._run_locked(call, command, timeout, max_output, max_spill, max_file, interval, restart)
                 finally:
                     self._prepare_next()
+                    self._persist_state()
         finally:
             self.calls.pop(rid, None)
+
+    def _persist_state(self) -> None:
+        """Copy the live shell state (tmpfs) to the workspace when it changed, after the reply went
+        out: a container rebuilt around its workspace (removed behind the host's back, or its server
+        killed) starts with the shell's last working directory and exported variables. Most calls
+        change neither: then this is one small tmpfs read."""
+        try:
+            with open(STATE_FILE, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW | os.O_NONBLOCK)) as fh:
+                data = fh.read(1 << 20) if stat.S_ISREG(os.fstat(fh.fileno()).st_mode) else None
+        except OSError:
+            data = b""
+        if data is None:
+            return
+        # OUTPUT_DIR changes every call and is set afresh by the next call's script anyway.
+        data = b"\n".join(line for line in data.split(b"\n") if not line.startswith(b"declare -x OUTPUT_DIR="))
+        if data == self._persisted:
+            return
+        self._persisted = data
+        _copy_state(STATE_FILE, STATE_BACKUP)
 
     def _result(self, stdout, stderr, return_code, timed_out, outdir, files) -> dict:
         return {
@@ -1393,6 +1422,7 @@ class Agent:
         self.editor = Editor(self.channel)
         self.workers = Workers()
         self.garbage = False
+        self.claimed = not POOL_MODE
         self._threaded = {
             "bash": self.terminal.run,
             "view": self.editor.view,
@@ -1438,6 +1468,10 @@ class Agent:
             self.channel.error(0, "invalid_tool_input", "malformed request: not an object with an integer id")
             return
         op = req.get("op")
+        if op not in ("ping", "hello"):
+            self.claimed = True  # handed out (`claim`, or any real work): the container outlives its server
+        if op == "claim":
+            return
         if op == "cancel":
             self.terminal.cancel(req.get("target"))
         elif op == "ping":
@@ -1459,11 +1493,17 @@ class Agent:
         buf = bytearray()
         backoff = 0.0
         while True:
+            if not self.claimed and not select.select([self.fd_in], [], [], POOL_SILENCE)[0]:
+                _log(f"unclaimed pool container: no word from its server for {POOL_SILENCE:g} s; exiting")
+                return self._shutdown()
             try:
                 chunk = os.read(self.fd_in, CHUNK)
             except OSError as exc:
                 _log(f"reading requests failed: {exc}")
                 chunk = b""
+            if not chunk and not self.claimed:
+                _log("unclaimed pool container: its server is gone; exiting")
+                return self._shutdown()
             if not chunk:
                 if buf:
                     _log(f"end of input inside a frame ({len(buf)} bytes dropped)")
@@ -1500,7 +1540,8 @@ class Agent:
             del buf[:pos]
 
     def _shutdown(self) -> int:
-        """End of input when not PID 1 (tests): stop running commands, then exit."""
+        """End of input when not PID 1 (tests), or an unclaimed pool container's server is gone:
+        stop running commands, then exit."""
         self.terminal.cancel_all()
         if not self.workers.wait_idle(5.0):
             _log("requests still running at exit")

@@ -365,3 +365,75 @@ async def test_the_agents_channel_is_out_of_reach_of_user_code(box: Sandbox) -> 
     else:
         assert sc["stdout"] == "done\n", sc
     await box.usable()
+
+
+# --- 16b. nothing of another sandbox, nor the host's paths ----------------------------------------
+
+TRACE_PROBE = r"""
+import json, os, sys
+needles = [line.encode() for line in open(sys.argv[1]).read().split("\n") if line]
+found, files = [], 0
+def check(where, data):
+    found.extend([where, n.decode()] for n in needles if n in data)
+def read(path):
+    global files
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        files += 1
+        check(path, os.read(fd, 1 << 20))
+    finally:
+        os.close(fd)
+def walk(root):
+    stack = [root]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                if e.is_symlink():
+                    check(e.path, os.readlink(e.path).encode())
+                elif e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+                elif e.is_file(follow_symlinks=False):
+                    read(e.path)
+            except OSError:
+                pass
+walk("/sys")
+for top in os.listdir("/proc"):  # the system-wide files and the ones of every visible process
+    path = "/proc/" + top
+    if top.isdigit():
+        for name in ("mountinfo", "mounts", "cgroup", "cmdline", "environ", "status", "maps"):
+            try:
+                read(f"{path}/{name}")
+            except OSError:
+                pass
+    elif top in ("sys", "net", "fs", "driver", "tty", "irq", "bus"):
+        walk(path)
+    else:
+        try:
+            read(path)
+        except OSError:
+            pass
+print(json.dumps({"found": found, "files": files}))
+"""
+
+
+async def test_no_sandbox_can_read_another_sandboxs_id_or_the_hosts_paths_under_sys_proc_or_mounts(pair) -> None:
+    box, other = pair
+    await other.sh("echo other > /workspace/o.txt")
+    assert other.container_id
+    data_dir = str(box.settings.data_dir.resolve())
+    needles = [other.container_id, other.container_id.removeprefix("container_"), data_dir, str(box.settings.volumes_dir.resolve())]
+    await box.sh("cat > /tmp/needles <<'EOF'\n" + "\n".join(needles) + "\nEOF\n" + f"cat > /tmp/trace.py <<'EOF'\n{TRACE_PROBE}\nEOF")
+    probe = json.loads(await box.sh("python3 /tmp/trace.py /tmp/needles; rm /tmp/needles"))
+    assert probe["files"] > (10 if GVISOR else 1000)  # it did read /sys and /proc
+    assert probe["found"] == []
+    # The loop devices behind the workspaces name their image files: not visible (gVisor has no /sys/block).
+    listing = await box.sh(
+        "for f in /sys/block/*/loop/backing_file /sys/class/block/*/loop/backing_file /sys/dev/block/*/loop/backing_file "
+        "/sys/devices/virtual/block/*/loop/backing_file; do [ -r \"$f\" ] && echo \"readable: $f\"; done; "
+        "ls -A /sys/block /sys/devices/virtual/block 2>/dev/null; true"
+    )
+    assert "readable" not in listing and "loop" not in listing

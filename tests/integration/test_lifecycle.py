@@ -47,7 +47,7 @@ async def test_an_idle_sandbox_is_stopped_and_its_next_call_finds_files_and_shel
 
 async def test_a_session_whose_container_was_removed_continues_in_it_rebuilt(settings):
     async with mcp_client("memory", settings) as client:
-        first = await bash(client, "echo hi > /workspace/hi.txt")
+        first = await bash(client, "echo hi > /workspace/hi.txt; mkdir -p /workspace/sub; cd /workspace/sub; export KEPT=yes")
         cid = first.meta["container"]["id"]
         docker.from_env().containers.get(NAME_PREFIX + cid).remove(force=True)
         again = await bash(client, "cat /workspace/hi.txt")
@@ -57,3 +57,14 @@ async def test_a_session_whose_container_was_removed_continues_in_it_rebuilt(set
             again = await bash(client, "cat /workspace/hi.txt")
         assert again.structured_content["stdout"] == "hi\n"
         assert again.meta["container"]["id"] == cid  # rebuilt around its workspace, not replaced
+        # The live shell's state (on the old container's tmpfs) was saved where the rebuild finds it.
+        state = await bash(client, "pwd; echo $KEPT")
+        assert state.structured_content["stdout"] == "/workspace/sub\nyes\n"
+
+
+async def test_a_new_workspace_shows_no_lost_and_found(settings):
+    async with mcp_client("memory", settings) as client:
+        listing = await bash(client, "ls -A /workspace")
+        assert "lost+found" not in listing.structured_content["stdout"]
+        view = await client.call_tool("text_editor_code_execution", {"command": "view", "path": "/workspace"})
+        assert "lost+found" not in view.structured_content["content"]

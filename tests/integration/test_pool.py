@@ -1,6 +1,6 @@
 """The warm pool against real sandboxes: each pool container goes to exactly one session, the pool
-refills in the background, dead pool containers are never handed out, and a killed server's
-unassigned pool containers are reaped by the next server's start."""
+refills in the background, dead pool containers are never handed out, a killed server's unassigned
+pool containers remove themselves, and a handed-out one is never taken for a pool leftover."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,7 +24,8 @@ from mcp_codeexec.config import Settings
 from mcp_codeexec.files import FileStore
 from mcp_codeexec.schemas import BashInput
 from mcp_codeexec.sandboxes import L_ID, L_INSTALL, L_POOL, SandboxManager, connect, installation_label
-from tests.support.servers import server_env
+from tests.integration.conftest import make_settings
+from tests.support.servers import mcp_client, server_env
 
 pytestmark = pytest.mark.anyio
 
@@ -45,11 +47,21 @@ def ctx(n: int) -> CallContext:
     return CallContext(principal="local", session_key=f"session-{n}")
 
 
-def pool_containers(settings: Settings) -> list[str]:
+def first_started(settings: Settings, cid: str) -> str:
+    """When the container of ``cid`` was (last) started: a rebuilt or restarted one has a later time."""
+    client = docker.from_env()
+    try:
+        return client.containers.get(f"mcp-codeexec-{cid}").attrs["State"]["StartedAt"]
+    finally:
+        client.close()
+
+
+def pool_containers(settings: Settings, *, all_: bool = False) -> list[str]:
+    """Containers born in the pool (running ones; ``all_``: stopped ones too)."""
     client = docker.from_env()
     try:
         labels = [f"{L_INSTALL}={installation_label(settings.data_dir)}", f"{L_POOL}=1"]
-        return [c.labels[L_ID] for c in client.containers.list(filters={"label": labels})]
+        return [c.labels[L_ID] for c in client.containers.list(all=all_, filters={"label": labels})]
     finally:
         client.close()
 
@@ -103,7 +115,8 @@ async def test_a_dead_pool_container_is_not_handed_out_and_is_removed(settings):
 async def test_a_session_arriving_while_the_pool_fills_takes_the_container_being_started(settings):
     async with backend(settings, pool_size=1) as b:
         sandbox = await b.sandbox_for(ctx(1), None)  # the pool is still being filled at this point
-        assert sandbox.record.pool
+        assert sandbox.record.id in pool_containers(settings)  # born in the pool
+        assert not sandbox.record.pool and sandbox.record.owner == "local"  # and handed out
         await until(lambda: len(b._pool) == 1)
         assert b._pool[0].record.id != sandbox.record.id
 
@@ -111,10 +124,10 @@ async def test_a_session_arriving_while_the_pool_fills_takes_the_container_being
 async def test_a_pool_start_that_fails_is_retried_later_and_sessions_still_get_containers(settings, monkeypatch):
     create = SandboxManager.create
 
-    def full_disk_for_the_pool(self, owner, *, pool=False):
+    def full_disk_for_the_pool(self, owner, *, pool=False, ticket=None):
         if pool:
             raise OSError(28, "No space left on device")
-        return create(self, owner, pool=pool)
+        return create(self, owner, pool=pool, ticket=ticket)
 
     monkeypatch.setattr(SandboxManager, "create", full_disk_for_the_pool)
     async with backend(settings, pool_size=1) as b:
@@ -123,7 +136,7 @@ async def test_a_pool_start_that_fails_is_retried_later_and_sessions_still_get_c
         assert (await b.bash(BashInput(command="echo ok"), ctx(1))).block.stdout == "ok\n"
 
 
-async def test_a_killed_servers_pool_leftovers_are_removed_when_the_next_server_starts(settings, tmp_path: Path):
+async def test_a_killed_servers_pool_container_is_gone_within_90_s_without_another_server(settings, tmp_path: Path):
     s = settings.model_copy(update={"pool_size": 1})
     log = tmp_path / "server.log"
     with open(log, "w") as err:
@@ -133,13 +146,32 @@ async def test_a_killed_servers_pool_leftovers_are_removed_when_the_next_server_
         )
     try:
         await until(lambda: "pool: 1/1 warm containers ready" in log.read_text(), timeout=120)
-        leftovers = pool_containers(s)
-        assert len(leftovers) == 1
+        assert len(pool_containers(s, all_=True)) == 1
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert pool_containers(s) == leftovers  # nobody cleaned up after the killed server
-
-    async with backend(settings, pool_size=0):
-        assert pool_containers(s) == []
+    killed = time.monotonic()
+    # No server starts (no reaper runs): the sandbox side notices its server is gone.
+    await until(lambda: pool_containers(s, all_=True) == [], timeout=90)
+    print(f"pool container gone {time.monotonic() - killed:.1f} s after kill -9")
     SandboxManager(s, connect()).remove_installation()
+
+
+async def test_a_claimed_pool_container_survives_the_next_servers_reap_with_its_files_and_variables(settings, tmp_path):
+    s = settings.model_copy(update={"pool_size": 1})
+    async with mcp_client("stdio", s) as a:  # server A: its session takes the warm container
+        first = await a.call_tool("bash_code_execution", {"command": "echo kept > /workspace/f.txt; export KEEP=yes"})
+        cid = first.meta["container"]["id"]
+        assert cid in pool_containers(s)  # it was born in the pool
+        started = first_started(s, cid)
+    # A has exited. A server of another data directory (whose owner records say nothing of it)
+    # reaps, and so does server B of A's own: both must see a handed-out sandbox, not a pool leftover.
+    other = make_settings(tmp_path / "other")
+    assert await anyio.to_thread.run_sync(SandboxManager(other, connect()).reap) == []
+    async with backend(settings, pool_size=0) as b:
+        assert cid in pool_containers(s)  # still running: not reaped
+        record, container = await anyio.to_thread.run_sync(b._manager.find, cid)
+        assert not record.pool and record.owner == "local"
+        assert container.attrs["State"]["StartedAt"] == started  # the same container, never restarted
+        out = await b.bash(BashInput(command="cat /workspace/f.txt; echo $KEEP", container_id=cid), ctx(9))
+        assert out.block.stdout == "kept\nyes\n"
