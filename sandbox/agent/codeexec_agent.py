@@ -1371,6 +1371,7 @@ REPL_START_LIMIT = 30.0  # seconds for a new interpreter to say it is ready
 DEFAULT_CELL_TIMEOUT = 90.0
 DEFAULT_PENDING_TIMEOUT = 270.0
 DEFAULT_MAX_IN_FLIGHT = 16
+LAST_VALUE = "__codeexec_last_value__"
 AGENT_BOOT = base64.b32encode(os.urandom(10)).decode().lower()  # tells this container life from earlier ones
 
 
@@ -1979,6 +1980,7 @@ def repl_main(workspace: str) -> int:
     import ast
     import asyncio
     import builtins
+    import fcntl
     import inspect
     import linecache
     import socket as _socket
@@ -2127,15 +2129,19 @@ def repl_main(workspace: str) -> int:
         flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         try:
             tree = ast.parse(source, filename, "exec")
-            last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
-            body = compile(tree, filename, "exec", flags=flags, dont_inherit=True)
-            tail = compile(ast.Expression(last.value), filename, "eval", flags=flags, dont_inherit=True) if last else None
-            run_code(body, filename)
-            if tail is not None:
-                value = run_code(tail, filename)
-                if value is not None:
-                    namespace["_"] = value
-                    print(repr(value))
+            shown = bool(tree.body) and isinstance(tree.body[-1], ast.Expr)
+            if shown:  # a final bare expression is kept (one compile: await works in it like anywhere else)
+                last = tree.body[-1]
+                tree.body[-1] = ast.copy_location(
+                    ast.Assign(targets=[ast.Name(id=LAST_VALUE, ctx=ast.Store())], value=last.value), last
+                )
+                ast.fix_missing_locations(tree)
+            namespace.pop(LAST_VALUE, None)
+            run_code(compile(tree, filename, "exec", flags=flags, dont_inherit=True), filename)
+            value = namespace.pop(LAST_VALUE, None)
+            if shown and value is not None:
+                namespace["_"] = value
+                print(repr(value))
             return 0
         except SystemExit as exc:
             code = exc.code
@@ -2148,8 +2154,9 @@ def repl_main(workspace: str) -> int:
             return 1
 
     threading.Thread(target=reader, name="ctl-reader", daemon=True).start()
-    send({"t": "ready", "pid": os.getpid(), "python": sys.version.split()[0]})
-    devnull = os.open(os.devnull, os.O_RDWR)
+    main_pid = os.getpid()
+    send({"t": "ready", "pid": main_pid, "python": sys.version.split()[0]})
+    devnull = fcntl.fcntl(os.open(os.devnull, os.O_RDWR), fcntl.F_DUPFD_CLOEXEC, 10)
     while True:
         try:
             frame, fds = runs.get()
@@ -2157,11 +2164,21 @@ def repl_main(workspace: str) -> int:
             continue
         rc = 1
         try:
-            if len(fds) == 2:
-                os.dup2(devnull, 0)
-                os.dup2(fds[0], 1)
-                os.dup2(fds[1], 2)
+            while True:  # the last cell's swept children (os.fork without wait): no zombies pile up
+                try:
+                    if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                        break
+                except ChildProcessError:
+                    break
+            # Received fds may have landed on 0-2 if the last cell closed those: move them up first.
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in fds]
             for fd in fds:
+                os.close(fd)
+            if len(high) == 2:
+                os.dup2(devnull, 0)
+                os.dup2(high[0], 1)
+                os.dup2(high[1], 2)
+            for fd in high:
                 os.close(fd)
             os.environ["OUTPUT_DIR"] = str(frame.get("outdir") or "")
             limits["pending_timeout"] = float(frame.get("pending_timeout") or DEFAULT_PENDING_TIMEOUT)
@@ -2178,12 +2195,14 @@ def repl_main(workspace: str) -> int:
                     break
                 except KeyboardInterrupt:
                     continue
+        if os.getpid() != main_pid:  # a process the cell forked finished the cell's code: it ends here
+            os._exit(rc if 0 <= rc < 256 else 1)
         for stream in {id(s): s for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__) if s}.values():
             try:
                 stream.flush()
             except (OSError, ValueError, AttributeError):
                 pass
-        for fd in (1, 2):
+        for fd in (0, 1, 2):
             try:
                 os.dup2(devnull, fd)
             except OSError:
