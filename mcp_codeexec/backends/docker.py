@@ -519,6 +519,14 @@ class DockerBackend:
                     async with sandbox.terminal:
                         running.set()
                         result = await self._call(sandbox, message, timeout=10 * 24 * 3600, on_frame=on_frame)
+                except InvalidToolInput as exc:
+                    failure = exc
+                    if "unknown op 'python'" in exc.message:  # an image built before the REPL existed
+                        failure = Unavailable(
+                            f"the sandbox image of {sandbox.record.id} has no Python REPL (its agent predates "
+                            "code_execution); rebuild it with `mcp-codeexec image build`"
+                        )
+                        failure.container = sandbox.info
                 except CodeExecError as exc:
                     failure = exc  # raised below, outside the task group (which would wrap it in a group)
                 tg.cancel_scope.cancel()
