@@ -84,6 +84,27 @@ class Sandbox:
         return ContainerInfo(self.record.id, self.record.expires)
 
 
+def write_repl_marker(data_dir: Path, container_id: str, alive: bool, idle_stop_seconds: float) -> None:
+    """``<data>/repl/<id>.json``: whether the sandbox's Python interpreter holds state, and the idle
+    limit that applies to it, for ``containers ls`` (another process)."""
+    import json
+
+    directory = data_dir / "repl"
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{container_id}.tmp"
+    tmp.write_text(json.dumps({"alive": alive, "idle_stop_seconds": idle_stop_seconds, "updated": time.time()}))
+    tmp.replace(directory / f"{container_id}.json")
+
+
+def read_repl_marker(data_dir: Path, container_id: str) -> dict[str, Any] | None:
+    import json
+
+    try:
+        return json.loads((data_dir / "repl" / f"{container_id}.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def queue_upload(pending_dir: Path, file_id: str, filename: str, container_id: str) -> None:
     """Mark a stored file for delivery into ``container_id``; whichever server next calls into that
     container delivers it first. Works across processes (the CLI queues, the server delivers)."""
@@ -200,6 +221,8 @@ class DockerBackend:
                     continue
                 del self._sandboxes[cid]
                 await self._save_state(sandbox, reason=f"idle for {now - sandbox.last_used:.0f} s")
+                if sandbox.repl_alive:
+                    await _thread(write_repl_marker, self.settings.data_dir, cid, False, self.settings.idle_stop_seconds)
                 await sandbox.conn.aclose()
                 try:
                     await _thread(self._manager.stop, cid)
@@ -539,7 +562,10 @@ class DockerBackend:
             files = await receiver.commit_all()
         finally:
             receiver.abort_all()
-        sandbox.repl_alive = bool(result.get("repl_alive"))
+        alive = bool(result.get("repl_alive"))
+        if alive != sandbox.repl_alive:
+            sandbox.repl_alive = alive
+            await _thread(write_repl_marker, self.settings.data_dir, sandbox.record.id, alive, self.idle_limit(sandbox))
         if result.get("timed_out"):
             err = ExecutionTimeExceeded(
                 "the cell was stopped", detail=(result.get("stdout", "") + result.get("stderr", ""))[-4000:]
