@@ -15,9 +15,11 @@
                 break
             messages.append({"role": "user", "content": await tool_results(sb, reply)})
 
-The model sees ``bash_code_execution`` and ``text_editor_code_execution`` with the hosted inputs;
-each ``tool_result`` carries the hosted result block (``bash_code_execution_result``, ...) as JSON
-text, so the conversation has the hosted tool's shape while the code runs in local containers.
+The model sees ``bash_code_execution``, ``text_editor_code_execution`` and ``code_execution`` (a
+persistent Python interpreter: variables survive between tool_use blocks) with the hosted inputs;
+each ``tool_result`` carries the hosted result block (``bash_code_execution_result``,
+``code_execution_result``, ...) as JSON text, so the conversation has the hosted tool's shape while
+the code runs in local containers.
 """
 
 from __future__ import annotations
@@ -29,11 +31,14 @@ from .config import Settings, load_settings
 
 BASH = "bash_code_execution"
 EDITOR = "text_editor_code_execution"
-TOOL_NAMES = (BASH, EDITOR)
+CODE = "code_execution"
+TOOL_NAMES = (BASH, EDITOR, CODE)
 
 
 def tool_definitions(settings: Settings | None = None) -> list[dict[str, Any]]:
-    """The two tools as Messages API client tool params: ``{"name", "description", "input_schema"}``.
+    """The published tools (by default ``bash_code_execution``, ``text_editor_code_execution`` and
+    ``code_execution``, the persistent Python REPL) as Messages API client tool params:
+    ``{"name", "description", "input_schema"}``.
 
     The schemas are the MCP server's, minus ``container_id``: the sandbox a tool_use runs in is
     the one given to ``run_tool_use``.

@@ -5,6 +5,8 @@
     async with Sandbox() as sb:
         result = await sb.bash("python3 -c 'print(6 * 7)'")
         print(result.stdout)            # "42\\n"
+        await sb.code("x = 6 * 7")      # the container's persistent Python interpreter
+        print((await sb.code("print(x)")).stdout)   # "42\\n"
 
 Every call returns the hosted tool's own block model (``schemas.BashResult``, ``ViewResult``, ...).
 Failures of a call come back as data — ``BashError`` / ``EditorError`` blocks with the hosted
@@ -28,15 +30,18 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from .backends.base import Backend, CallContext, Outcome
+from .backends.base import Backend, CallContext, CodeTools, Outcome
 from .config import Settings, load_settings
 from .errors import CodeExecError, Unavailable, error_block
 from .files import FileStore, StoredFileNotFound
-from .inputs import BASH, EDITOR, validate_input
+from .inputs import BASH, CODE, EDITOR, validate_input
 from .schemas import (
     BashError,
     BashInput,
     BashResult,
+    CodeError,
+    CodeInput,
+    CodeResult,
     CreateResult,
     EditorError,
     StrReplaceResult,
@@ -51,6 +56,7 @@ BashBlock = BashResult | BashError
 ViewBlock = ViewResult | EditorError
 CreateBlock = CreateResult | EditorError
 StrReplaceBlock = StrReplaceResult | EditorError
+CodeBlock = CodeResult | CodeError
 
 
 def settings_with(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
@@ -189,7 +195,12 @@ class Sandbox:
         except Unavailable as exc:
             log.warning("could not remove sandbox %s: %s", cid, exc.message)
 
-    # --- the two tools ------------------------------------------------------------------------
+    # --- the three tools ----------------------------------------------------------------------
+
+    async def code(self, code: str, *, restart: bool = False, tools: CodeTools | None = None) -> CodeBlock:
+        """Run Python in the container's persistent interpreter (variables persist between calls;
+        top-level ``await`` works); ``tools``: functions the code may call (``await name({...})``)."""
+        return await self.call_tool(CODE, {"code": code, "restart": restart}, tools=tools)  # type: ignore[return-value]
 
     async def bash(self, command: str, *, restart: bool = False) -> BashBlock:
         """Run ``command`` in the container's shell (cwd and exported variables persist)."""
@@ -211,18 +222,20 @@ class Sandbox:
         arguments = {"command": "str_replace", "path": path, "old_str": old, "new_str": new}
         return await self.call_tool(EDITOR, arguments)  # type: ignore[return-value]
 
-    async def call_tool(self, name: str, arguments: dict[str, Any]) -> Any:
+    async def call_tool(self, name: str, arguments: dict[str, Any], *, tools: CodeTools | None = None) -> Any:
         """Run one hosted tool call by name with the hosted input; return the hosted result block.
 
         ``container_id`` in ``arguments`` is ignored: a Sandbox always runs in its own container.
         """
-        if name not in (BASH, EDITOR):
-            raise ValueError(f"unknown tool {name!r} (expected {BASH} or {EDITOR})")
+        if name not in (BASH, EDITOR, CODE):
+            raise ValueError(f"unknown tool {name!r} (expected {BASH}, {EDITOR} or {CODE})")
         backend = self.backend
         try:
             request = validate_input(name, {**arguments, "container_id": self._container_id})
             if isinstance(request, BashInput):
                 outcome = await backend.bash(request, self._ctx)
+            elif isinstance(request, CodeInput):
+                outcome = await backend.code(request, self._ctx, tools)
             else:
                 outcome = await backend.editor(request, self._ctx)
         except CodeExecError as exc:

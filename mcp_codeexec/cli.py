@@ -30,7 +30,12 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         "hosted_model": getattr(args, "model", None),
         "legacy_tool": True if getattr(args, "legacy_tool", False) else None,
         "resume_sandbox": False if getattr(args, "fresh", False) else None,
+        "tools": getattr(args, "tools", None),
+        "code_cell_timeout": getattr(args, "cell_timeout", None),
     }
+    if getattr(args, "legacy_tool", False):
+        print("mcp-codeexec: --legacy-tool is deprecated: code_execution (the Python REPL) is published by "
+              "default; choose tools with --tools", file=sys.stderr)
     return load_settings(**overrides)
 
 
@@ -105,7 +110,10 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="where files, workspaces and state live")
     p.add_argument("--base-url", help="hosted backend: Anthropic API base URL (gateways)")
     p.add_argument("--model", help="hosted backend: model that drives the hosted tool")
-    p.add_argument("--legacy-tool", action="store_true", help="also offer the legacy Python-only code_execution tool")
+    p.add_argument("--tools", help="comma-separated tools to publish (default: bash_code_execution,"
+                   "text_editor_code_execution,code_execution)")
+    p.add_argument("--cell-timeout", type=float, help="seconds one code_execution cell may run (default 90)")
+    p.add_argument("--legacy-tool", action="store_true", help="deprecated alias: make sure code_execution is published")
 
 
 def build_parser() -> argparse.ArgumentParser:

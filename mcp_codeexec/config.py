@@ -7,12 +7,13 @@ Sources, highest first: CLI flags (passed as init kwargs), environment variables
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -77,7 +78,21 @@ class Settings(BaseSettings):
         "anthropic/maxResultSizeChars on each tool, so Claude Code shows results up to this whole (it caps the value at 500,000).",
     )
     progress_interval: float = 2.0
-    legacy_tool: bool = Field(default=False, description="Also offer the legacy Python-only `code_execution` tool.")
+    tools: Annotated[list[Literal["bash_code_execution", "text_editor_code_execution", "code_execution"]], NoDecode] = Field(
+        default_factory=lambda: ["bash_code_execution", "text_editor_code_execution", "code_execution"],
+        description="The tools published (a comma-separated list in the environment).",
+    )
+    legacy_tool: bool = Field(
+        default=False, description="Deprecated alias: make sure `code_execution` is published (it is by default)."
+    )
+    code_cell_timeout: float = Field(
+        default=90.0, gt=0, le=3600,
+        description="Wall-clock seconds one code_execution cell may run before it is interrupted (detection_timeout).",
+    )
+    code_pending_timeout: float = Field(
+        default=270.0, gt=0, le=3600, description="Seconds a tool call made from code may wait for its result."
+    )
+    code_max_in_flight: int = Field(default=16, ge=1, le=1024, description="Tool calls from code in flight per container.")
 
     # --- sandboxes (docker backend)
     image: str | None = Field(default=None, description="Sandbox image; default: the tag matching this version.")
@@ -94,6 +109,11 @@ class Settings(BaseSettings):
     max_containers_per_principal: int = 16
     reap_interval_seconds: float = 300.0
     idle_stop_seconds: float = Field(default=900.0, description="Stop sandboxes idle this long (0 = never); files stay.")
+    repl_idle_stop_seconds: float = Field(
+        default=4 * 3600.0,
+        description="Stop a sandbox whose Python interpreter holds state only after it was idle this long (0 = never); "
+        "stopping loses the interpreter's variables.",
+    )
     file_retention_days: float = 30.0
     auto_build_image: bool = Field(default=True, description="`serve` builds the sandbox image when it is missing.")
     image_base: str = Field(
@@ -116,17 +136,30 @@ class Settings(BaseSettings):
     anthropic_base_url: str | None = None
     hosted_model: str = "claude-sonnet-4-5"
     hosted_tool_version: str = "code_execution_20250825"
+    hosted_code_tool_version: Literal["code_execution_20260120", "code_execution_20260521"] = Field(
+        default="code_execution_20260120", description="The hosted tool version the passthrough requests for code_execution (the REPL)."
+    )
     hosted_max_tokens: int = 4096
     hosted_max_retries: int = 3
 
     config_file: Path | None = Field(default=None, exclude=True)
 
-    @field_validator("auth_tokens", "allowed_origins", mode="before")
+    @field_validator("auth_tokens", "allowed_origins", "tools", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.startswith("["):
             return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, str):
+            return json.loads(value)
         return value
+
+    @model_validator(mode="after")
+    def _legacy_tool_alias(self) -> Settings:
+        if self.legacy_tool and "code_execution" not in self.tools:
+            self.tools = [*self.tools, "code_execution"]
+        if not self.tools:
+            raise ValueError("tools: publish at least one tool")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -107,7 +107,20 @@ def _describe(manager: Any, record: Any, container: Any, sizes: dict[str, int] |
     return _row(
         manager, record.id, record.owner or "(pool)", record.created, record.expires, record.quota, usage,
         status=record.status, runtime=host_config.get("Runtime") or "runc", image=(attrs.get("Config") or {}).get("Image"),
-    ) | {"pool": record.pool, "this_data_dir": record.install == manager.install, "docker_id": record.docker_id[:12]}
+    ) | {"pool": record.pool, "this_data_dir": record.install == manager.install, "docker_id": record.docker_id[:12]} | _repl(
+        manager, record
+    )
+
+
+def _repl(manager: Any, record: Any) -> dict[str, Any]:
+    """Whether the sandbox's Python interpreter holds state (recorded by the server that runs it) and
+    the idle limit that applies to the sandbox."""
+    from .backends.docker import read_repl_marker
+
+    marker = read_repl_marker(manager.settings.data_dir, record.id) or {}
+    alive = bool(marker.get("alive")) and record.status == "running"
+    limit = marker.get("idle_stop_seconds") if alive else manager.settings.idle_stop_seconds
+    return {"repl_state": alive, "idle_stop_seconds": limit}
 
 
 def _describe_detached(manager: Any, cid: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -195,7 +208,7 @@ def _ls(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> int:
         table.append((
             d["id"], d["owner"], _human_duration(d["age_seconds"]),
             "expired" if d["expired"] else _human_duration(d["expires_in_seconds"]),
-            d["status"], d["runtime"] or "-", _human_bytes(d["disk_used_bytes"]) + limit,
+            d["status"] + (" +repl" if d.get("repl_state") else ""), d["runtime"] or "-", _human_bytes(d["disk_used_bytes"]) + limit,
         ))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:

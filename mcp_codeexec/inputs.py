@@ -6,7 +6,6 @@ Bad input never raises anything but ``InvalidToolInput``, which becomes the host
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,13 +16,8 @@ from .schemas import BashInput, CodeInput, EditorInput
 BASH = "bash_code_execution"
 EDITOR = "text_editor_code_execution"
 CODE = "code_execution"
+ALL_TOOLS = (BASH, EDITOR, CODE)
 MAX_COMMAND_CHARS = 1_000_000
-
-
-def python_command(code: str) -> str:
-    """The legacy tool runs its code through the bash tool: a quoted here-document fed to python3."""
-    delimiter = f"CODEEXEC_PY_{secrets.token_hex(8)}"
-    return f"python3 - <<'{delimiter}'\n{code}\n{delimiter}"
 
 
 def _problems(tool: str, exc: ValidationError) -> InvalidToolInput:
@@ -31,8 +25,8 @@ def _problems(tool: str, exc: ValidationError) -> InvalidToolInput:
     return InvalidToolInput(f"invalid input for {tool}: {problems}")
 
 
-def validate_input(tool: str, arguments: dict[str, Any]) -> BashInput | EditorInput:
-    """The hosted input of ``tool`` as a model; the legacy ``code_execution`` becomes a bash input."""
+def validate_input(tool: str, arguments: dict[str, Any]) -> BashInput | EditorInput | CodeInput:
+    """The hosted input of ``tool`` as a model."""
     if tool == CODE:
         try:
             code = CodeInput.model_validate(arguments)
@@ -40,7 +34,7 @@ def validate_input(tool: str, arguments: dict[str, Any]) -> BashInput | EditorIn
             raise _problems(tool, exc) from None
         if len(code.code) > MAX_COMMAND_CHARS:
             raise InvalidToolInput(f"code is longer than {MAX_COMMAND_CHARS} characters")
-        return BashInput(command=python_command(code.code), container_id=code.container_id)
+        return code
     model = BashInput if tool == BASH else EditorInput
     try:
         request = model.model_validate(arguments)

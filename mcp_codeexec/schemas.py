@@ -76,7 +76,8 @@ class CodeOutputBlock(_Block):
 
 
 class CodeResult(_Block):
-    """The legacy ``code_execution`` (20250522) result: Python only."""
+    """The ``code_execution`` result (``BetaCodeExecutionResultBlock``): the REPL sub-tool of
+    ``code_execution_20260120`` / ``20260521``, same shape as the legacy 20250522 tool."""
 
     type: Literal["code_execution_result"] = "code_execution_result"
     stdout: str
@@ -149,7 +150,8 @@ class EditorInput(BaseModel):
 class CodeInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     _blank = model_validator(mode="before")(_without_blank_optionals)
-    code: str = Field(description="Python code to run (Python 3.11).")
+    code: str = Field(description="Python code to run in the container's persistent Python 3.11 interpreter.")
+    restart: bool = Field(default=False, description="Start a fresh interpreter (forgets every variable and import) before running.")
     container_id: str | None = CONTAINER_ID_FIELD
 
 

@@ -25,21 +25,18 @@ from mcp.server.lowlevel.server import Server
 from mcp.shared.exceptions import MCPError
 
 from . import __version__
-from .backends.base import Backend, CallContext, Outcome, ProducedFile
+from .backends.base import Backend, CallContext, CodeTools, Outcome, ProducedFile
 from .config import Settings
 from .errors import CodeExecError, ContainerExpired, TooManyRequests, Unavailable, error_block
 from .files import FileStore, StoredFileNotFound, guess_mime, is_file_id
-from .inputs import BASH, CODE, EDITOR, validate_input
+from .inputs import ALL_TOOLS, BASH, CODE, EDITOR, validate_input
 from .rate_limit import CallRateLimiter
 from .schemas import (
     BASH_OUTPUT_SCHEMA,
     CODE_OUTPUT_SCHEMA,
     EDITOR_OUTPUT_SCHEMA,
     BashInput,
-    BashResult,
     CodeInput,
-    CodeOutputBlock,
-    CodeResult,
     EditorInput,
     input_schema,
 )
@@ -110,29 +107,27 @@ def tool_definitions(settings: Settings) -> list[types.Tool]:
         output_schema=EDITOR_OUTPUT_SCHEMA,
         annotations=types.ToolAnnotations(title="View, create or edit a file", open_world_hint=False),
     )
-    if not settings.legacy_tool:
-        return [bash, editor]
     code = types.Tool(
         name=CODE,
-        title="Run Python code",
+        title="Run Python in a persistent interpreter",
         description=(
-            "Run Python code (the legacy code_execution tool) and get stdout, stderr and the exit code. "
+            "Run Python code in the container's persistent Python 3.11 interpreter (a REPL) and get its stdout, "
+            "stderr and return code. Variables, imports and functions persist between calls (restart: true gives a "
+            "fresh interpreter); top-level await works (asyncio.gather too); the value of a final bare expression is "
+            "printed. A traceback is returned on stderr with a non-zero return_code. "
             + workspace
-            + "Files written to $OUTPUT_DIR are returned. "
-            + _limits(settings)
+            + "The interpreter shares files with bash_code_execution, not variables. Each call gets a fresh, empty "
+            "$OUTPUT_DIR (os.environ['OUTPUT_DIR']): files written at its top level are returned as output files. "
+            f"Each cell may run {settings.code_cell_timeout:g} s of wall-clock time; a longer one is interrupted and "
+            "its output says detection_timeout (the interpreter keeps its state). "
+            + _limits(settings).replace(f"{settings.call_timeout:g} s per call, ", "")
         ),
         input_schema=input_schema(CodeInput),
         output_schema=CODE_OUTPUT_SCHEMA,
-        annotations=types.ToolAnnotations(title="Run Python code", open_world_hint=settings.network),
+        annotations=types.ToolAnnotations(title="Run Python in a persistent interpreter", open_world_hint=settings.network),
     )
-    return [bash, editor, code]
-
-
-def legacy_result(block: BashResult) -> CodeResult:
-    return CodeResult(
-        stdout=block.stdout, stderr=block.stderr, return_code=block.return_code,
-        content=[CodeOutputBlock(file_id=b.file_id) for b in block.content],
-    )
+    by_name = {BASH: bash, EDITOR: editor, CODE: code}
+    return [by_name[name] for name in ALL_TOOLS if name in settings.tools]
 
 
 @dataclass
@@ -142,6 +137,8 @@ class AppState:
     store: FileStore
     http_limiter: CallRateLimiter | None = None
     """Paces HTTP principals' tool calls (None: unlimited)."""
+    code_tools: CodeTools | None = None
+    """The tools code_execution's code may call (programmatic tool calling); None: none."""
 
 
 def create_backend(settings: Settings, store: FileStore) -> Backend:
@@ -365,11 +362,11 @@ async def call_tool(state: AppState, tool: str, arguments: dict[str, Any], ctx: 
         request = validate_input(tool, arguments)
         if isinstance(request, BashInput):
             outcome = await state.backend.bash(request, ctx)
+        elif isinstance(request, CodeInput):
+            outcome = await state.backend.code(request, ctx, state.code_tools)
         else:
             outcome = await state.backend.editor(request, ctx)
         block = outcome.block
-        if tool == CODE and isinstance(block, BashResult):
-            block = legacy_result(block)
     except CodeExecError as exc:
         error = exc
         block = error_block(tool, exc)
@@ -437,7 +434,7 @@ def create_server(settings: Settings, *, backend: Backend | None = None, store: 
         return types.ListToolsResult(tools=tools)
 
     async def handle_call_tool(ctx: ServerRequestContext[AppState], params: types.CallToolRequestParams) -> types.CallToolResult:
-        if params.name not in (BASH, EDITOR) and not (params.name == CODE and settings.legacy_tool):
+        if params.name not in settings.tools:
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {_valid_unicode(params.name)}")
         principal = principal_of(ctx)
 
@@ -515,10 +512,11 @@ def create_server(settings: Settings, *, backend: Backend | None = None, store: 
     return Server(
         "mcp-codeexec",
         version=__version__,
-        title="Code execution (bash + text editor) in local sandboxes",
+        title="Code execution (bash, text editor, Python REPL) in local sandboxes",
         instructions=(
-            "bash_code_execution and text_editor_code_execution behave like Anthropic's hosted code execution "
-            "tool. Files persist in /workspace; write files to $OUTPUT_DIR to hand them back to the user."
+            "bash_code_execution, text_editor_code_execution and code_execution (a persistent Python interpreter) "
+            "behave like Anthropic's hosted code execution tool. Files persist in /workspace; write files to "
+            "$OUTPUT_DIR to hand them back to the user."
         ),
         lifespan=lifespan,
         on_list_tools=list_tools,

@@ -1,4 +1,4 @@
-"""The Backend protocol: what the MCP server needs from anything that executes the two tools.
+"""The Backend protocol: what the MCP server needs from anything that executes the three tools.
 
 A backend returns the hosted result block (or the hosted error block for failures that happen
 inside a known container, such as ``file_not_found``) wrapped in an ``Outcome`` that also says
@@ -13,10 +13,41 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from ..schemas import BashInput, EditorInput, ResultBlock
+from ..schemas import BashInput, CodeInput, EditorInput, ResultBlock
 
 ProgressFn = Callable[[float, str], Awaitable[None]]
 """``await progress(elapsed_seconds, message)`` — message is a short text (output so far, capped)."""
+
+ToolHandler = Callable[[str, dict[str, Any]], Awaitable[tuple[str, bool]]]
+"""``await call(name, input)`` -> (result text, is_error): runs a tool that sandbox code called."""
+
+
+@dataclass(frozen=True)
+class ToolFunction:
+    """A function the sandbox code may call (an async global of the REPL, ``await name(input)``)."""
+
+    name: str
+    """A Python identifier, e.g. ``weather__get_forecast``."""
+    description: str
+    """One line."""
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any] | None = None
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "input_schema": self.input_schema,
+                "output_schema": self.output_schema}
+
+
+@dataclass
+class CodeTools:
+    """The tools a ``code_execution`` call's code may call, and the host-side handler that runs them."""
+
+    functions: list[ToolFunction]
+    call: ToolHandler
+    max_in_flight: int = 16
+    """Tool calls from the code waiting for their result at once (per container)."""
+    pending_timeout: float = 270.0
+    """Seconds a call waits; then ``TimeoutError("Calling tool ['<name>'] timed out ...")`` in the code."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +100,10 @@ class Backend(Protocol):
     async def bash(self, request: BashInput, ctx: CallContext) -> Outcome: ...
 
     async def editor(self, request: EditorInput, ctx: CallContext) -> Outcome: ...
+
+    async def code(self, request: CodeInput, ctx: CallContext, tools: CodeTools | None = None) -> Outcome:
+        """Run a cell in the container's persistent Python interpreter (``code_execution``)."""
+        ...
 
     async def attach_file(self, file_id: str, container_id: str, principal: str) -> str:
         """Place a stored upload inside the container; return its path there."""

@@ -48,12 +48,15 @@ from ..schemas import (
     BashInput,
     BashOutputBlock,
     BashResult,
+    CodeInput,
+    CodeOutputBlock,
+    CodeResult,
     CreateResult,
     EditorInput,
     StrReplaceResult,
     ViewResult,
 )
-from .base import CallContext, ContainerInfo, Outcome, ProducedFile
+from .base import CallContext, CodeTools, ContainerInfo, Outcome, ProducedFile
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,8 @@ class Sandbox:
     owner: str
     last_used: float = field(default_factory=time.monotonic)
     inflight: int = 0
+    repl_alive: bool = False
+    """The container's Python interpreter holds state (as of the last code_execution call)."""
     terminal: anyio.Lock = field(default_factory=anyio.Lock)
     """Bash calls wait here, not in the agent's queue: the host-side deadline of a call must not
     count the time it waited behind earlier calls (the agent runs one bash call at a time)."""
@@ -87,6 +92,27 @@ class Sandbox:
     @property
     def info(self) -> ContainerInfo:
         return ContainerInfo(self.record.id, self.record.expires)
+
+
+def write_repl_marker(data_dir: Path, container_id: str, alive: bool, idle_stop_seconds: float) -> None:
+    """``<data>/repl/<id>.json``: whether the sandbox's Python interpreter holds state, and the idle
+    limit that applies to it, for ``containers ls`` (another process)."""
+    import json
+
+    directory = data_dir / "repl"
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{container_id}.tmp"
+    tmp.write_text(json.dumps({"alive": alive, "idle_stop_seconds": idle_stop_seconds, "updated": time.time()}))
+    tmp.replace(directory / f"{container_id}.json")
+
+
+def read_repl_marker(data_dir: Path, container_id: str) -> dict[str, Any] | None:
+    import json
+
+    try:
+        return json.loads((data_dir / "repl" / f"{container_id}.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def queue_upload(pending_dir: Path, file_id: str, filename: str, container_id: str) -> None:
@@ -140,7 +166,7 @@ class DockerBackend:
             # Save before cancelling the task group: it holds each connection's reader, and a
             # cancelled reader closes its stream under the save request.
             for sandbox in self._sandboxes.values():
-                await self._save_state(sandbox)
+                await self._save_state(sandbox, reason="the server shut down")
         self._tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
             pool, self._pool = self._pool, []
@@ -159,12 +185,21 @@ class DockerBackend:
                 self._manager.leases.release_all()  # the sandboxes are free for the next session to resume
         await self._stack.aclose()  # exits the task group: must not happen inside another cancel scope
 
-    async def _save_state(self, sandbox: Sandbox) -> None:
-        """Ask the agent to copy the shell state onto the workspace (it lives on tmpfs while running)."""
+    def idle_limit(self, sandbox: Sandbox) -> float:
+        """Seconds idle before a stop: longer while its Python interpreter holds state (a stop loses it)."""
+        if sandbox.repl_alive and self.settings.repl_idle_stop_seconds > 0 and self.settings.idle_stop_seconds > 0:
+            return max(self.settings.idle_stop_seconds, self.settings.repl_idle_stop_seconds)
+        if sandbox.repl_alive and self.settings.repl_idle_stop_seconds <= 0:
+            return 0.0
+        return self.settings.idle_stop_seconds
+
+    async def _save_state(self, sandbox: Sandbox, reason: str | None = None) -> None:
+        """Ask the agent to copy the shell state onto the workspace (it lives on tmpfs while running);
+        ``reason`` is what the next code_execution call's stderr says lost the interpreter."""
         if sandbox.conn.closed.is_set():
             return
         try:
-            await sandbox.conn.request({"op": "save_state"}, timeout=5)
+            await sandbox.conn.request({"op": "save_state", **({"reason": reason} if reason else {})}, timeout=5)
         except AgentGone as exc:
             log.info("sandbox %s: shell state not saved: %s", sandbox.record.id, exc.message)
 
@@ -198,18 +233,20 @@ class DockerBackend:
 
     async def _stop_idle(self) -> None:
         """Idle sandboxes are stopped to free memory; the next call starts them again, files intact."""
-        limit = self.settings.idle_stop_seconds
-        if limit <= 0 or self._manager is None:
+        if self._manager is None:
             return
         now = time.monotonic()
         for cid, sandbox in list(self._sandboxes.items()):
-            if sandbox.inflight or now - sandbox.last_used < limit:
+            limit = self.idle_limit(sandbox)
+            if limit <= 0 or sandbox.inflight or now - sandbox.last_used < limit:
                 continue
             async with self._lock(cid):
                 if sandbox.inflight or now - sandbox.last_used < limit or self._sandboxes.get(cid) is not sandbox:
                     continue
                 del self._sandboxes[cid]
-                await self._save_state(sandbox)
+                await self._save_state(sandbox, reason=f"idle for {now - sandbox.last_used:.0f} s")
+                if sandbox.repl_alive:
+                    await _thread(write_repl_marker, self.settings.data_dir, cid, False, self.settings.idle_stop_seconds)
                 await sandbox.conn.aclose()
                 try:
                     await _thread(self._manager.stop, cid)
@@ -512,6 +549,122 @@ class DockerBackend:
         )
         return Outcome(block, sandbox.info, files)
 
+    async def code(self, request: CodeInput, ctx: CallContext, tools: CodeTools | None = None) -> Outcome:
+        """A cell in the container's persistent interpreter. The agent enforces the cell limit (an
+        interrupted cell is a normal result saying ``detection_timeout``); the host's backstop (the
+        limit plus the time tool calls were pending, plus a margin) answers execution_time_exceeded."""
+        sandbox = await self.sandbox_for(ctx, request.container_id)
+        s = self.settings
+        receiver = _FileReceiver(self.store, ctx.principal, sandbox.record.id, s.max_output_file_bytes)
+        started = time.monotonic()
+        pending: dict[str, float] = {}
+        waited = 0.0  # seconds with at least one tool call pending (the cell's clock is paused then)
+        max_in_flight = tools.max_in_flight if tools else s.code_max_in_flight
+        pending_timeout = tools.pending_timeout if tools else s.code_pending_timeout
+
+        async def run_tool(rid: int, frame: dict[str, Any]) -> None:
+            nonlocal waited
+            call_id = str(frame.get("call_id"))
+            pending.setdefault(call_id, time.monotonic())
+            try:
+                text, is_error = await _run_code_tool(tools, frame, pending_timeout)
+            finally:
+                since = pending.pop(call_id, None)
+                if since is not None and not pending:
+                    waited += time.monotonic() - min([since, *pending.values()])
+            if len(text) > MAX_TOOL_RESULT_CHARS:
+                text = text[:MAX_TOOL_RESULT_CHARS] + f"\n[... tool result cut at {MAX_TOOL_RESULT_CHARS} characters ...]"
+            try:
+                await sandbox.conn.notify({"op": "tool_result", "target": rid, "call_id": call_id,
+                                           "text": text, "is_error": is_error})
+            except AgentGone:
+                pass  # the call is over or the sandbox went away; the code sees its own failure
+
+        message = {
+            "op": "python",
+            "code": request.code,
+            "timeout": s.code_cell_timeout,
+            "restart": request.restart,
+            "max_output": s.max_output_bytes,
+            "max_spill": s.max_spill_bytes,
+            "max_file": s.max_output_file_bytes,
+            "progress_interval": s.progress_interval if ctx.progress is not None else None,
+            "tools": [f.spec() for f in tools.functions] if tools else [],
+            "pending_timeout": pending_timeout,
+            "max_in_flight": max_in_flight,
+        }
+        backstop = s.code_cell_timeout + REPL_BACKSTOP_MARGIN
+        result: dict[str, Any] | None = None
+        failure: CodeExecError | None = None
+        running = anyio.Event()
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def on_frame(frame: dict[str, Any], blob: bytes) -> None:
+                    if frame["type"] == "file":
+                        receiver.chunk(frame, blob)
+                    elif frame["type"] == "tool_call":
+                        tg.start_soon(run_tool, frame["id"], frame)
+                    elif frame["type"] == "progress" and ctx.progress is not None:
+                        tail = (frame.get("stdout_tail") or "") + (frame.get("stderr_tail") or "")
+                        await ctx.progress(time.monotonic() - started, tail[-2000:])
+
+                async def watchdog() -> None:
+                    await running.wait()  # the clock starts when the cell does, not while it waits for the terminal
+                    begun = time.monotonic()
+                    while True:
+                        now = time.monotonic()
+                        paused = waited + (now - min(pending.values()) if pending else 0.0)
+                        left = begun + backstop + paused - now
+                        if left <= 0:
+                            tg.cancel_scope.cancel()
+                            return
+                        await anyio.sleep(min(left, 1.0))
+
+                tg.start_soon(watchdog)
+                try:
+                    async with sandbox.terminal:
+                        running.set()
+                        result = await self._call(sandbox, message, timeout=10 * 24 * 3600, on_frame=on_frame)
+                except InvalidToolInput as exc:
+                    failure = exc
+                    if "unknown op 'python'" in exc.message:  # an image built before the REPL existed
+                        failure = Unavailable(
+                            f"the sandbox image of {sandbox.record.id} has no Python REPL (its agent predates "
+                            "code_execution); rebuild it with `mcp-codeexec image build`"
+                        )
+                        failure.container = sandbox.info
+                except CodeExecError as exc:
+                    failure = exc  # raised below, outside the task group (which would wrap it in a group)
+                tg.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
+            if result is None:
+                err = ExecutionTimeExceeded(f"the cell did not finish within {backstop:g} s (the server's backstop)")
+                err.container = sandbox.info
+                raise err
+            files = await receiver.commit_all()
+        finally:
+            receiver.abort_all()
+        alive = bool(result.get("repl_alive"))
+        if alive != sandbox.repl_alive:
+            sandbox.repl_alive = alive
+            await _thread(write_repl_marker, self.settings.data_dir, sandbox.record.id, alive, self.idle_limit(sandbox))
+        if result.get("timed_out"):
+            err = ExecutionTimeExceeded(
+                "the cell was stopped", detail=(result.get("stdout", "") + result.get("stderr", ""))[-4000:]
+            )
+            err.container = sandbox.info
+            raise err
+        block = CodeResult(
+            stdout=result["stdout"],
+            stderr=result["stderr"],
+            return_code=result["return_code"],
+            content=[CodeOutputBlock(file_id=f.file_id) for f in files],
+        )
+        meta = {"codeexec/repl": {"restarted": result.get("restarted"), "interrupted": bool(result.get("interrupted"))}}
+        return Outcome(block, sandbox.info, files, meta=meta)
+
     async def editor(self, request: EditorInput, ctx: CallContext) -> Outcome:
         message = _editor_message(request, self.settings)
         sandbox = await self.sandbox_for(ctx, request.container_id)
@@ -571,6 +724,29 @@ class DockerBackend:
                     yield chunk
 
         await sandbox.conn.put_file(path, chunks())
+
+
+MAX_TOOL_RESULT_CHARS = 4 * 1024 * 1024  # a tool result passed into the code (the frame stays far below the agent's cap)
+REPL_BACKSTOP_MARGIN = 35.0  # past the cell limit: the agent's interrupt grace, a restart, output files
+
+
+async def _run_code_tool(tools: CodeTools | None, frame: dict[str, Any], pending_timeout: float) -> tuple[str, bool]:
+    """Run one tool call from the code; every failure becomes an is_error text for the code."""
+    name, arguments = frame.get("name"), frame.get("input")
+    if tools is None or not any(f.name == name for f in tools.functions):
+        return f"unknown tool {name!r}", True
+    if not isinstance(arguments, dict):
+        return "a tool takes one dict of arguments", True
+    with anyio.move_on_after(pending_timeout + 5):
+        try:
+            text, is_error = await tools.call(str(name), arguments)
+        except CodeExecError as exc:
+            return f"{exc.error_code}: {exc.message}", True
+        except Exception as exc:  # noqa: BLE001 - a foreign tool handler's failure is the code's to see
+            log.warning("tool %s called from code failed: %r", name, exc)
+            return f"the tool failed: {type(exc).__name__}: {exc}", True
+        return str(text), bool(is_error)
+    return f"no response from the tool within {pending_timeout:g} s", True
 
 
 def _editor_message(request: EditorInput, settings: Settings) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import threading
 import time
 import traceback
 
-AGENT_VERSION = "1.0.0"
+AGENT_VERSION = "1.1.0"
 
 # -- framing: a copy of mcp_codeexec/protocol.py -------------------------------------------------
 HEADER = struct.Struct(">II")
@@ -328,6 +328,9 @@ class Reaper:
                     pass
 
 
+_REPL = None  # the agent's Repl (set by Agent): sweeps spare its interpreter
+
+
 def sweep(pgid: int) -> None:
     """Kill whatever a bash call left behind.
 
@@ -337,6 +340,10 @@ def sweep(pgid: int) -> None:
     session.
     """
     if os.getpid() == 1:
+        spare = _REPL.spare() if _REPL is not None else set()
+        if spare:  # a live Python interpreter is not the call's to kill
+            sweep_sparing(spare)
+            return
         try:
             os.kill(-1, signal.SIGKILL)
         except ProcessLookupError:
@@ -1377,6 +1384,864 @@ def replacement_hunk(text: str, at: int, old: str, new: str) -> dict:
     }
 
 
+# -- the Python REPL -------------------------------------------------------------------------------
+# One interpreter per container (docs/DESIGN.md, "python semantics"). It is this same file run by
+# the image's venv Python with ``--repl``: a child of the agent in its own session, stdin/stdout/
+# stderr on /dev/null between cells, talking to the agent only over a private socketpair (never the
+# agent's channel). Each cell gets fresh stdout/stderr pipes passed with SCM_RIGHTS, so the agent
+# reads them with the same Capture as bash and sees EOF when the cell and its children are done.
+REPL_PYTHON = os.environ.get("CODEEXEC_PYTHON") or (
+    "/opt/venv/bin/python3" if os.access("/opt/venv/bin/python3", os.X_OK) else sys.executable
+)
+REPL_MARKER = os.path.join(WORKSPACE, ".codeexec", "repl-state")  # survives container restarts
+REPL_MAX_FRAME = 8 * 1024 * 1024  # a control frame either way (tool input or result text)
+REPL_INTERRUPT_GRACE = 2.0  # seconds from KeyboardInterrupt to SIGKILL when the cell will not stop
+REPL_START_LIMIT = 30.0  # seconds for a new interpreter to say it is ready
+DEFAULT_CELL_TIMEOUT = 90.0
+DEFAULT_PENDING_TIMEOUT = 270.0
+DEFAULT_MAX_IN_FLIGHT = 16
+LAST_VALUE = "__codeexec_last_value__"
+AGENT_BOOT = base64.b32encode(os.urandom(10)).decode().lower()  # tells this container life from earlier ones
+
+
+def _ctl_send(sock, message: dict, fds=()) -> None:
+    body = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    data = HEADER.pack(len(body), 0) + body
+    if fds:
+        import socket as _socket
+
+        sent = _socket.send_fds(sock, [data[:1]], list(fds))
+        data = data[sent:]
+    sock.sendall(data)
+
+
+class _CtlReader:
+    """Frames from a control socket; SCM_RIGHTS fds are queued in arrival order."""
+
+    def __init__(self, sock) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.fds: list = []
+
+    def read(self) -> list | None:
+        """One recv's worth of complete frames; None at EOF. Raises ValueError on a bad frame."""
+        import socket as _socket
+
+        data, fds, _flags, _addr = _socket.recv_fds(self.sock, 1 << 20, 4)
+        self.fds.extend(fds)
+        if not data:
+            return None
+        self.buf += data
+        frames = []
+        while len(self.buf) >= HEADER.size:
+            json_len, blob_len = HEADER.unpack_from(self.buf)
+            if json_len == 0 or json_len > REPL_MAX_FRAME or blob_len:
+                raise ValueError(f"bad control frame header ({json_len}, {blob_len})")
+            end = HEADER.size + json_len
+            if len(self.buf) < end:
+                break
+            message = json.loads(bytes(self.buf[HEADER.size : end]).decode("utf-8", "surrogatepass"))
+            del self.buf[:end]
+            if not isinstance(message, dict):
+                raise ValueError("control frame is not an object")
+            frames.append(message)
+        return frames
+
+
+def _proc_children_gone_except(spare: set) -> bool:
+    """True when every process but PID 1 and ``spare`` is gone (zombies of spared ones count as gone)."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return True
+    for name in names:
+        if not name.isdigit() or name == "1" or int(name) in spare:
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+            if fields[0] == b"Z" and int(fields[1]) in spare:
+                continue
+        except (OSError, IndexError, ValueError):
+            continue
+        return False
+    return True
+
+
+def sweep_sparing(spare: set) -> None:
+    """Like ``sweep`` as PID 1, but the processes in ``spare`` (the interpreter, the next call's
+    bash) live on: everything is stopped at once (kill(-1) is atomic against fork, so a fork bomb
+    freezes), every other process is killed, and the spared ones continue."""
+    try:
+        os.kill(-1, signal.SIGSTOP)
+    except ProcessLookupError:
+        return
+    end = time.monotonic() + QUIET_LIMIT
+    pause = 0.001
+    try:
+        while True:
+            try:
+                names = os.listdir("/proc")
+            except OSError:
+                return
+            for name in names:
+                if name.isdigit() and name != "1" and int(name) not in spare:
+                    try:
+                        os.kill(int(name), signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+            if _proc_children_gone_except(spare) or time.monotonic() >= end:
+                return
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+    finally:
+        for pid in spare:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _kill_children_of(parent: int) -> None:
+    """Outside a pid namespace (tests on a host): kill the interpreter's direct children only."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                ppid = int(fh.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent:
+            _signal_group(int(name), signal.SIGKILL)
+            try:
+                os.kill(int(name), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _describe_exit(status: int | None) -> str:
+    if status is None:
+        return "it stopped answering"
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        why = "; the container's memory limit is the usual cause" if sig == signal.SIGKILL else ""
+        return f"it was killed by {name}{why}"
+    return f"it exited with status {os.WEXITSTATUS(status)} (sys.exit in a thread, os._exit or a crash)"
+
+
+class PythonCall:
+    __slots__ = ("cancelled", "rid", "pending")
+
+    def __init__(self, rid: int) -> None:
+        self.rid = rid
+        self.cancelled = False
+        self.pending: dict = {}  # call_id -> started (monotonic), tool calls waiting for the host
+
+
+class Repl:
+    """The container's one Python interpreter; cells run under the terminal's lock (one execution
+    at a time per container, bash or Python), so a sweep never meets a running cell."""
+
+    def __init__(self, terminal: Terminal) -> None:
+        self.terminal = terminal
+        self.channel = terminal.channel
+        self.pid = 0
+        self.sock = None
+        self.reader: _CtlReader | None = None
+        self.cells = 0
+        self.note: str | None = self._note_from_marker()
+        self.calls: dict[int, PythonCall] = {}
+        self.current: PythonCall | None = None
+        self._send_lock = threading.Lock()
+        self.host_gone = False
+
+    # -- the state marker: lets a new container life say that an earlier interpreter's state is gone
+    @staticmethod
+    def _note_from_marker() -> str | None:
+        try:
+            with open(REPL_MARKER, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW | os.O_NONBLOCK)) as fh:
+                marker = json.loads(fh.read(4096) or b"{}")
+        except (OSError, ValueError):
+            return None
+        if not isinstance(marker, dict) or marker.get("boot") == AGENT_BOOT or not marker.get("cells"):
+            return None
+        reason = marker.get("reason")
+        if isinstance(reason, str) and reason:
+            return f"the container was stopped ({reason[:200]})"
+        return "the container was restarted or rebuilt since the last cell"
+
+    def _write_marker(self, reason: str | None = None) -> None:
+        data = {"boot": AGENT_BOOT, "cells": self.cells if self.alive() else 0}
+        if reason:
+            data["reason"] = reason
+        try:
+            os.makedirs(os.path.dirname(REPL_MARKER), exist_ok=True)
+            _write_private(REPL_MARKER, json.dumps(data).encode())
+        except OSError as exc:
+            _log(f"cannot write {REPL_MARKER}: {exc}")
+
+    def before_stop(self, reason: str | None) -> None:
+        """``save_state``: the host is about to stop the container; a live interpreter is lost."""
+        if self.alive() and self.cells:
+            self._write_marker(reason or "stopped by the server")
+
+    def alive(self) -> bool:
+        return self.pid > 0 and self.terminal.reaper.status(self.pid) is None
+
+    def spare(self) -> set:
+        """Processes a sweep must leave alone: the interpreter (and its zombie-free self)."""
+        return {self.pid} if self.alive() else set()
+
+    # -- interpreter lifecycle
+    def _start(self) -> None:
+        import socket as _socket
+
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            actions = [
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_DUP2, theirs.fileno(), 3),
+            ]
+            argv = ["python3", os.path.abspath(__file__), "--repl", WORKSPACE]
+            env = dict(self.terminal._env)
+            try:
+                pid = self.terminal.reaper.spawn(
+                    REPL_PYTHON, argv, env, file_actions=actions, setsid=True,
+                    setsigdef=self.terminal._sigdef, setsigmask=(),
+                )
+            except NotImplementedError:
+                pid = self.terminal.reaper.spawn(
+                    REPL_PYTHON, argv, env, file_actions=actions, setpgroup=0,
+                    setsigdef=self.terminal._sigdef, setsigmask=(),
+                )
+        except OSError as exc:
+            ours.close()
+            raise ToolError("unavailable", f"cannot start the Python interpreter: {exc}") from None
+        finally:
+            theirs.close()
+        self.pid, self.sock, self.reader = pid, ours, _CtlReader(ours)
+        self.cells = 0
+        ready = self._read_one(time.monotonic() + REPL_START_LIMIT)
+        if not ready or ready.get("t") != "ready":
+            status = self.terminal.reaper.status(pid)
+            self.stop()
+            raise ToolError("unavailable", f"the Python interpreter did not start: {_describe_exit(status)}")
+
+    def _read_one(self, deadline: float) -> dict | None:
+        sel = selectors.PollSelector()
+        try:
+            sel.register(self.sock, selectors.EVENT_READ)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    return None
+                try:
+                    frames = self.reader.read()
+                except (OSError, ValueError):
+                    return None
+                if frames is None:
+                    return None
+                if frames:
+                    return frames[0]
+        finally:
+            sel.close()
+
+    def stop(self) -> None:
+        """Kill the interpreter (its session and children too) and forget it."""
+        pid, self.pid = self.pid, 0
+        if pid > 0:
+            _signal_group(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            deadline = time.monotonic() + KILL_WAIT_LIMIT
+            while self.terminal.reaper.status(pid) is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+            self.terminal.reaper.forget(pid)
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        for fd in self.reader.fds if self.reader else ():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.reader = None
+        self.cells = 0
+
+    def _lost(self, why: str) -> None:
+        """The interpreter is gone (or must go) for ``why``: the next cell's stderr says so."""
+        had_state = self.cells > 0
+        self.stop()
+        if had_state:
+            self.note = why
+        self._write_marker()
+
+    # -- host frames
+    def cancel(self, target) -> bool:
+        call = self.calls.get(target)
+        if call is None:
+            return False
+        call.cancelled = True
+        self.terminal.wake()
+        return True
+
+    def tool_result(self, req: dict) -> None:
+        call = self.calls.get(req.get("target"))
+        call_id = req.get("call_id")
+        if call is None or not isinstance(call_id, str) or call_id not in call.pending:
+            return  # late (the code gave up on it) or unknown
+        text = req.get("text")
+        if not isinstance(text, str):
+            text = "" if text is None else str(text)
+        self._answer(call, call_id, text, bool(req.get("is_error")))
+
+    def _answer(self, call: PythonCall, call_id: str, text: str, is_error: bool) -> None:
+        call.pending.pop(call_id, None)
+        if len(text.encode("utf-8", "surrogatepass")) > REPL_MAX_FRAME - 4096:
+            text, is_error = f"the tool result is larger than {REPL_MAX_FRAME - 4096} bytes", True
+        sock = self.sock
+        if sock is None:
+            return
+        try:
+            with self._send_lock:
+                _ctl_send(sock, {"t": "tool_result", "call_id": call_id, "text": text, "is_error": is_error})
+        except OSError as exc:
+            _log(f"cannot pass a tool result to the interpreter: {exc}")
+        self.terminal.wake()
+
+    def on_host_gone(self) -> None:
+        """End of the host's stream: pending tool calls fail inside the code instead of waiting."""
+        self.host_gone = True
+        for call in list(self.calls.values()):
+            for call_id in list(call.pending):
+                self._answer(call, call_id, "the host connection closed; the tool call was not run", True)
+
+    # -- the call
+    def run(self, rid: int, req: dict, blob: bytes) -> None:
+        call = self.calls.get(rid) or PythonCall(rid)
+        self.calls[rid] = call
+        try:
+            code = _field_str(req, "code")
+            _encode_text(code, "code")
+            timeout = _field_seconds(req, "timeout", DEFAULT_CELL_TIMEOUT)
+            max_output = _field_int(req, "max_output", DEFAULT_MAX_OUTPUT)
+            max_spill = _field_int(req, "max_spill", DEFAULT_MAX_SPILL)
+            max_file = _field_int(req, "max_file", DEFAULT_MAX_FILE)
+            interval = _field_seconds(req, "progress_interval", None)
+            pending_timeout = _field_seconds(req, "pending_timeout", DEFAULT_PENDING_TIMEOUT)
+            max_in_flight = _field_int(req, "max_in_flight", DEFAULT_MAX_IN_FLIGHT, minimum=1)
+            tools = req.get("tools") or []
+            if not isinstance(tools, list) or not all(
+                isinstance(t, dict) and isinstance(t.get("name"), str) and t["name"].isidentifier() for t in tools
+            ):
+                raise _invalid("'tools' must be a list of objects whose 'name' is a Python identifier")
+            restart = req.get("restart", False)
+            if not isinstance(restart, bool):
+                raise _invalid("'restart' must be a boolean")
+            with self.terminal.lock:
+                if call.cancelled:
+                    self.channel.result(rid, self._result("", "", 128 + signal.SIGKILL, True, [], None))
+                    return
+                try:
+                    self._run_locked(call, code, timeout, max_output, max_spill, max_file, interval,
+                                     restart, tools, pending_timeout, max_in_flight)
+                finally:
+                    self.current = None
+                    self.terminal._prepare_next()
+        finally:
+            self.calls.pop(rid, None)
+
+    def _result(self, stdout, stderr, return_code, timed_out, files, restarted) -> dict:
+        return {
+            "stdout": stdout, "stderr": stderr, "return_code": return_code, "timed_out": timed_out,
+            "interrupted": False, "files": files, "restarted": restarted, "repl_alive": self.alive(),
+            "cells": self.cells,
+        }
+
+    def _run_locked(self, call, code, timeout, max_output, max_spill, max_file, interval,
+                    restart, tools, pending_timeout, max_in_flight) -> None:
+        rid = call.rid
+        start = time.monotonic()
+        seq, outdir = self.terminal._next_outdir()
+        spill = os.path.join(SPILL_DIR, f"{seq}.")
+        out = Capture(max_output, max_spill, spill + "stdout", self.terminal._prune_spill)
+        err = Capture(max_output, max_spill, spill + "stderr", self.terminal._prune_spill)
+        if restart:
+            had = self.alive() and self.cells > 0
+            self.stop()
+            self.note = "restart was requested" if had else None
+        elif self.pid and not self.alive():
+            self._lost(_describe_exit(self.terminal.reaper.status(self.pid)))
+        restarted = None
+        if not self.alive():
+            self._start()
+            if self.note:
+                restarted = self.note
+                err.feed(
+                    f"[the Python interpreter was restarted: {self.note}; variables, imports and "
+                    f"definitions from earlier cells are gone]\n".encode()
+                )
+            self.note = None
+            self._write_marker()
+        self.current = call
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            message = {
+                "t": "run", "code": code, "outdir": outdir, "cell": seq, "tools": tools,
+                "pending_timeout": pending_timeout, "max_in_flight": max_in_flight,
+            }
+            body_len = len(json.dumps(message, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+            if body_len > REPL_MAX_FRAME:
+                raise _invalid(f"the code and tool list are larger than {REPL_MAX_FRAME} bytes")
+            try:
+                with self._send_lock:
+                    _ctl_send(self.sock, message, (out_w, err_w))
+            except OSError as exc:
+                self._lost(f"its channel broke ({exc.strerror or exc})")
+                raise ToolError("unavailable", "the Python interpreter could not be reached; retry the call") from None
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        try:
+            rc, timed_out, interrupted, lost = self._pump(call, out_r, err_r, out, err, start, timeout,
+                                                          interval, max_in_flight)
+        finally:
+            os.close(out_r)
+            os.close(err_r)
+        if interrupted:
+            err.feed(
+                f"\ndetection_timeout: the cell ran past its {timeout:g} s wall-clock limit and was "
+                f"interrupted{'; the interpreter did not stop and was killed (the next cell starts a fresh one)' if lost else ''}\n".encode()
+            )
+        elif lost and not timed_out:
+            err.feed(f"\n[the Python interpreter stopped: {lost}; the next cell starts a fresh one]\n".encode())
+        if rc == 0 and (interrupted or lost):
+            rc = 1
+        if self.alive():
+            self.cells += 1
+            if self.cells == 1:
+                self._write_marker()  # from now on a lost interpreter is reported, in this container life or the next
+        stdout, stderr = out.text(), err.text()
+        if timed_out:
+            self.channel.result(rid, self._result(stdout, stderr, rc, True, [], restarted))
+            return
+        files = self.terminal._send_files(rid, outdir, max_file)
+        if files is not None:
+            result = self._result(stdout, stderr, rc, False, files, restarted)
+            result["interrupted"] = interrupted
+            self.channel.result(rid, result)
+
+    def _pump(self, call, out_r, err_r, out, err, start, timeout, interval, max_in_flight):
+        """Read the cell's pipes and the control socket until ``done`` (or the limit); returns
+        (return_code, timed_out, interrupted, lost reason)."""
+        paused = 0.0  # seconds spent with a tool call pending: not counted against the cell's limit
+        paused_since = None
+        if interval:
+            interval = max(interval, MIN_PROGRESS_INTERVAL)
+        next_progress = start + interval if interval else None
+        interrupt_at = None
+        rc = None
+        interrupted = timed_out = False
+        lost = None
+        sel = selectors.PollSelector()
+        try:
+            sel.register(out_r, selectors.EVENT_READ, out)
+            sel.register(err_r, selectors.EVENT_READ, err)
+            sel.register(self.sock, selectors.EVENT_READ, "ctl")
+            sel.register(self.terminal._wake_r, selectors.EVENT_READ, None)
+            open_pipes = 2
+            while rc is None:
+                now = time.monotonic()
+                if call.pending and paused_since is None:
+                    paused_since = now
+                elif not call.pending and paused_since is not None:
+                    paused += now - paused_since
+                    paused_since = None
+                deadline = start + timeout + paused + ((now - paused_since) if paused_since else 0)
+                if not self.alive():
+                    lost = _describe_exit(self.terminal.reaper.status(self.pid))
+                    break
+                if interrupt_at is None and (now >= deadline or call.cancelled):
+                    interrupted = not call.cancelled
+                    timed_out = call.cancelled
+                    interrupt_at = now
+                    for call_id in list(call.pending):
+                        self._answer(call, call_id, "the cell was interrupted", True)
+                    try:
+                        os.kill(self.pid, signal.SIGINT)
+                    except ProcessLookupError:
+                        pass
+                if interrupt_at is not None and now >= interrupt_at + REPL_INTERRUPT_GRACE:
+                    lost = f"the cell ran past its {timeout:g} s limit and did not stop on KeyboardInterrupt"
+                    break
+                if next_progress is not None and now >= next_progress:
+                    self.channel.send({
+                        "id": call.rid, "type": "progress", "elapsed": round(now - start, 3),
+                        "stdout_tail": out.tail_text(PROGRESS_TAIL_CHARS),
+                        "stderr_tail": err.tail_text(PROGRESS_TAIL_CHARS),
+                    })
+                    next_progress = max(next_progress + interval, now + interval / 2)
+                wake = [t for t in (deadline if interrupt_at is None else None,
+                                    interrupt_at + REPL_INTERRUPT_GRACE if interrupt_at else None,
+                                    next_progress) if t is not None and t > now]
+                wait = min(wake, default=now + 0.05) - now
+                for key, _ in sel.select(min(max(wait, 0.0), 1.0)):
+                    if key.data is None:
+                        self.terminal._drain_wake()
+                    elif key.data == "ctl":
+                        try:
+                            frames = self.reader.read()
+                        except (OSError, ValueError) as exc:
+                            lost = f"it sent a malformed message ({exc})"
+                            frames = None
+                        if frames is None:
+                            lost = lost or self._why_channel_closed()
+                            break
+                        for frame in frames:
+                            if frame.get("t") == "done":
+                                value = frame.get("return_code")
+                                rc = value if isinstance(value, int) and not isinstance(value, bool) else 1
+                            elif frame.get("t") == "tool_call":
+                                self._tool_call(call, frame, max_in_flight)
+                            elif frame.get("t") == "tool_abandon":
+                                call.pending.pop(frame.get("call_id"), None)
+                        if lost:
+                            break
+                    else:
+                        data = os.read(key.fd, 65536)
+                        if data:
+                            key.data.feed(data)
+                        else:
+                            sel.unregister(key.fd)
+                            open_pipes -= 1
+                if lost:
+                    break
+            sel.unregister(self.sock)
+            if lost:
+                status = self.terminal.reaper.status(self.pid) if self.pid else None
+                if status is not None and rc is None:
+                    rc = _return_code(status)
+                self._lost(lost)
+            self._sweep_cell()
+            # The interpreter put /dev/null back on fds 1 and 2 before `done`; the cell's children are
+            # dead: read what is left until EOF.
+            sel.unregister(self.terminal._wake_r)
+            drain_end = time.monotonic() + DRAIN_LIMIT
+            while open_pipes:
+                left = drain_end - time.monotonic()
+                if left <= 0:
+                    _log(f"cell output pipes still open {DRAIN_LIMIT:.1f}s after the cell")
+                    break
+                for key, _ in sel.select(left):
+                    data = os.read(key.fd, 65536)
+                    if data:
+                        key.data.feed(data)
+                    else:
+                        sel.unregister(key.fd)
+                        open_pipes -= 1
+        finally:
+            sel.close()
+        for call_id in list(call.pending):
+            call.pending.pop(call_id, None)
+        if rc is None:
+            rc = 128 + signal.SIGKILL if lost else 1
+        return rc, timed_out, interrupted, lost
+
+    def _why_channel_closed(self) -> str:
+        """The control socket hit EOF: the interpreter exited (say how) or the cell closed it."""
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:
+            status = self.terminal.reaper.status(self.pid)
+            if status is not None:
+                return _describe_exit(status)
+            time.sleep(0.005)
+        return "its channel to the agent was closed (by the cell's code)"
+
+    def _sweep_cell(self) -> None:
+        """Stray processes of the cell go, as after a bash call; the interpreter and the ready bash stay."""
+        spare = self.spare()
+        ready = self.terminal._ready
+        if ready is not None and self.terminal.reaper.status(ready[0]) is None:
+            spare.add(ready[0])
+        if os.getpid() == 1:
+            if spare:
+                sweep_sparing(spare)
+            else:
+                sweep(0)
+        elif self.pid:
+            _kill_children_of(self.pid)
+
+    def _tool_call(self, call: PythonCall, frame: dict, max_in_flight: int) -> None:
+        call_id, name, arguments = frame.get("call_id"), frame.get("name"), frame.get("input")
+        if not isinstance(call_id, str) or not call_id or len(call_id) > 100:
+            return
+        if not isinstance(name, str) or not isinstance(arguments, dict):
+            self._answer(call, call_id, "malformed tool call", True)
+            return
+        call.pending[call_id] = time.monotonic()
+        if len(call.pending) > max_in_flight:
+            self._answer(call, call_id, f"more than {max_in_flight} tool calls in flight", True)
+            return
+        if self.host_gone:
+            self._answer(call, call_id, "the host is not connected; the tool call was not run", True)
+            return
+        self.channel.send({"id": call.rid, "type": "tool_call", "call_id": call_id, "name": name, "input": arguments})
+        if self.channel._failed:
+            self._answer(call, call_id, "the host is not connected; the tool call was not run", True)
+
+
+def repl_main(workspace: str) -> int:
+    """The interpreter process (``--repl``): runs cells sent over fd 3 in one persistent namespace."""
+    import ast
+    import asyncio
+    import builtins
+    import fcntl
+    import inspect
+    import linecache
+    import socket as _socket
+    import types
+
+    ctl = _socket.socket(fileno=os.dup(3))  # os.dup: non-inheritable, so commands run by cells never get it
+    os.close(3)
+    send_lock = threading.Lock()
+    runs: queue.SimpleQueue = queue.SimpleQueue()
+    futures: dict = {}
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    def send(message: dict) -> None:
+        with send_lock:
+            _ctl_send(ctl, message)
+
+    def reader() -> None:
+        r = _CtlReader(ctl)
+        try:
+            while True:
+                frames = r.read()
+                if frames is None:
+                    break
+                for frame in frames:
+                    if frame.get("t") == "run":
+                        fds, r.fds = r.fds[:2], r.fds[2:]
+                        runs.put((frame, fds))
+                    elif frame.get("t") == "tool_result":
+                        fut = futures.pop(frame.get("call_id"), None)
+                        if fut is not None:
+                            loop.call_soon_threadsafe(_settle, fut, frame)
+        except (OSError, ValueError):
+            pass
+        os._exit(0)  # the agent is gone: so is the interpreter
+
+    def _settle(fut, frame) -> None:
+        if not fut.done():
+            fut.set_result(frame)
+
+    module = types.ModuleType("__main__")
+    module.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = module
+    namespace = module.__dict__
+    sys.argv = [""]
+    sys.path[0] = ""
+    try:
+        os.chdir(workspace)
+    except OSError:
+        pass
+    try:
+        sys.stdout.reconfigure(line_buffering=True)
+        sys.stderr.reconfigure(line_buffering=True)
+    except (AttributeError, ValueError):
+        pass
+    injected: dict = {}
+    limits = {"pending_timeout": DEFAULT_PENDING_TIMEOUT, "sem": None, "n": 0}
+
+    class ToolCallError(RuntimeError):
+        """A tool called from the code answered with is_error: the message is the tool's text."""
+
+    def tool_function(spec: dict):
+        name = spec["name"]
+
+        async def call(input: dict | None = None, /, **kwargs):  # noqa: A002 - the documented signature
+            arguments = dict(input or {}, **kwargs)
+            if not isinstance(arguments, dict):
+                raise TypeError(f"{name}() takes one dict of arguments")
+            body = json.dumps(arguments, ensure_ascii=False)
+            if len(body.encode("utf-8", "surrogatepass")) > REPL_MAX_FRAME - 4096:
+                raise ValueError(f"the input of {name}() is larger than {REPL_MAX_FRAME - 4096} bytes")
+            sem = limits["sem"]
+            async with sem:
+                limits["n"] += 1
+                call_id = f"c{limits['n']}"
+                fut = asyncio.get_running_loop().create_future()
+                futures[call_id] = fut
+                try:
+                    send({"t": "tool_call", "call_id": call_id, "name": name, "input": arguments})
+                    timeout = limits["pending_timeout"]
+                    try:
+                        frame = await asyncio.wait_for(fut, timeout)
+                    except asyncio.TimeoutError:
+                        send({"t": "tool_abandon", "call_id": call_id})
+                        raise TimeoutError(
+                            f"Calling tool ['{name}'] timed out (no response after {timeout:g}s)."
+                        ) from None
+                finally:
+                    futures.pop(call_id, None)
+            text = frame.get("text") or ""
+            if frame.get("is_error"):
+                raise ToolCallError(text)
+            return text
+
+        call.__name__ = call.__qualname__ = name
+        call.__doc__ = spec.get("description") or None
+        call.__codeexec_tool__ = True
+        return call
+
+    def list_tools() -> list:
+        """The tools this code may call: name, description, input_schema, output_schema."""
+        return [dict(v) for v in injected.values()]
+
+    def inject(tools: list) -> None:
+        for name in list(injected):
+            if getattr(namespace.get(name), "__codeexec_tool__", False):
+                del namespace[name]
+        injected.clear()
+        for spec in tools:
+            namespace[spec["name"]] = tool_function(spec)
+            injected[spec["name"]] = {
+                "name": spec["name"], "description": spec.get("description", ""),
+                "input_schema": spec.get("input_schema") or {"type": "object"},
+                "output_schema": spec.get("output_schema"),
+            }
+        if tools or "list_tools" not in namespace:
+            namespace["list_tools"] = list_tools
+            namespace.setdefault("ToolCallError", ToolCallError)
+
+    def run_code(code, filename: str):
+        value = eval(code, namespace)
+        if code.co_flags & inspect.CO_COROUTINE:
+            task = loop.create_task(value)
+            try:
+                return loop.run_until_complete(task)
+            except BaseException:
+                task.cancel()
+                try:
+                    loop.run_until_complete(task)
+                except BaseException:
+                    pass
+                raise
+        return value
+
+    def show_error(exc: BaseException, filename_prefix: str) -> None:
+        tb = exc.__traceback__
+        while tb is not None and not tb.tb_frame.f_code.co_filename.startswith(filename_prefix):
+            tb = tb.tb_next
+        if isinstance(exc, SyntaxError):
+            tb = None
+        traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
+
+    def execute(source: str, seq: int) -> int:
+        filename = f"<cell-{seq}>"
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        try:
+            tree = ast.parse(source, filename, "exec")
+            shown = bool(tree.body) and isinstance(tree.body[-1], ast.Expr)
+            if shown:  # a final bare expression is kept (one compile: await works in it like anywhere else)
+                last = tree.body[-1]
+                tree.body[-1] = ast.copy_location(
+                    ast.Assign(targets=[ast.Name(id=LAST_VALUE, ctx=ast.Store())], value=last.value), last
+                )
+                ast.fix_missing_locations(tree)
+            namespace.pop(LAST_VALUE, None)
+            run_code(compile(tree, filename, "exec", flags=flags, dont_inherit=True), filename)
+            value = namespace.pop(LAST_VALUE, None)
+            if shown and value is not None:
+                namespace["_"] = value
+                print(repr(value))
+            return 0
+        except SystemExit as exc:
+            code = exc.code
+            if code is None or isinstance(code, int) and not isinstance(code, bool):
+                return code or 0
+            print(code, file=sys.stderr)
+            return 1
+        except BaseException as exc:  # the cell's own failure: a result (traceback on stderr), not an error
+            show_error(exc, "<cell-")
+            return 1
+
+    threading.Thread(target=reader, name="ctl-reader", daemon=True).start()
+    main_pid = os.getpid()
+    send({"t": "ready", "pid": main_pid, "python": sys.version.split()[0]})
+    devnull = fcntl.fcntl(os.open(os.devnull, os.O_RDWR), fcntl.F_DUPFD_CLOEXEC, 10)
+    while True:
+        try:
+            frame, fds = runs.get()
+        except KeyboardInterrupt:  # a late interrupt, between cells
+            continue
+        rc = 1
+        try:
+            while True:  # the last cell's swept children (os.fork without wait): no zombies pile up
+                try:
+                    if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                        break
+                except ChildProcessError:
+                    break
+            # Received fds may have landed on 0-2 if the last cell closed those: move them up first.
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in fds]
+            for fd in fds:
+                os.close(fd)
+            if len(high) == 2:
+                os.dup2(devnull, 0)
+                os.dup2(high[0], 1)
+                os.dup2(high[1], 2)
+            for fd in high:
+                os.close(fd)
+            os.environ["OUTPUT_DIR"] = str(frame.get("outdir") or "")
+            limits["pending_timeout"] = float(frame.get("pending_timeout") or DEFAULT_PENDING_TIMEOUT)
+            limits["sem"] = asyncio.Semaphore(int(frame.get("max_in_flight") or DEFAULT_MAX_IN_FLIGHT))
+            inject([t for t in frame.get("tools") or [] if isinstance(t, dict)])
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            rc = execute(str(frame.get("code") or ""), int(frame.get("cell") or 0))
+        except KeyboardInterrupt as exc:  # arrived outside the cell's frames
+            traceback.print_exception(type(exc), exc, None, file=sys.stderr)
+        finally:
+            while True:
+                try:
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
+                    break
+                except KeyboardInterrupt:
+                    continue
+        if os.getpid() != main_pid:  # a process the cell forked finished the cell's code: it ends here
+            os._exit(rc if 0 <= rc < 256 else 1)
+        for stream in {id(s): s for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__) if s}.values():
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+        for fd in (0, 1, 2):
+            try:
+                os.dup2(devnull, fd)
+            except OSError:
+                pass
+        try:
+            send({"t": "done", "return_code": rc})
+        except OSError:
+            os._exit(70)
+
+
 # -- the server ------------------------------------------------------------------------------------
 class Workers:
     """Threads that run requests concurrently; idle ones are reused (starting a thread costs more
@@ -1420,6 +2285,9 @@ class Agent:
         self.channel = Channel(fd_out)
         self.terminal = Terminal(self.channel)
         self.editor = Editor(self.channel)
+        self.repl = Repl(self.terminal)
+        global _REPL
+        _REPL = self.repl
         self.workers = Workers()
         self.garbage = False
         self.claimed = not POOL_MODE
@@ -1429,6 +2297,7 @@ class Agent:
             "create": self.editor.create,
             "str_replace": self.editor.str_replace,
             "get_file": self.editor.get_file,
+            "python": self.repl.run,
         }
 
     def _hello(self, rid: int, req: dict, blob: bytes) -> dict:
@@ -1438,9 +2307,13 @@ class Agent:
             "uid": os.getuid(),
             "workspace": WORKSPACE,
             "pid": os.getpid(),
+            "ops": sorted(["hello", "ping", "cancel", "save_state", "put_file", "tool_result", *self._threaded]),
+            "repl_alive": self.repl.alive(),
         }
 
     def _save_state(self, rid: int, req: dict, blob: bytes) -> dict:
+        reason = req.get("reason")
+        self.repl.before_stop(reason if isinstance(reason, str) else None)
         _copy_state(STATE_FILE, STATE_BACKUP)
         return {}
 
@@ -1473,7 +2346,10 @@ class Agent:
         if op == "claim":
             return
         if op == "cancel":
-            self.terminal.cancel(req.get("target"))
+            if not self.repl.cancel(req.get("target")):
+                self.terminal.cancel(req.get("target"))
+        elif op == "tool_result":
+            self.repl.tool_result(req)
         elif op == "ping":
             self.channel.result(rid, {})
         elif op == "save_state":
@@ -1485,6 +2361,8 @@ class Agent:
         elif isinstance(op, str) and op in self._threaded:
             if op == "bash":
                 self.terminal.calls[rid] = BashCall(rid)
+            elif op == "python":
+                self.repl.calls[rid] = PythonCall(rid)
             self.workers.submit(self._handle, rid, self._threaded[op], req, blob)
         else:
             self.channel.error(rid, "invalid_tool_input", f"unknown op {op!r}")
@@ -1505,6 +2383,7 @@ class Agent:
                 _log("unclaimed pool container: its server is gone; exiting")
                 return self._shutdown()
             if not chunk:
+                self.repl.on_host_gone()
                 if buf:
                     _log(f"end of input inside a frame ({len(buf)} bytes dropped)")
                     self.garbage = True
@@ -1518,6 +2397,7 @@ class Agent:
                 time.sleep(backoff)
                 continue
             backoff = 0.0
+            self.repl.host_gone = False
             buf += chunk
             pos = 0
             while len(buf) - pos >= HEADER.size:
@@ -1543,8 +2423,11 @@ class Agent:
         """End of input when not PID 1 (tests), or an unclaimed pool container's server is gone:
         stop running commands, then exit."""
         self.terminal.cancel_all()
+        for call in list(self.repl.calls.values()):
+            call.cancelled = True
         if not self.workers.wait_idle(5.0):
             _log("requests still running at exit")
+        self.repl.stop()
         return 1 if self.garbage else 0
 
 
@@ -1578,6 +2461,8 @@ def _set_non_dumpable() -> None:
 
 
 def main() -> int:
+    if len(sys.argv) >= 3 and sys.argv[1] == "--repl":
+        os._exit(repl_main(sys.argv[2]))
     _set_non_dumpable()
     # As PID 1, a signal with the default action cannot be sent from inside the container; Python's
     # own SIGINT handler would let `kill -INT 1` in user code stop the agent.

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 from mcp_codeexec.backends.base import CallContext, ContainerInfo, Outcome
 from mcp_codeexec.errors import ContainerExpired, FileNotFound
-from mcp_codeexec.schemas import BashInput, BashResult, CreateResult, EditorInput, ViewResult
+from mcp_codeexec.schemas import BashInput, BashResult, CodeInput, CodeResult, CreateResult, EditorInput, ViewResult
 
 
 class DummyBackend:
@@ -36,6 +36,10 @@ class DummyBackend:
         if ctx.progress is not None:
             await ctx.progress(1.0, "working")
         return Outcome(BashResult(stdout=request.command, stderr="", return_code=0), self.info)
+
+    async def code(self, request: CodeInput, ctx: CallContext, tools=None) -> Outcome:
+        self.calls.append((request.code, ctx))
+        return Outcome(CodeResult(stdout=request.code, stderr="", return_code=0), self.info)
 
     async def editor(self, request: EditorInput, ctx: CallContext) -> Outcome:
         if request.command == "create":

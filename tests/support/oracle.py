@@ -13,8 +13,11 @@ SDK_CLASS = {
     "text_editor_code_execution_create_result": beta.BetaTextEditorCodeExecutionCreateResultBlock,
     "text_editor_code_execution_str_replace_result": beta.BetaTextEditorCodeExecutionStrReplaceResultBlock,
     "text_editor_code_execution_tool_result_error": beta.BetaTextEditorCodeExecutionToolResultErrorObject,
+    "code_execution_result": beta.BetaCodeExecutionResultBlock,
+    "code_execution_tool_result_error": beta.BetaCodeExecutionToolResultErrorObject,
 }
 BASH_TYPES = {"bash_code_execution_result", "bash_code_execution_tool_result_error"}
+CODE_TYPES = {"code_execution_result", "code_execution_tool_result_error"}
 
 
 def assert_hosted_shape(structured: Any, tool: str | None = None) -> Any:
@@ -25,9 +28,10 @@ def assert_hosted_shape(structured: Any, tool: str | None = None) -> Any:
     extra = set(structured) - set(cls.model_fields)
     assert not extra, f"fields the SDK class lacks: {extra}"
     for key in ("content",):
-        if structured["type"] == "bash_code_execution_result":
+        if structured["type"] in ("bash_code_execution_result", "code_execution_result"):
             for item in structured[key]:
                 assert set(item) == {"type", "file_id"}
     if tool is not None:
         assert (structured["type"] in BASH_TYPES) == (tool == "bash_code_execution")
+        assert (structured["type"] in CODE_TYPES) == (tool == "code_execution")
     return model

@@ -11,7 +11,7 @@ from anthropic.types import Message, ToolParam
 from mcp_codeexec import Sandbox
 from mcp_codeexec.anthropic_tools import run_tool_use, tool_definitions, tool_results
 from mcp_codeexec.config import load_settings
-from mcp_codeexec.schemas import BashError, BashResult, EditorError
+from mcp_codeexec.schemas import BashError, BashResult, CodeResult, EditorError
 from tests.support.dummy_backend import DummyBackend
 from tests.support.oracle import assert_hosted_shape
 
@@ -29,17 +29,29 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return load_settings(data_dir=str(tmp_path / "data"))
 
 
-def test_tool_definitions_are_the_two_hosted_tools_as_client_tool_params(settings) -> None:
+def test_tool_definitions_are_the_three_hosted_tools_as_client_tool_params(settings) -> None:
     tools = tool_definitions(settings)
-    assert [t["name"] for t in tools] == ["bash_code_execution", "text_editor_code_execution"]
+    assert [t["name"] for t in tools] == ["bash_code_execution", "text_editor_code_execution", "code_execution"]
     for tool in tools:
         assert set(tool) == set(ToolParam.__annotations__) & {"name", "description", "input_schema"}
         schema = tool["input_schema"]
         assert schema["type"] == "object" and "container_id" not in schema["properties"]
-        assert "command" in schema["required"]
+        assert ("code" if tool["name"] == "code_execution" else "command") in schema["required"]
         json.dumps(tool)  # plain JSON, sendable as is
     assert set(tools[0]["input_schema"]["properties"]) == {"command", "restart"}
     assert {"view", "create", "str_replace"} <= set(tools[1]["input_schema"]["properties"]["command"]["enum"])
+    assert set(tools[2]["input_schema"]["properties"]) == {"code", "restart"}
+
+
+async def test_a_code_execution_tool_use_runs_in_the_sandbox_and_answers_the_hosted_block(settings) -> None:
+    async with Sandbox(settings, backend=DummyBackend()) as sb:
+        result = await run_tool_use(sb, {"type": "tool_use", "id": "toolu_c", "name": "code_execution",
+                                         "input": {"code": "print(1)"}})
+        direct = await sb.code("x = 1")
+    block = json.loads(result["content"][0]["text"])
+    assert_hosted_shape(block, "code_execution")
+    assert result["is_error"] is False and block["stdout"] == "print(1)"
+    assert direct == CodeResult(stdout="x = 1", stderr="", return_code=0)
 
 
 async def test_a_tool_use_becomes_a_tool_result_carrying_the_hosted_block(settings) -> None:

@@ -35,10 +35,10 @@ def server(tmp_path: Path, backend: DummyBackend):
     return create_server(settings, backend=backend, store=FileStore(tmp_path / "files"))
 
 
-async def test_tools_list_names_exactly_the_two_hosted_tools_with_output_schemas(server):
+async def test_tools_list_names_exactly_the_three_hosted_tools_with_output_schemas(server):
     async with Client(server) as client:
         tools = (await client.list_tools()).tools
-    assert [t.name for t in tools] == ["bash_code_execution", "text_editor_code_execution"]
+    assert [t.name for t in tools] == ["bash_code_execution", "text_editor_code_execution", "code_execution"]
     for tool in tools:
         assert tool.output_schema["type"] == "object"
         assert "$OUTPUT_DIR" in tools[0].description and "/workspace" in tool.description

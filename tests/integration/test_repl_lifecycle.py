@@ -1,0 +1,66 @@
+"""The Python interpreter across container lifecycle events: a longer idle limit while it holds
+state (reported in ``containers ls``), and an idle stop that loses it is reported, never silent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import anyio
+import docker
+import pytest
+
+from mcp_codeexec.sandboxes import NAME_PREFIX
+from tests.integration.conftest import make_settings
+from tests.support.oracle import assert_hosted_shape
+from tests.support.servers import mcp_client, remove_installation, server_env
+
+pytestmark = pytest.mark.anyio
+
+
+async def code(client, source: str, **extra):
+    result = await client.call_tool("code_execution", {"code": source, **extra})
+    assert_hosted_shape(result.structured_content, "code_execution")
+    return result
+
+
+def status(cid: str) -> str:
+    return docker.from_env().containers.get(NAME_PREFIX + cid).status
+
+
+async def test_a_container_with_repl_state_outlives_the_normal_idle_stop_and_ls_says_so(tmp_path, docker_engine):
+    settings = make_settings(tmp_path, idle_stop_seconds=1.0, repl_idle_stop_seconds=3600.0, reap_interval_seconds=0.3)
+    try:
+        async with mcp_client("memory", settings) as client:
+            first = await code(client, "kept = 'alive'")
+            cid = first.meta["container"]["id"]
+            await anyio.sleep(3)  # ten reaper rounds past the normal idle limit
+            assert status(cid) == "running"
+            listed = subprocess.run([sys.executable, "-m", "mcp_codeexec", "containers", "ls", "--json"],
+                                    env=server_env(settings), capture_output=True, text=True, timeout=60)
+            [row] = [r for r in json.loads(listed.stdout) if r["id"] == cid]
+            assert row["repl_state"] is True and row["idle_stop_seconds"] == 3600.0
+            table = subprocess.run([sys.executable, "-m", "mcp_codeexec", "containers", "ls"],
+                                   env=server_env(settings), capture_output=True, text=True, timeout=60)
+            assert "running +repl" in table.stdout
+            assert (await code(client, "print(kept)")).structured_content["stdout"] == "alive\n"
+    finally:
+        remove_installation(settings)
+
+
+async def test_an_idle_stop_that_loses_the_interpreter_is_reported_in_the_next_calls_stderr(tmp_path, docker_engine):
+    settings = make_settings(tmp_path, idle_stop_seconds=1.0, repl_idle_stop_seconds=1.0, reap_interval_seconds=0.3)
+    try:
+        async with mcp_client("memory", settings) as client:
+            first = await code(client, "kept = 'alive'")
+            cid = first.meta["container"]["id"]
+            with anyio.fail_after(30):
+                while status(cid) != "exited":
+                    await anyio.sleep(0.2)
+            again = await code(client, "print('kept' in globals())")
+            sc = again.structured_content
+            assert sc["stdout"] == "False\n" and again.meta["container"]["id"] == cid
+            assert sc["stderr"].startswith("[the Python interpreter was restarted: the container was stopped (idle for ")
+    finally:
+        remove_installation(settings)
