@@ -27,6 +27,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         "anthropic_base_url": getattr(args, "base_url", None),
         "hosted_model": getattr(args, "model", None),
         "legacy_tool": True if getattr(args, "legacy_tool", False) else None,
+        "tools_config": getattr(args, "tools_config", None),
     }
     return load_settings(**overrides)
 
@@ -71,6 +72,7 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-url", help="hosted backend: Anthropic API base URL (gateways)")
     p.add_argument("--model", help="hosted backend: model that drives the hosted tool")
     p.add_argument("--legacy-tool", action="store_true", help="also offer the legacy Python-only code_execution tool")
+    p.add_argument("--tools-config", metavar="PATH", help="upstream MCP servers (mcpServers JSON) the sandbox code may call")
 
 
 def build_parser() -> argparse.ArgumentParser:
