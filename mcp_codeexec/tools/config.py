@@ -50,7 +50,7 @@ class ServerConfig(BaseModel):
 
     type: Literal["stdio", "http", "streamable-http", "streamable_http"] | None = None
     command: str | None = None
-    args: list[str] = Field(default_factory=list)
+    args: list[str] = Field(default_factory=list, repr=False)
     env: dict[str, str] = Field(default_factory=dict, repr=False)
     cwd: str | None = None
     url: str | None = Field(default=None, repr=False)
@@ -114,7 +114,7 @@ class ServerConfig(BaseModel):
 class ToolsConfig:
     servers: dict[str, ServerConfig] = field(default_factory=dict)
     source: str = "<none>"
-    expanded: tuple[str, ...] = ()
+    expanded: tuple[str, ...] = field(default=(), repr=False)
     """Values substituted for ``${VAR}``: secrets too, wherever they were used."""
 
     def redactor(self) -> Redactor:

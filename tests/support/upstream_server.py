@@ -8,6 +8,8 @@ environment variable ``UPSTREAM_TOKEN`` to stderr and fails.
 
 ``UPSTREAM_MARK`` (env) is prefixed to every echo, so tests can tell two upstreams apart;
 ``UPSTREAM_CRASH_ON_START=1`` makes the process exit before serving (a server that cannot start).
+``--http PORT`` serves streamable HTTP on 127.0.0.1 instead (``UPSTREAM_HTTP_TOKEN``: the bearer
+token it requires).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ if os.environ.get("UPSTREAM_CRASH_ON_START") == "1":
     sys.exit(3)
 
 MARK = os.environ.get("UPSTREAM_MARK", "")
+ALIAS = os.environ.get("UPSTREAM_ALIAS")
+"""Also list ``echo`` under this name (to make two upstreams collide in the sandbox)."""
 WIRE = os.dup(1)
 """The protocol pipe itself: once serving, the SDK diverts fd 1 (and sys.stdout) to stderr."""
 server = MCPServer("test-upstream")
@@ -33,6 +37,10 @@ server = MCPServer("test-upstream")
 @server.tool(description="Echo the text back.", structured_output=False)
 def echo(text: str) -> str:
     return MARK + text
+
+
+if ALIAS:
+    server.tool(name=ALIAS, description="Echo, under another name.", structured_output=False)(echo)
 
 
 @server.tool(description="Add two integers.")
@@ -95,5 +103,27 @@ def secret() -> str:
     raise RuntimeError(f"token {os.environ.get('UPSTREAM_TOKEN')} rejected")
 
 
+def serve_http(port: int, token: str | None) -> None:
+    """Streamable HTTP on 127.0.0.1:port/mcp; with ``token``, requests without
+    ``Authorization: Bearer <token>`` are answered 401."""
+    import uvicorn
+    from starlette.responses import PlainTextResponse
+
+    app = server.streamable_http_app()
+
+    async def guarded(scope, receive, send):  # type: ignore[no-untyped-def]
+        if token and scope["type"] == "http":
+            headers = dict(scope.get("headers") or [])
+            if headers.get(b"authorization") != f"Bearer {token}".encode():
+                await PlainTextResponse("unauthorized", status_code=401)(scope, receive, send)
+                return
+        await app(scope, receive, send)
+
+    uvicorn.run(guarded, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+
+
 if __name__ == "__main__":
-    server.run()
+    if len(sys.argv) > 2 and sys.argv[1] == "--http":
+        serve_http(int(sys.argv[2]), os.environ.get("UPSTREAM_HTTP_TOKEN"))
+    else:
+        server.run()
