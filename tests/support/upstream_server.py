@@ -1,7 +1,7 @@
 """A small stdio MCP server used as an upstream in the tool-calling tests (run as a script).
 
 Well-behaved tools (``echo``, ``add``, ``weather.get-forecast``, ``structured``, ``fails``) and
-misbehaving ones for the abuse tests: ``hang`` never answers, ``crash`` kills the process,
+misbehaving ones for the abuse tests: ``hang`` never answers, ``crash`` prints ``UPSTREAM_TOKEN`` to stderr and kills the process,
 ``flood`` writes a line of junk far larger than any message to stdout, ``garbage`` writes a line
 that is not JSON-RPC, ``big`` returns a result of ``size`` characters, ``secret`` prints the
 environment variable ``UPSTREAM_TOKEN`` to stderr and fails.
@@ -72,7 +72,7 @@ def hang() -> str:
 
 @server.tool(description="Exit the process mid-call.")
 def crash() -> str:
-    print("upstream crashing now", file=sys.stderr, flush=True)
+    print(f"upstream crashing now (token {os.environ.get('UPSTREAM_TOKEN')})", file=sys.stderr, flush=True)
     os._exit(7)
 
 
