@@ -149,3 +149,30 @@ def code_tools_from_callables(
         pending_timeout=pending_timeout,
     )
 
+
+
+def combine_code_tools(*sets: CodeTools | None) -> CodeTools | None:
+    """Several ``CodeTools`` as one: a later set's function wins over an earlier one of the same
+    name; the limits are the strictest of the sets."""
+    present = [s for s in sets if s is not None]
+    if len(present) <= 1:
+        return present[0] if present else None
+    owner: dict[str, CodeTools] = {}
+    functions: dict[str, ToolFunction] = {}
+    for tools in present:
+        for function in tools.functions:
+            owner[function.name] = tools
+            functions[function.name] = function
+
+    async def call(name: str, arguments: dict[str, Any]) -> tuple[str, bool]:
+        tools = owner.get(name)
+        if tools is None:
+            return f"no tool function named {name!r}", True
+        return await tools.call(name, arguments)
+
+    return CodeTools(
+        functions=list(functions.values()),
+        call=call,
+        max_in_flight=min(t.max_in_flight for t in present),
+        pending_timeout=min(t.pending_timeout for t in present),
+    )
