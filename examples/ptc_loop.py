@@ -56,8 +56,7 @@ async def get_temperature(city: str) -> str:
 
 
 async def main(prompt: str, sandbox: Sandbox | None = None) -> str:
-    client = anthropic.AsyncAnthropic()
-    async with sandbox or Sandbox() as sb:
+    async with anthropic.AsyncAnthropic() as client, sandbox or Sandbox() as sb:
         result = await run_ptc_loop(
             client,
             sb,

@@ -8,13 +8,15 @@ functions, ``listing`` renders the function list for the ``code_execution`` desc
 from .callables import code_tools_from_callables
 from .config import ToolsConfig, ToolsConfigError, function_name, identifier, load_tools_config, parse_tools_config
 from .listing import render_listing
-from .registry import ToolLimits, ToolRegistry
+from .registry import ToolLimits, ToolRegistry, limits_from, registry_from_settings
 
 __all__ = [
     "ToolLimits",
     "ToolRegistry",
     "ToolsConfig",
     "ToolsConfigError",
+    "limits_from",
+    "registry_from_settings",
     "code_tools_from_callables",
     "function_name",
     "identifier",

@@ -216,3 +216,11 @@ def limits_from(settings: Any) -> ToolLimits:
         max_argument_bytes=settings.tools_max_argument_bytes,
         max_result_bytes=settings.tools_max_result_bytes,
     )
+
+
+def registry_from_settings(settings: Any) -> ToolRegistry:
+    """The registry of ``settings.tools_config`` (an empty one without it), to ``async with``;
+    raises ``ToolsConfigError`` for a file that cannot be used."""
+    from .config import load_tools_config
+
+    return ToolRegistry(load_tools_config(settings.tools_config), limits_from(settings))

@@ -310,3 +310,19 @@ async def test_server_everything_from_npm_is_called_through_the_registry(everyth
         assert not is_error and "[image image/png" in text and "base64 characters not shown]" in text
         text, is_error = await tools.call("everything__get_env", {})
         assert is_error and "not on the allowed_tools list" in text
+
+
+async def test_the_registry_is_built_from_the_settings_tools_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcp_codeexec.tools import registry_from_settings
+
+    monkeypatch.setenv("MCP_CODEEXEC_CONFIG", str(tmp_path / "none.toml"))
+    path = tmp_path / "tools.json"
+    path.write_text(json.dumps({"mcpServers": {"t": stdio(allowed_tools=["echo"])}}))
+    async with registry_from_settings(load_settings(data_dir=str(tmp_path), tools_config=str(path))) as reg:
+        tools = reg.for_principal("local")
+        assert tools is not None and await tools.call("t__echo", {"text": "cfg"}) == ("cfg", False)
+    async with registry_from_settings(load_settings(data_dir=str(tmp_path))) as reg:
+        assert reg.for_principal("local") is None
+    path.write_text("{not json")
+    with pytest.raises(ToolsConfigError, match="cannot be read as JSON"):
+        registry_from_settings(load_settings(data_dir=str(tmp_path), tools_config=str(path)))
