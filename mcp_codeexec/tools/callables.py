@@ -130,7 +130,7 @@ def code_tools_from_callables(
             kwargs, args = {}, (validated,)
         try:
             with anyio.fail_after(pending_timeout):
-                if inspect.iscoroutinefunction(entry.fn) or inspect.iscoroutinefunction(getattr(entry.fn, "__call__", None)):
+                if inspect.iscoroutinefunction(entry.fn) or inspect.iscoroutinefunction(type(entry.fn).__call__):
                     value = await entry.fn(*args, **kwargs)
                 else:
                     value = await anyio.to_thread.run_sync(lambda: entry.fn(*args, **kwargs), abandon_on_cancel=True)

@@ -102,12 +102,17 @@ async def bounded_stdio(
                 pass
             status.end("its process exited")
 
+    stderr_done = anyio.Event()
+
     async def stderr_reader() -> None:
         assert process.stderr is not None
-        with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream):
-            async for chunk in process.stderr:
-                status.stderr += chunk
-                del status.stderr[:-STDERR_TAIL]
+        try:
+            with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream):
+                async for chunk in process.stderr:
+                    status.stderr += chunk
+                    del status.stderr[:-STDERR_TAIL]
+        finally:
+            stderr_done.set()
 
     async def stdin_writer() -> None:
         assert process.stdin is not None
@@ -131,9 +136,13 @@ async def bounded_stdio(
                 # An upstream that broke the protocol gets no grace period.
                 await _stop(process, grace=0.0 if status.reason and process.returncode is None else _STOP_GRACE)
                 status.returncode = process.returncode
+                with anyio.move_on_after(1):  # its last words, for the error message
+                    await stderr_done.wait()
                 tg.cancel_scope.cancel()
                 for stream in (read_stream, write_stream, read_writer, write_reader):
                     await stream.aclose()
+                with anyio.move_on_after(_STOP_GRACE):
+                    await process.aclose()  # its pipes and transport, before the event loop goes
 
 
 async def _stop(process: Process, grace: float) -> None:

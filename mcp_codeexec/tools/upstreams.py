@@ -29,6 +29,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
+from pydantic import ValidationError
 
 from .config import ServerConfig
 from .transport import StdioFailure, bounded_stdio
@@ -152,9 +153,11 @@ class Upstream:
                 yield client
         else:
             assert cfg.url is not None
-            async with create_mcp_http_client(headers=dict(cfg.headers) or None) as http:
-                async with Client(streamable_http_client(cfg.url, http_client=http), mode="auto") as client:
-                    yield client
+            async with (
+                create_mcp_http_client(headers=dict(cfg.headers) or None) as http,
+                Client(streamable_http_client(cfg.url, http_client=http), mode="auto") as client,
+            ):
+                yield client
 
     async def _load_tools(self, client: Client) -> None:
         listed: list[types.Tool] = []
@@ -217,6 +220,12 @@ class Upstream:
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             self._broken.set()
             raise CallFailed(f"upstream MCP server {self.name!r} failed: {self._redact(_exc_text(exc))}") from None
+        except (ValidationError, RuntimeError) as exc:
+            # The SDK's checks of the result: not the protocol's shape, structured content not
+            # matching the tool's outputSchema, input requests past the round limit.
+            raise CallFailed(
+                self._redact(f"upstream MCP server {self.name!r} returned an unusable result for {tool!r}: {_exc_text(exc)[:500]}")
+            ) from None
 
 
 def _exc_text(exc: BaseException) -> str:

@@ -43,7 +43,7 @@ class FakeReplBackend(DummyBackend):
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             try:
                 compiled = compile(request.code, "<cell>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-                result = eval(compiled, namespace)  # noqa: S307 - test-only stand-in, trusted test code
+                result = eval(compiled, namespace)  # test-only stand-in: runs the tests' own cells
                 if asyncio.iscoroutine(result):
                     await result
             except BaseException:  # noqa: BLE001 - the cell's failure is its stderr and return code
@@ -56,7 +56,7 @@ def _bind(name: str, tools: CodeTools) -> Any:
     async def function(input: dict[str, Any]) -> str:
         try:
             text, is_error = await asyncio.wait_for(tools.call(name, input), tools.pending_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TimeoutError(
                 f"Calling tool [{name!r}] timed out (no response after {tools.pending_timeout:g}s)."
             ) from None

@@ -18,9 +18,8 @@ import os
 import sys
 import time
 
-from pydantic import BaseModel
-
 from mcp.server.mcpserver import MCPServer
+from pydantic import BaseModel
 
 if os.environ.get("UPSTREAM_CRASH_ON_START") == "1":
     print("upstream refuses to start", file=sys.stderr, flush=True)

@@ -90,7 +90,7 @@ async def test_a_multi_pause_hosted_cell_is_answered_by_upstream_tools_until_its
         finish=summary,
     )
     api.fallback = script
-    responses, params, turn = await run_cell(backend, script.code, tools)
+    responses, _params, turn = await run_cell(backend, script.code, tools)
 
     assert len(api.message_requests) == 3 and turn.requests == 3
     final = responses[-1]
