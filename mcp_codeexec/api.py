@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,8 @@ class Sandbox:
     ``container_id``: attach to an existing container (its files are there) instead of making one.
     ``keep``: keep the container after the block (default: only when ``container_id`` was given).
     ``backend`` / ``store``: bring your own (tests, custom engines); they are not closed here.
+    ``tools``: host Python functions the sandbox code may call, ``{name: sync or async callable}``
+    (see ``tools.callables``); in the REPL each is ``await name({...})`` returning a string.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class Sandbox:
         backend: Backend | None = None,
         store: FileStore | None = None,
         principal: str = LOCAL_PRINCIPAL,
+        tools: Mapping[str, Callable[..., Any]] | CodeTools | None = None,
         **overrides: Any,
     ) -> None:
         # A Sandbox uses exactly one container: a warm pool would only start containers for nobody.
@@ -114,6 +118,19 @@ class Sandbox:
         self._ctx = CallContext(principal=principal, session_key=f"api:{secrets.token_hex(6)}")
         self.last_outcome: Outcome | None = None
         """The full outcome of the latest call (container, produced files with names and sizes)."""
+        self.code_tools: CodeTools | None = self._tools_from(tools)
+        """What the sandbox code may call (``backend.code(..., tools=sb.code_tools)``)."""
+
+    def _tools_from(self, tools: Mapping[str, Callable[..., Any]] | CodeTools | None) -> CodeTools | None:
+        if tools is None or isinstance(tools, CodeTools):
+            return tools
+        from .tools.callables import code_tools_from_callables
+
+        return code_tools_from_callables(
+            tools,
+            max_in_flight=self.settings.tools_max_in_flight,
+            pending_timeout=self.settings.tools_pending_timeout,
+        )
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -247,6 +264,21 @@ class Sandbox:
         if outcome.container is not None and self._container_id is None:
             self._container_id = outcome.container.id
         return outcome.block
+
+    async def _run_code(self, request: Any, tools: Mapping[str, Callable[..., Any]] | CodeTools | None = None) -> Outcome:
+        """``backend.code(request)`` with this sandbox's tools, plus per-call ``tools`` (which win
+        on a name clash). For backends without a ``code`` tool this raises ``Unavailable``."""
+        from .tools.callables import combine_code_tools
+
+        code = getattr(self.backend, "code", None)
+        if code is None:
+            raise Unavailable(f"the {getattr(self.backend, 'name', '?')} backend has no code_execution tool")
+        combined = combine_code_tools(self.code_tools, self._tools_from(tools))
+        outcome: Outcome = await code(request, self._ctx, tools=combined)
+        self.last_outcome = outcome
+        if outcome.container is not None and self._container_id is None:
+            self._container_id = outcome.container.id
+        return outcome
 
     # --- files --------------------------------------------------------------------------------
 

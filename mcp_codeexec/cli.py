@@ -32,6 +32,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         "resume_sandbox": False if getattr(args, "fresh", False) else None,
         "tools": getattr(args, "tools", None),
         "code_cell_timeout": getattr(args, "cell_timeout", None),
+        "tools_config": getattr(args, "tools_config", None),
     }
     if getattr(args, "legacy_tool", False):
         print("mcp-codeexec: --legacy-tool is deprecated: code_execution (the Python REPL) is published by "
@@ -114,6 +115,7 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
                    "text_editor_code_execution,code_execution)")
     p.add_argument("--cell-timeout", type=float, help="seconds one code_execution cell may run (default 90)")
     p.add_argument("--legacy-tool", action="store_true", help="deprecated alias: make sure code_execution is published")
+    p.add_argument("--tools-config", metavar="PATH", help="upstream MCP servers (mcpServers JSON) the sandbox code may call")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -94,6 +94,17 @@ class Settings(BaseSettings):
     )
     code_max_in_flight: int = Field(default=16, ge=1, le=1024, description="Tool calls from code in flight per container.")
 
+    # --- tools the sandbox code may call (programmatic tool calling)
+    tools_config: Path | None = Field(
+        default=None, description="Upstream MCP servers the sandbox code may call: a file in the mcpServers JSON format."
+    )
+    tools_pending_timeout: float = Field(
+        default=270.0, gt=0, le=3600, description="Seconds a tool call from code may stay pending (then TimeoutError)."
+    )
+    tools_max_in_flight: int = Field(default=16, ge=1, le=1024, description="Tool calls one container may have pending.")
+    tools_max_argument_bytes: int = Field(default=1 * MiB, ge=1024, description="Largest JSON arguments of one tool call.")
+    tools_max_result_bytes: int = Field(default=1 * MiB, ge=1024, description="Largest result text of one tool call.")
+
     # --- sandboxes (docker backend)
     image: str | None = Field(default=None, description="Sandbox image; default: the tag matching this version.")
     runtime: Literal["runc", "runsc"] | None = None

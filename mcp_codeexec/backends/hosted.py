@@ -75,7 +75,7 @@ from ..schemas import (
     StrReplaceResult,
     ViewResult,
 )
-from .base import CallContext, ContainerInfo, Outcome, ProducedFile
+from .base import CallContext, CodeTools, ContainerInfo, Outcome, ProducedFile
 
 log = logging.getLogger(__name__)
 
@@ -874,6 +874,119 @@ def _from_prose_form(content: dict[str, Any]) -> dict[str, Any]:
     else:
         kind = "text_editor_code_execution_view_result"
     return {"type": kind, **fields}
+
+
+# --- programmatic tool calling: the hosted code pauses for tools that run here ---------------------
+#
+# With tools declared ``allowed_callers: ["code_execution_20260120"]``, the hosted code calling one
+# ends the response with ``stop_reason: "tool_use"`` and ``tool_use`` blocks whose ``caller`` is
+# ``{"type": "code_execution_20260120", "tool_id": <the server_tool_use id>}``. The server runs
+# them (``CodeTools.call``: the upstream registry) and continues with a user message of only
+# ``tool_result`` blocks, the same ``tools`` and the ``container`` id, until a response is not such
+# a pause; the MCP client sees the one result at the end. The REPL passthrough uses these pieces:
+# ``ptc_tool_params`` for its ``tools`` array, ``answer_code_pauses`` after each response.
+
+PTC_CALLER = "code_execution_20260120"
+MAX_CODE_PAUSES = 500
+"""Pauses one call may answer (each is one more request): a runaway loop of calls ends."""
+
+
+def ptc_tool_params(tools: CodeTools | None) -> list[dict[str, Any]]:
+    """The ``tools`` entries declaring ``tools``' functions as callable from the hosted code."""
+    if tools is None:
+        return []
+    return [
+        {
+            "name": f.name,
+            "description": f.description or f.name,
+            "input_schema": f.input_schema or {"type": "object"},
+            "allowed_callers": [PTC_CALLER],
+        }
+        for f in tools.functions
+    ]
+
+
+def pending_code_calls(content: list[Any]) -> list[dict[str, Any]]:
+    """The ``tool_use`` blocks of a response that the hosted code made (its caller is code execution)."""
+    calls = []
+    for block in content:
+        if isinstance(block, dict) and block.get("type") == "tool_use":
+            caller = block.get("caller")
+            if isinstance(caller, dict) and str(caller.get("type", "")).startswith("code_execution_"):
+                calls.append(block)
+    return calls
+
+
+async def answer_code_calls(calls: list[dict[str, Any]], tools: CodeTools | None) -> list[dict[str, Any]]:
+    """Run the calls (in parallel, at most ``max_in_flight`` at once, each within the pending
+    timeout); one ``tool_result`` per call, in the calls' order."""
+    known = {f.name for f in tools.functions} if tools is not None else set()
+    results: list[dict[str, Any]] = [{} for _ in calls]
+    limiter = anyio.CapacityLimiter(tools.max_in_flight if tools is not None else 1)
+
+    async def one(index: int, call: dict[str, Any]) -> None:
+        name = str(call.get("name"))
+        arguments = call.get("input") if isinstance(call.get("input"), dict) else {}
+        if tools is None or name not in known:
+            text, is_error = f"tool {name!r} is not configured on this mcp-codeexec server", True
+        else:
+            async with limiter:
+                # A backstop: the registry bounds its own calls by the pending timeout, with a better message.
+                with anyio.move_on_after(tools.pending_timeout + 1) as scope:
+                    text, is_error = await tools.call(name, arguments)
+                if scope.cancelled_caught:
+                    text, is_error = f"tool {name!r} did not answer within {tools.pending_timeout:g}s", True
+        result: dict[str, Any] = {"type": "tool_result", "tool_use_id": call.get("id"), "content": text}
+        if is_error:
+            result["is_error"] = True
+        results[index] = result
+
+    async with anyio.create_task_group() as tg:
+        for index, call in enumerate(calls):
+            tg.start_soon(one, index, call)
+    return results
+
+
+async def answer_code_pauses(
+    backend: HostedBackend,
+    client: anthropic.AsyncAnthropic,
+    params: dict[str, Any],
+    data: dict[str, Any],
+    tools: CodeTools | None,
+    turn: _Turn | None = None,
+) -> list[dict[str, Any]]:
+    """``data`` answered ``params``; while it is a pause on code calls, answer them and continue.
+
+    ``params["messages"]`` grows by each paused assistant turn and its ``tool_result`` message;
+    ``params["container"]`` follows the responses. Returns every response, ``data`` first, the
+    last one not a code-call pause (``turn``, when given, counts the requests and usage).
+    """
+    responses = [data]
+    for _ in range(MAX_CODE_PAUSES):
+        content = [b for b in data.get("content") or [] if isinstance(b, dict)]
+        calls = pending_code_calls(content)
+        if data.get("stop_reason") != "tool_use" or not calls:
+            return responses
+        container = data.get("container")
+        if isinstance(container, dict) and container.get("id"):
+            params["container"] = str(container["id"])
+        elif not params.get("container"):
+            log.warning("hosted code paused on %d tool call(s) without a container id", len(calls))
+        log.debug("hosted code paused on %s", [c.get("name") for c in calls])
+        results = await answer_code_calls(calls, tools)
+        params["messages"] = [
+            *params["messages"],
+            {"role": "assistant", "content": content},
+            {"role": "user", "content": results},
+        ]
+        data, request_id = await backend._create(client, params, container_id=params.get("container"))
+        responses.append(data)
+        if turn is not None:
+            turn.requests += 1
+            if request_id:
+                turn.request_ids.append(request_id)
+            _add_usage(turn.usage, data.get("usage"))
+    raise Unavailable(f"the hosted code paused for tools more than {MAX_CODE_PAUSES} times; stopped")
 
 
 def create_hosted_backend(settings: Settings, store: Any) -> HostedBackend:

@@ -1,0 +1,128 @@
+"""A small stdio MCP server used as an upstream in the tool-calling tests (run as a script).
+
+Well-behaved tools (``echo``, ``add``, ``weather.get-forecast``, ``structured``, ``fails``) and
+misbehaving ones for the abuse tests: ``hang`` never answers, ``crash`` prints ``UPSTREAM_TOKEN`` to stderr and kills the process,
+``flood`` writes a line of junk far larger than any message to stdout, ``garbage`` writes a line
+that is not JSON-RPC, ``big`` returns a result of ``size`` characters, ``secret`` prints the
+environment variable ``UPSTREAM_TOKEN`` to stderr and fails.
+
+``UPSTREAM_MARK`` (env) is prefixed to every echo, so tests can tell two upstreams apart;
+``UPSTREAM_CRASH_ON_START=1`` makes the process exit before serving (a server that cannot start).
+``--http PORT`` serves streamable HTTP on 127.0.0.1 instead (``UPSTREAM_HTTP_TOKEN``: the bearer
+token it requires).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from mcp.server.mcpserver import MCPServer
+from pydantic import BaseModel
+
+if os.environ.get("UPSTREAM_CRASH_ON_START") == "1":
+    print("upstream refuses to start", file=sys.stderr, flush=True)
+    sys.exit(3)
+
+MARK = os.environ.get("UPSTREAM_MARK", "")
+ALIAS = os.environ.get("UPSTREAM_ALIAS")
+"""Also list ``echo`` under this name (to make two upstreams collide in the sandbox)."""
+WIRE = os.dup(1)
+"""The protocol pipe itself: once serving, the SDK diverts fd 1 (and sys.stdout) to stderr."""
+server = MCPServer("test-upstream")
+
+
+@server.tool(description="Echo the text back.", structured_output=False)
+def echo(text: str) -> str:
+    return MARK + text
+
+
+if ALIAS:
+    server.tool(name=ALIAS, description="Echo, under another name.", structured_output=False)(echo)
+
+
+@server.tool(description="Add two integers.")
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+class Forecast(BaseModel):
+    city: str
+    days: int
+    summary: str
+
+
+@server.tool(name="weather.get-forecast", description="Forecast for a city (structured).")
+def forecast(city: str, days: int = 1) -> Forecast:
+    return Forecast(city=city, days=days, summary=f"sunny in {city} for {days} day(s)")
+
+
+@server.tool(description="Always fails with a tool error.")
+def fails(reason: str = "nope") -> str:
+    raise ValueError(f"failed on purpose: {reason}")
+
+
+@server.tool(description="Never answers.")
+def hang() -> str:
+    while True:
+        time.sleep(3600)
+
+
+@server.tool(description="Exit the process mid-call.")
+def crash() -> str:
+    print(f"upstream crashing now (token {os.environ.get('UPSTREAM_TOKEN')})", file=sys.stderr, flush=True)
+    os._exit(7)
+
+
+@server.tool(description="Write a huge junk line to stdout, then answer.")
+def flood(size: int = 50_000_000) -> str:
+    chunk = b"x" * 1_000_000
+    for _ in range(size // len(chunk)):
+        os.write(WIRE, chunk)
+    os.write(WIRE, b"\n")
+    return "flooded"
+
+
+@server.tool(description="Write a line that is not JSON-RPC to stdout, then never answer.")
+def garbage() -> str:
+    os.write(WIRE, b'{"jsonrpc": "2.0", "id": "not-a-request", "bogus": [1, 2\n')
+    while True:
+        time.sleep(3600)
+
+
+@server.tool(description="Return a result of `size` characters.", structured_output=False)
+def big(size: int) -> str:
+    return "y" * size
+
+
+@server.tool(description="Print the token to stderr, then fail.")
+def secret() -> str:
+    print(f"my token is {os.environ.get('UPSTREAM_TOKEN')}", file=sys.stderr, flush=True)
+    raise RuntimeError(f"token {os.environ.get('UPSTREAM_TOKEN')} rejected")
+
+
+def serve_http(port: int, token: str | None) -> None:
+    """Streamable HTTP on 127.0.0.1:port/mcp; with ``token``, requests without
+    ``Authorization: Bearer <token>`` are answered 401."""
+    import uvicorn
+    from starlette.responses import PlainTextResponse
+
+    app = server.streamable_http_app()
+
+    async def guarded(scope, receive, send):  # type: ignore[no-untyped-def]
+        if token and scope["type"] == "http":
+            headers = dict(scope.get("headers") or [])
+            if headers.get(b"authorization") != f"Bearer {token}".encode():
+                await PlainTextResponse("unauthorized", status_code=401)(scope, receive, send)
+                return
+        await app(scope, receive, send)
+
+    uvicorn.run(guarded, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--http":
+        serve_http(int(sys.argv[2]), os.environ.get("UPSTREAM_HTTP_TOKEN"))
+    else:
+        server.run()
