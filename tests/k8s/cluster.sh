@@ -460,12 +460,15 @@ stop_all() {
     for d in /sys/fs/cgroup/*/kubepods; do
         [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true
     done
-    local pre=""; [ -f "$RUN/preexisting" ] && pre=$(cat "$RUN/preexisting")
-    grep -qx /var/lib/kubelet/device-plugins <<<"$pre" || rm -rf /var/lib/kubelet/device-plugins
-    grep -qx /var/lib/kubelet <<<"$pre" || rmdir /var/lib/kubelet 2>/dev/null || true
-    for d in /var/log/pods /var/log/containers /usr/libexec/kubernetes; do
-        grep -qx "$d" <<<"$pre" || rm -rf "$d"
-    done
+    # Host paths: only after an `up` of ours recorded what existed before it.
+    if [ -f "$RUN/preexisting" ]; then
+        local pre; pre=$(cat "$RUN/preexisting")
+        grep -qx /var/lib/kubelet/device-plugins <<<"$pre" || rm -rf /var/lib/kubelet/device-plugins
+        grep -qx /var/lib/kubelet <<<"$pre" || rmdir /var/lib/kubelet 2>/dev/null || true
+        for d in /var/log/pods /var/log/containers /usr/libexec/kubernetes; do
+            grep -qx "$d" <<<"$pre" || rm -rf "$d"
+        done
+    fi
     sed -i "/ $NODE $HOSTS_MARK\$/d" /etc/hosts
     # The kubelet bind-mounts its root dir onto itself: unmount everything under run/ before rm.
     if [ -d "$RUN" ]; then

@@ -19,7 +19,7 @@ GiB = 1024**3
 async def bash(sandbox: Running, command: str) -> dict[str, Any]:
     reply = await sandbox.conn.request({"op": "bash", "command": command, "timeout": 30}, timeout=60)
     assert reply["type"] == "result", reply
-    return reply
+    return reply["result"]
 
 
 async def test_a_sandbox_pod_runs_with_the_hardening_fields_set(engine) -> None:
@@ -62,11 +62,11 @@ async def test_a_sandbox_pod_runs_with_the_hardening_fields_set(engine) -> None:
 
 async def test_the_agent_answers_hello_and_bash_over_the_attach_stream(engine) -> None:
     async with running_sandbox(engine) as sandbox:
-        hello = await sandbox.conn.request({"op": "hello"}, timeout=30)
+        hello = (await sandbox.conn.request({"op": "hello"}, timeout=30))["result"]
         assert hello["uid"] == 1000 and hello["workspace"] == "/workspace"
         reply = await bash(sandbox, "echo hi from $(id -u) in $PWD; echo oops >&2; exit 3")
         assert reply["stdout"].strip() == "hi from 1000 in /workspace"
-        assert "oops" in reply["stderr"]
+        assert "oops" in reply["stderr"] and reply["return_code"] == 3
         # state carries between calls, as in the Docker backend's one long-lived shell
         await bash(sandbox, "export KEEP=kept; cd /tmp")
         assert (await bash(sandbox, "echo $KEEP $PWD"))["stdout"].strip() == "kept /tmp"
