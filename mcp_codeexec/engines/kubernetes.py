@@ -184,7 +184,11 @@ def network_policy_manifest(cid: str, settings: PodSettings) -> dict[str, Any]:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {"name": object_name(cid), "namespace": settings.namespace, "labels": sandbox_labels(cid, settings)},
+        "metadata": {
+            "name": object_name(cid),
+            "namespace": settings.namespace,
+            "labels": sandbox_labels(cid, settings),
+        },
         "spec": {"podSelector": {"matchLabels": {L_ID: cid}}, "policyTypes": ["Ingress", "Egress"]},
     }
 
@@ -282,7 +286,9 @@ class KubernetesEngine:
                 self.net.create_namespaced_network_policy(s.namespace, network_policy_manifest(cid, s))
                 if s.storage_class:
                     self.core.create_namespaced_persistent_volume_claim(s.namespace, pvc_manifest(cid, s))
-                pod = self.core.create_namespaced_pod(s.namespace, pod_manifest(cid, owner, s, now=now, expires=expires))
+                pod = self.core.create_namespaced_pod(
+                    s.namespace, pod_manifest(cid, owner, s, now=now, expires=expires)
+                )
                 return self.api_client.sanitize_for_serialization(pod)
 
         try:
@@ -527,6 +533,6 @@ class PodAttachStream(anyio.abc.ByteStream):
 
         def close() -> None:
             with self._lock, contextlib.suppress(OSError, WebSocketException):
-                self._ws.close()
+                self._ws.close(timeout=1)  # the close handshake; the kubelet answers at once
 
         await anyio.to_thread.run_sync(close, limiter=self._tx_limiter)

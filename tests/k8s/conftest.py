@@ -19,6 +19,7 @@ import anyio
 import pytest
 
 from mcp_codeexec.agent_client import AgentConnection
+from mcp_codeexec.engines.kubernetes import KubernetesEngine, PodSettings
 from tests.conftest import IN_CI
 
 REQUIRED = IN_CI and os.environ.get("MCP_CODEEXEC_K8S") == "1"
@@ -46,9 +47,7 @@ def kubeconfig() -> str:
 
 
 @pytest.fixture
-def engine(kubeconfig: str) -> Iterator["KubernetesEngine"]:  # noqa: F821
-    from mcp_codeexec.engines.kubernetes import KubernetesEngine, PodSettings
-
+def engine(kubeconfig: str) -> Iterator[KubernetesEngine]:
     settings = PodSettings(
         namespace=os.environ.get("MCP_CODEEXEC_K8S_NAMESPACE", "default"),
         image=os.environ.get("MCP_CODEEXEC_IMAGE", PodSettings.image),
@@ -69,7 +68,7 @@ class Running:
 
 
 @asynccontextmanager
-async def running_sandbox(engine: "KubernetesEngine") -> AsyncIterator[Running]:  # noqa: F821
+async def running_sandbox(engine: KubernetesEngine) -> AsyncIterator[Running]:
     """A sandbox pod with its agent answering over the attach stream; removed on exit."""
     t0 = anyio.current_time()
     rec = await engine.create("tester")

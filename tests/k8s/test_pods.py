@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import pytest
 
+from mcp_codeexec.agent_client import AgentGone
 from mcp_codeexec.engines.kubernetes import L_ID, L_INSTANCE, MANAGED_BY, MANAGER, object_name
 
 from .conftest import Running, running_sandbox
@@ -25,9 +27,7 @@ async def bash(sandbox: Running, command: str) -> dict[str, Any]:
 async def test_a_sandbox_pod_runs_with_the_hardening_fields_set(engine) -> None:
     async with running_sandbox(engine) as sandbox:
         ns = engine.settings.namespace
-        pod = engine.api_client.sanitize_for_serialization(
-            engine.core.read_namespaced_pod(object_name(sandbox.id), ns)
-        )
+        pod = engine.api_client.sanitize_for_serialization(engine.core.read_namespaced_pod(object_name(sandbox.id), ns))
         spec, meta = pod["spec"], pod["metadata"]
         assert meta["labels"][MANAGED_BY] == MANAGER and meta["labels"][L_ID] == sandbox.id
         assert {"mcp-codeexec/owner", "mcp-codeexec/created-at", "mcp-codeexec/expires-at"} <= set(meta["annotations"])
@@ -118,3 +118,14 @@ async def test_delete_leaves_no_pod_or_network_policy(engine) -> None:
     assert await engine.list() == []
     assert engine.net.list_namespaced_network_policy(ns, label_selector=selector).items == []
     assert engine.core.list_namespaced_persistent_volume_claim(ns, label_selector=selector).items == []
+
+
+async def test_a_call_in_flight_fails_promptly_when_its_pod_is_deleted(engine) -> None:
+    async with running_sandbox(engine) as sandbox:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(engine.delete, sandbox.id)
+            started = anyio.current_time()
+            with pytest.raises(AgentGone):
+                await sandbox.conn.request({"op": "bash", "command": "sleep 60"}, timeout=60)
+            assert anyio.current_time() - started < 20
+        assert sandbox.conn.closed.is_set()
