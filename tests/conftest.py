@@ -41,6 +41,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.adversarial)
         if "/tests/live/" in path:
             item.add_marker(pytest.mark.live)
+        if "/tests/k8s/" in path:
+            item.add_marker(pytest.mark.kubernetes)
 
 
 @pytest.fixture(scope="session")
