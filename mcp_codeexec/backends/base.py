@@ -91,34 +91,6 @@ class Outcome:
     """For a timed-out call: what the command printed before it was stopped (shown to humans only)."""
 
 
-# --- tools the sandbox code may call (programmatic tool calling) -----------------------------------
-
-ToolHandler = Callable[[str, dict[str, Any]], Awaitable[tuple[str, bool]]]
-"""``await call(name, input)`` → ``(result text, is_error)``."""
-
-
-@dataclass(frozen=True)
-class ToolFunction:
-    """A function the sandbox code may call."""
-
-    name: str
-    """A Python identifier, e.g. ``"weather__get_forecast"``."""
-    description: str
-    """One line."""
-    input_schema: dict[str, Any]
-    output_schema: dict[str, Any] | None = None
-
-
-@dataclass
-class CodeTools:
-    """The functions one ``code_execution`` call may use, and the host-side handler that runs them."""
-
-    functions: list[ToolFunction]
-    call: ToolHandler
-    max_in_flight: int = 16
-    pending_timeout: float = 270.0
-
-
 class Backend(Protocol):
     name: str
 
