@@ -3,6 +3,9 @@ stream, limits and network as seen inside the pod, and removal without leftovers
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -74,6 +77,20 @@ async def test_the_agent_answers_hello_and_bash_over_the_attach_stream(engine) -
         reply = await bash(sandbox, "python3 -c 'import sys; sys.stdout.write(bytes(range(256)).hex())'")
         assert reply["stdout"] == bytes(range(256)).hex()
         print(f"create -> agent hello: {sandbox.started:.2f} s")
+
+
+async def test_a_large_upload_arrives_intact_over_the_attach_stream(engine) -> None:
+    payload = os.urandom(3 * 1024 * 1024)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(0, len(payload), 256 * 1024):
+            yield payload[i : i + 256 * 1024]
+
+    async with running_sandbox(engine) as sandbox:
+        reply = await sandbox.conn.put_file("/workspace/blob.bin", chunks(), timeout=120)
+        assert reply["type"] == "result", reply
+        digest = (await bash(sandbox, "sha256sum /workspace/blob.bin"))["stdout"].split()[0]
+        assert digest == hashlib.sha256(payload).hexdigest()
 
 
 async def test_limits_are_read_inside_the_pod(engine) -> None:
