@@ -13,6 +13,7 @@ import pytest
 
 from mcp_codeexec.agent_client import AgentGone
 from mcp_codeexec.engines.kubernetes import L_ID, L_INSTANCE, MANAGED_BY, MANAGER, object_name
+from mcp_codeexec.errors import ContainerExpired
 
 from .conftest import Running, running_sandbox
 
@@ -131,8 +132,12 @@ async def test_delete_leaves_no_pod_or_network_policy(engine) -> None:
     selector = f"{MANAGED_BY}={MANAGER},{L_INSTANCE}={engine.settings.instance}"
     async with running_sandbox(engine) as sandbox:
         assert [p.id for p in await engine.list()] == [sandbox.id]
+        found = await engine.find(sandbox.id)
+        assert found.owner == "tester" and found.phase == "Running" and not found.expired
         assert len(engine.net.list_namespaced_network_policy(ns, label_selector=selector).items) == 1
     assert await engine.list() == []
+    with pytest.raises(ContainerExpired):
+        await engine.find(sandbox.id)
     assert engine.net.list_namespaced_network_policy(ns, label_selector=selector).items == []
     assert engine.core.list_namespaced_persistent_volume_claim(ns, label_selector=selector).items == []
 
