@@ -12,7 +12,7 @@
 # Built binaries are cached on the machine, never in the repository:
 #   $MCP_CODEEXEC_K8S_CACHE (default /var/cache/mcp-codeexec-k8s)/<debian version>/bin
 # Runtime state (PKI, etcd data, kubelet root, logs) lives in $MCP_CODEEXEC_K8S_STATE
-# (default /var/lib/mcp-codeexec-k8s); `down` removes it.
+# (default /var/lib/mcp-codeexec-k8s); `down` removes all but the logs, which the next fresh `up` replaces.
 # Needs root (the kubelet manages cgroups and mounts). Every listener is on 127.0.0.1.
 set -euo pipefail
 
@@ -339,6 +339,7 @@ check_ports() {
 }
 
 start_all() {
+    [ -d "$RUN" ] || rm -rf "$LOGS"  # a fresh cluster: the logs are its own (down keeps the last ones)
     mkdir -p "$RUN" "$LOGS"
     record_preexisting
     check_ports

@@ -3,6 +3,9 @@ stream, limits and network as seen inside the pod, and removal without leftovers
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -10,6 +13,7 @@ import pytest
 
 from mcp_codeexec.agent_client import AgentGone
 from mcp_codeexec.engines.kubernetes import L_ID, L_INSTANCE, MANAGED_BY, MANAGER, object_name
+from mcp_codeexec.errors import ContainerExpired
 
 from .conftest import Running, running_sandbox
 
@@ -76,6 +80,20 @@ async def test_the_agent_answers_hello_and_bash_over_the_attach_stream(engine) -
         print(f"create -> agent hello: {sandbox.started:.2f} s")
 
 
+async def test_a_large_upload_arrives_intact_over_the_attach_stream(engine) -> None:
+    payload = os.urandom(3 * 1024 * 1024)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(0, len(payload), 256 * 1024):
+            yield payload[i : i + 256 * 1024]
+
+    async with running_sandbox(engine) as sandbox:
+        reply = await sandbox.conn.put_file("/workspace/blob.bin", chunks(), timeout=120)
+        assert reply["type"] == "result", reply
+        digest = (await bash(sandbox, "sha256sum /workspace/blob.bin"))["stdout"].split()[0]
+        assert digest == hashlib.sha256(payload).hexdigest()
+
+
 async def test_limits_are_read_inside_the_pod(engine) -> None:
     async with running_sandbox(engine) as sandbox:
         out = (
@@ -114,8 +132,12 @@ async def test_delete_leaves_no_pod_or_network_policy(engine) -> None:
     selector = f"{MANAGED_BY}={MANAGER},{L_INSTANCE}={engine.settings.instance}"
     async with running_sandbox(engine) as sandbox:
         assert [p.id for p in await engine.list()] == [sandbox.id]
+        found = await engine.find(sandbox.id)
+        assert found.owner == "tester" and found.phase == "Running" and not found.expired
         assert len(engine.net.list_namespaced_network_policy(ns, label_selector=selector).items) == 1
     assert await engine.list() == []
+    with pytest.raises(ContainerExpired):
+        await engine.find(sandbox.id)
     assert engine.net.list_namespaced_network_policy(ns, label_selector=selector).items == []
     assert engine.core.list_namespaced_persistent_volume_claim(ns, label_selector=selector).items == []
 
