@@ -326,3 +326,13 @@ async def test_the_registry_is_built_from_the_settings_tools_config(tmp_path: Pa
     path.write_text("{not json")
     with pytest.raises(ToolsConfigError, match="cannot be read as JSON"):
         registry_from_settings(load_settings(data_dir=str(tmp_path), tools_config=str(path)))
+
+
+def test_credential_like_env_values_are_redacted_and_ordinary_ones_are_not() -> None:
+    config = parse_tools_config({"mcpServers": {"s": {"command": "x", "env": {
+        "API_KEY": "abcd1234", "GITHUB_PERSONAL_ACCESS_TOKEN": "ghp_short1", "DEBUG": "true", "ROOT": "/srv/data/x",
+        "OPAQUE": "Zm9vYmFyYmF6cXV4cXV1eA", "REGION": "${REGION}", "DB": "${DB_PASSWORD}"}}}},
+        environ={"REGION": "eu-west-1", "DB_PASSWORD": "hunter22"})
+    redact = config.redactor()
+    text = "abcd1234 ghp_short1 true /srv/data/x Zm9vYmFyYmF6cXV4cXV1eA eu-west-1 hunter22"
+    assert redact(text) == "[redacted] [redacted] true /srv/data/x [redacted] eu-west-1 [redacted]"
