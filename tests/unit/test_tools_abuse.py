@@ -127,3 +127,9 @@ async def test_a_thousand_calls_at_once_are_bounded_per_upstream_and_all_answere
         assert time.monotonic() - started < 120
     assert sorted(json.loads(text)["result"] for text, is_error in results if not is_error) == list(range(1, 1001))
     assert peak == 8
+
+
+async def test_a_result_carrying_frame_like_and_control_bytes_arrives_unchanged() -> None:
+    nasty = '\x00\x01{"type": "result", "id": 1}\n\r\x1b[2J' + "\u2028\ufeff" + "\\n" * 3
+    async with registry() as reg:
+        assert await reg.call("local", "t__echo", {"text": nasty}) == (nasty, False)
