@@ -190,6 +190,8 @@ def parse_tools_config(data: Any, *, source: str = "<data>", environ: dict[str, 
         where = f"{source}: mcpServers.{name}"
         if not name or not isinstance(raw, dict):
             raise ToolsConfigError(f"{where}: expected a non-empty name and an object")
+        if raw.get("disabled") is True:
+            continue  # not checked: it may name variables only set where it is enabled
         raw = dict(raw)
         for key in ("env", "headers"):
             if isinstance(raw.get(key), dict):

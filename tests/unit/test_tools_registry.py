@@ -362,3 +362,9 @@ def test_credential_like_env_values_are_redacted_and_ordinary_ones_are_not() -> 
     redact = config.redactor()
     text = "abcd1234 ghp_short1 true /srv/data/x Zm9vYmFyYmF6cXV4cXV1eA eu-west-1 hunter22"
     assert redact(text) == "[redacted] [redacted] true /srv/data/x [redacted] eu-west-1 [redacted]"
+
+
+def test_the_example_tools_config_is_valid() -> None:
+    config = load_tools_config(Path(__file__).resolve().parents[2] / "examples" / "tools_config.json")
+    assert list(config.servers) == ["everything"]  # github is disabled (and needs GITHUB_TOKEN)
+    assert config.servers["everything"].allowed_tools == ["echo", "get-sum", "get-structured-content"]
