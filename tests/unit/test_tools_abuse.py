@@ -153,3 +153,12 @@ async def test_calls_in_flight_when_the_upstream_dies_all_fail_at_once_and_it_re
         assert await reg.call("local", "t__echo", {"text": "once"}) == ("once", False)
         await anyio.sleep(1)
         assert reg.upstreams["t"].connections == 2 and reg.upstreams["t"].connected
+
+
+async def test_a_stdio_upstream_does_not_inherit_the_servers_own_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-server-own-key")
+    monkeypatch.setenv("UPSTREAM_MARK", "inherited:")  # only the entry's env reaches the upstream
+    async with registry() as reg:
+        assert await reg.call("local", "t__getenv", {"name": "ANTHROPIC_API_KEY"}) == ("<unset>", False)
+        assert await reg.call("local", "t__echo", {"text": "x"}) == ("x", False)
+        assert await reg.call("local", "t__getenv", {"name": "UPSTREAM_TOKEN"}) == ("[redacted]", False)
