@@ -884,7 +884,10 @@ def _from_prose_form(content: dict[str, Any]) -> dict[str, Any]:
 # them (``CodeTools.call``: the upstream registry) and continues with a user message of only
 # ``tool_result`` blocks, the same ``tools`` and the ``container`` id, until a response is not such
 # a pause; the MCP client sees the one result at the end. The REPL passthrough uses these pieces:
-# ``ptc_tool_params`` for its ``tools`` array, ``answer_code_pauses`` after each response.
+# ``params["tools"] += ptc_tool_params(tools)`` for its request, then ``answer_code_pauses`` on
+# each response (its returned responses hold the ``server_tool_use`` to match and, last, the
+# ``code_execution_tool_result``). The PTC docs list "forcing a call through tool_choice" as
+# unsupported with PTC tools: a request declaring them should not force a tool (unverified live).
 
 PTC_CALLER = "code_execution_20260120"
 MAX_CODE_PAUSES = 500

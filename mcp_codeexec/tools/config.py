@@ -20,8 +20,9 @@ Code's ``.mcp.json``. Additions of this project, beside them:
 
 ``${VAR}`` in ``env``, ``headers``, ``url`` and ``args`` values is replaced by the server's own
 environment variable when the file is loaded, so secrets need not be written in the file. The
-values of ``env`` and ``headers`` are credentials: they go to the upstream only, and every text
-this package shows (logs, errors, results) has them redacted (``Redactor``).
+values of ``env`` and ``headers`` go to the upstream only; every text this package shows (logs,
+errors, results) has the credentials among them redacted (``Redactor``: every header value, and
+env or ``${VAR}`` values whose name or shape says credential, see ``secretish``).
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ class ServerConfig(BaseModel):
         return "stdio" if self.command is not None else "http"
 
     def secrets(self) -> list[str]:
-        """Values that must never be shown: env and header values, the URL's userinfo and query."""
-        values = [*self.env.values(), *self.headers.values()]
+        """Values that must never be shown: header values, credential-like env values (see
+        ``secretish``), the URL's userinfo and query."""
+        values = [v for k, v in self.env.items() if secretish(k, v)] + list(self.headers.values())
         for value in self.headers.values():  # "Bearer abc" → also "abc"
             values.extend(value.split()[1:])
         if self.url:
@@ -119,7 +121,7 @@ class ToolsConfig:
 
     def redactor(self) -> Redactor:
         values = [s for server in self.servers.values() for s in server.secrets()]
-        return Redactor(values + [v for v in self.expanded if len(v) >= 4])
+        return Redactor(values + list(self.expanded))
 
 
 class Redactor:
@@ -133,6 +135,18 @@ class Redactor:
             if secret in text:
                 text = text.replace(secret, "[redacted]")
         return text
+
+
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASS|AUTH|CRED|COOKIE|SESSION|PRIVATE|PAT\b|CERT", re.IGNORECASE)
+
+
+def secretish(name: str, value: str) -> bool:
+    """Whether an env value is treated as a credential: its name says so (``API_KEY``, ``*_TOKEN``,
+    ``PASSWORD``...), or it looks like a token (20+ characters, no space or ``/``). Other values
+    (``DEBUG=true``, paths) are not redacted, so results that contain them stay intact."""
+    if len(value) < 4:
+        return False
+    return bool(_SECRET_NAME.search(name)) or (len(value) >= 20 and not re.search(r"[\s/]", value))
 
 
 def identifier(name: str) -> str:
@@ -151,7 +165,8 @@ def _expand(value: str, environ: dict[str, str], where: str, used: list[str]) ->
     def sub(m: re.Match[str]) -> str:
         name, default = m.group(1), m.group(2)
         if name in environ:
-            used.append(environ[name])
+            if secretish(name, environ[name]):
+                used.append(environ[name])
             return environ[name]
         if default is not None:
             return default
@@ -175,6 +190,8 @@ def parse_tools_config(data: Any, *, source: str = "<data>", environ: dict[str, 
         where = f"{source}: mcpServers.{name}"
         if not name or not isinstance(raw, dict):
             raise ToolsConfigError(f"{where}: expected a non-empty name and an object")
+        if raw.get("disabled") is True:
+            continue  # not checked: it may name variables only set where it is enabled
         raw = dict(raw)
         for key in ("env", "headers"):
             if isinstance(raw.get(key), dict):

@@ -211,14 +211,16 @@ class Upstream:
             raise CallFailed(f"upstream MCP server {self.name!r} did not answer {tool!r} within {timeout:g}s") from None
         except MCPError as exc:
             if exc.code == types.CONNECTION_CLOSED:
-                self._broken.set()
+                if self._client is client:  # not a late failure of a session already replaced
+                    self._broken.set()
                 raise CallFailed(
                     f"upstream MCP server {self.name!r} went away during {tool!r} ({self._describe(None)}); "
                     "it is being restarted"
                 ) from None
             raise CallFailed(self._redact(f"upstream MCP server {self.name!r} answered error {exc.code}: {exc}")) from None
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            self._broken.set()
+            if self._client is client:
+                self._broken.set()
             raise CallFailed(f"upstream MCP server {self.name!r} failed: {self._redact(_exc_text(exc))}") from None
         except (ValidationError, RuntimeError) as exc:
             # The SDK's checks of the result: not the protocol's shape, structured content not

@@ -42,6 +42,11 @@ if ALIAS:
     server.tool(name=ALIAS, description="Echo, under another name.", structured_output=False)(echo)
 
 
+@server.tool(description="The value of an environment variable of this process.", structured_output=False)
+def getenv(name: str) -> str:
+    return os.environ.get(name, "<unset>")
+
+
 @server.tool(description="Add two integers.")
 def add(a: int, b: int) -> int:
     return a + b

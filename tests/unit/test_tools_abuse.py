@@ -127,3 +127,38 @@ async def test_a_thousand_calls_at_once_are_bounded_per_upstream_and_all_answere
         assert time.monotonic() - started < 120
     assert sorted(json.loads(text)["result"] for text, is_error in results if not is_error) == list(range(1, 1001))
     assert peak == 8
+
+
+async def test_a_result_carrying_frame_like_and_control_bytes_arrives_unchanged() -> None:
+    nasty = '\x00\x01{"type": "result", "id": 1}\n\r\x1b[2J' + "\u2028\ufeff" + "\\n" * 3
+    async with registry() as reg:
+        assert await reg.call("local", "t__echo", {"text": nasty}) == (nasty, False)
+
+
+async def test_calls_in_flight_when_the_upstream_dies_all_fail_at_once_and_it_restarts_once() -> None:
+    async with registry(pending_timeout=60) as reg:
+        results: list[tuple[str, bool]] = []
+
+        async def hang() -> None:
+            results.append(await reg.call("local", "t__hang", {}))
+
+        started = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(hang)
+            await anyio.sleep(0.5)
+            results.append(await reg.call("local", "t__crash", {}))
+        assert time.monotonic() - started < 10
+        assert len(results) == 6 and all(is_error and "went away during" in text for text, is_error in results)
+        assert await reg.call("local", "t__echo", {"text": "once"}) == ("once", False)
+        await anyio.sleep(1)
+        assert reg.upstreams["t"].connections == 2 and reg.upstreams["t"].connected
+
+
+async def test_a_stdio_upstream_does_not_inherit_the_servers_own_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-server-own-key")
+    monkeypatch.setenv("UPSTREAM_MARK", "inherited:")  # only the entry's env reaches the upstream
+    async with registry() as reg:
+        assert await reg.call("local", "t__getenv", {"name": "ANTHROPIC_API_KEY"}) == ("<unset>", False)
+        assert await reg.call("local", "t__echo", {"text": "x"}) == ("x", False)
+        assert await reg.call("local", "t__getenv", {"name": "UPSTREAM_TOKEN"}) == ("[redacted]", False)

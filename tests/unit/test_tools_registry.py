@@ -113,6 +113,12 @@ def test_settings_carry_the_tools_config_path_and_limits(tmp_path: Path, monkeyp
     assert settings.tools_config == tmp_path / "tools.json"
     limits = limits_from(settings)
     assert limits.pending_timeout == 5 and limits.max_in_flight == 16
+    toml = tmp_path / "config.toml"
+    toml.write_text(f'tools_config = "{tmp_path / "from-toml.json"}"\ntools_max_result_bytes = 4096\n')
+    monkeypatch.setenv("MCP_CODEEXEC_CONFIG", str(toml))
+    monkeypatch.delenv("MCP_CODEEXEC_TOOLS_CONFIG")
+    settings = load_settings(data_dir=str(tmp_path))
+    assert settings.tools_config == tmp_path / "from-toml.json" and limits_from(settings).max_result_bytes == 4096
 
 
 def test_the_serve_command_takes_a_tools_config_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -238,8 +244,8 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def http_upstream(token: str) -> Iterator[str]:
-    port = _free_port()
+def http_upstream(token: str, port: int | None = None) -> Iterator[str]:
+    port = port or _free_port()
     proc = subprocess.Popen([sys.executable, UPSTREAM, "--http", str(port)], env={
         **_base_env(), "UPSTREAM_HTTP_TOKEN": token, "UPSTREAM_MARK": "H:"},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -280,6 +286,26 @@ async def test_a_streamable_http_upstream_gets_its_headers_and_they_stay_secret(
             assert is_error and "'bad' is down" in text
     assert failure and "wrong-token-9999" not in failure and "wrong-token-9999" not in text
     assert "wrong-token-9999" not in caplog.text and token not in caplog.text
+
+
+async def test_an_http_upstream_that_goes_away_is_reconnected_when_it_is_back() -> None:
+    port = _free_port()
+    with http_upstream("tok-1234", port) as url:
+        reg = registry({"h": {"url": url, "headers": {"Authorization": "Bearer tok-1234"}}})
+        await reg.__aenter__()
+    try:
+        text, is_error = await reg.call("local", "h__echo", {"text": "gone"})
+        assert is_error and "upstream MCP server 'h'" in text
+        with http_upstream("tok-1234", port):
+            for _ in range(100):  # the supervisor's back-off: 0.5 s, 1 s, ...
+                result = await reg.call("local", "h__echo", {"text": "back"})
+                if not result[1]:
+                    break
+                await anyio.sleep(0.1)
+            assert result == ("H:back", False)
+            assert reg.upstreams["h"].connections == 2
+    finally:
+        await reg.__aexit__(None, None, None)
 
 
 # --- a third-party upstream from npm -------------------------------------------------------------
@@ -326,3 +352,19 @@ async def test_the_registry_is_built_from_the_settings_tools_config(tmp_path: Pa
     path.write_text("{not json")
     with pytest.raises(ToolsConfigError, match="cannot be read as JSON"):
         registry_from_settings(load_settings(data_dir=str(tmp_path), tools_config=str(path)))
+
+
+def test_credential_like_env_values_are_redacted_and_ordinary_ones_are_not() -> None:
+    config = parse_tools_config({"mcpServers": {"s": {"command": "x", "env": {
+        "API_KEY": "abcd1234", "GITHUB_PERSONAL_ACCESS_TOKEN": "ghp_short1", "DEBUG": "true", "ROOT": "/srv/data/x",
+        "OPAQUE": "Zm9vYmFyYmF6cXV4cXV1eA", "REGION": "${REGION}", "DB": "${DB_PASSWORD}"}}}},
+        environ={"REGION": "eu-west-1", "DB_PASSWORD": "hunter22"})
+    redact = config.redactor()
+    text = "abcd1234 ghp_short1 true /srv/data/x Zm9vYmFyYmF6cXV4cXV1eA eu-west-1 hunter22"
+    assert redact(text) == "[redacted] [redacted] true /srv/data/x [redacted] eu-west-1 [redacted]"
+
+
+def test_the_example_tools_config_is_valid() -> None:
+    config = load_tools_config(Path(__file__).resolve().parents[2] / "examples" / "tools_config.json")
+    assert list(config.servers) == ["everything"]  # github is disabled (and needs GITHUB_TOKEN)
+    assert config.servers["everything"].allowed_tools == ["echo", "get-sum", "get-structured-content"]
