@@ -1,12 +1,17 @@
 """Open many MCP streamable-HTTP sessions in bursts on 127.0.0.1, hold up to HOLD idle, log every
 request by id with its timing; report requests that took longer than STALL seconds."""
-import asyncio, json, sys, time, itertools
+import asyncio
+import itertools
+import json
+import sys
+import time
+
 import httpx2
 
 URL, TOTAL, HOLD, BURST, STALL = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 counter = itertools.count(1)
 slow, failed, times = [], [], []
-log = open(sys.argv[6], "w", buffering=1)
+log = open(sys.argv[6], "w", buffering=1)  # noqa: SIM115 - the run's log, open for the whole run
 HEAD = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 async def post(http, sid, body, session):
@@ -51,7 +56,7 @@ async def main():
                 sid = held.pop(0)
                 try:
                     await http.delete(URL, headers={**HEAD, "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-06-18"})
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - a soak records every failure
                     failed.append(("delete", sid, repr(exc)[:200]))
             await asyncio.sleep(0.2)
         times.sort()

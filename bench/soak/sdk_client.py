@@ -1,7 +1,11 @@
 """Soak with the MCP SDK client as bench uses it (one httpx client per session): open sessions in
 bursts, keep HOLD of them open and idle, first tools/call of each timed; stalls > STALL s reported."""
-import asyncio, json, sys, time
+import asyncio
+import json
+import sys
+import time
 from contextlib import AsyncExitStack
+
 import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -30,7 +34,7 @@ async def _session(n, stack):
 async def guarded(n, opened, release):
     try:
         await open_session(n, opened, release)
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - a soak records every failure
         failed.append((n, repr(exc)[:200]))
         opened.set()
 

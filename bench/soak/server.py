@@ -1,8 +1,12 @@
 """Soak server: the real HTTP app (auth off, loopback) over a backend that runs nothing; an ASGI
 wrapper logs every request's X-Soak-Id at arrival, response start and end."""
-import logging, sys, time, os
+import os
+import sys
+import time
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import uvicorn
+
 from mcp_codeexec.config import load_settings
 from mcp_codeexec.files import FileStore
 from mcp_codeexec.http_app import create_http_app
@@ -12,7 +16,7 @@ port, data, logpath = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 settings = load_settings(data_dir=data, no_auth=True, host="127.0.0.1", port=port, http_max_sessions_per_principal=100000,
                          http_calls_per_minute=0)
 app = create_http_app(settings, backend=DummyBackend(), store=FileStore(data + "/files"))
-log = open(logpath, "a", buffering=1)
+log = open(logpath, "a", buffering=1)  # noqa: SIM115 - the run's log, open for the whole run
 
 async def traced(scope, receive, send):
     if scope["type"] != "http":
