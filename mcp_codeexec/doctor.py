@@ -379,7 +379,7 @@ def check_image(p: Probe, settings: Settings, timeout: float) -> Check:
             return None
         return dict(image.labels or {})
 
-    build = "mcp-codeexec image build (add `--base debian` where Docker Hub is unreachable)"
+    build = "mcp-codeexec image build (or just start `mcp-codeexec serve`, which builds it on first use)"
     try:
         if settings.image:
             labels = labels_of(settings.image)

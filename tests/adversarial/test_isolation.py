@@ -103,6 +103,18 @@ async def test_shell_network_tools_see_no_route_and_fail_fast_on_this_machine(bo
     assert "Connection refused" in sc["stderr"], sc
 
 
+async def test_pip_install_fails_at_once_saying_there_is_no_network_and_what_is_installed(box: Sandbox) -> None:
+    # The guard first; the pip wrapper then never contacts an index (no route: --no-index).
+    assert (await box.sh("tail -n +2 /proc/net/route | grep -c . || true")).strip() == "0"
+    result = await box.bash("start=$(date +%s%N); pip install requests; echo rc=$? ms=$(( ($(date +%s%N) - start) / 1000000 ))")
+    sc = result.structured_content
+    rc, ms = (int(part.split("=")[1]) for part in sc["stdout"].split()[-2:])
+    assert rc == 1 and ms < 5000, sc  # was 7.9 s of retries
+    assert "no network access" in sc["stderr"] and "pandas, numpy" in sc["stderr"] and "pip list" in sc["stderr"], sc
+    installed = await box.bash("pip install pandas >/dev/null && echo ok")  # what is installed still "installs"
+    assert installed.structured_content["stdout"] == "ok\n", installed.structured_content
+
+
 async def test_loopback_still_works_and_the_listener_is_swept(box: Sandbox) -> None:
     out = await box.sh(
         "python3 -m http.server 8765 --bind 127.0.0.1 >/dev/null 2>&1 & "

@@ -134,3 +134,28 @@ def test_a_headless_claude_code_session_runs_both_tools(claude_env, project: Pat
     # An error reaches the model flagged as one, with its hosted error code in the text.
     missing = results[5]
     assert missing.get("is_error") is True and "file_not_found" in json.dumps(missing["content"]), missing
+
+
+def test_claude_code_shows_the_model_a_flood_whole_with_its_marker_and_an_image_view_as_an_image(claude_env, project: Path) -> None:
+    # Without the budget on the tool definitions Claude Code swaps a result over 50,000 characters
+    # for a 2 KB preview ("Output too large"), and the model never sees the marker or the spill path.
+    register_with_the_example(claude_env, project)
+    flood = "python3 -c \"import sys; sys.stdout.write('o' * 3_000_000)\""
+    png = ("python3 -c \"import zlib,struct;c=lambda t,d:struct.pack('>I',len(d))+t+d+struct.pack('>I',zlib.crc32(t+d));"
+           "open('/workspace/dot.png','wb').write(b'\\x89PNG\\r\\n\\x1a\\n'+c(b'IHDR',struct.pack('>IIBBBBB',1,1,8,2,0,0,0))"
+           "+c(b'IDAT',zlib.compress(b'\\x00\\xff\\x00\\x00'))+c(b'IEND',b''))\"")
+    script = ScriptedMessages(
+        marker_tool=BASH,
+        turns=[ToolUse(BASH, {"command": flood}), ToolUse(BASH, {"command": png}),
+               ToolUse(EDITOR, {"command": "view", "path": "/workspace/dot.png"}), "Done."],
+    )
+    with streaming_messages(script) as base_url:
+        env = {**claude_env, "ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": "sk-ant-test", "ENABLE_TOOL_SEARCH": "false"}
+        claude(env, project, "-p", "Flood, then look at an image.", "--output-format", "json", "--allowedTools", f"{BASH} {EDITOR}")
+    flooded, _, viewed = script.tool_results()
+    text = json.dumps(flooded["content"])
+    assert "Output too large" not in text and "persisted-output" not in text
+    payload = result_payload(flooded)
+    assert payload["stdout"].startswith("o" * 1000) and payload["stdout"].endswith("o" * 1000)
+    assert "bytes omitted; full output saved to /workspace/.codeexec/spill/" in payload["stdout"]
+    assert isinstance(viewed["content"], list) and viewed["content"][0]["type"] == "image", viewed

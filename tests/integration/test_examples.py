@@ -108,7 +108,7 @@ def test_the_http_client_example_reaches_the_server_with_a_bearer_token(settings
 def test_the_http_client_example_without_a_server_says_so_in_one_line(tmp_path) -> None:
     url = f"http://127.0.0.1:{free_port()}/mcp"  # nothing listens there
     env = {**os.environ, "MCP_CODEEXEC_URL": url, "MCP_CODEEXEC_TOKEN": "some-token-0123456789"}
-    proc = subprocess.run([sys.executable, str(EXAMPLES / "http_client.py")], capture_output=True, text=True, timeout=60, env=env)
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "http_client.py")], capture_output=True, text=True, timeout=60, env=env, check=False)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(f"cannot reach {url}") and "mcp-codeexec serve --transport http" in proc.stderr

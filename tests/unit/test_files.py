@@ -6,6 +6,7 @@ import hashlib
 import multiprocessing
 import os
 import re
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -310,7 +311,7 @@ def _open_fresh_stores(barrier, jobs, results) -> None:
         try:
             FileStore(root).close()
             results.put(None)
-        except Exception as exc:  # the failure is the test's finding, reported to the parent
+        except (sqlite3.Error, OSError, RuntimeError) as exc:  # the finding, reported to the parent
             results.put(f"{type(exc).__name__}: {exc}")
 
 

@@ -45,7 +45,7 @@ def _commands(section: str) -> list[str]:
     """The lines of the fenced bash blocks in one README section."""
     readme = (ROOT / "README.md").read_text()
     body = readme.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```bash\n(.*?)```", body, re.S)
+    blocks = re.findall(r"```bash\n(.*?)```", body, re.DOTALL)
     return [line for block in blocks for line in block.splitlines() if line.strip()]
 
 
