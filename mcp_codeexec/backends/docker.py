@@ -214,6 +214,11 @@ class DockerBackend:
                 await _thread(self._manager.leases.release, cid)
 
     async def _pool_filler(self) -> None:
+        if await self._first_session_resumes():
+            # The stdio server's one session will resume a sandbox: a warm container would only be
+            # made and removed again (clients that start a server per call would pay it every call).
+            log.info("pool: not filled (the session resumes an idle sandbox)")
+            return
         while True:
             while len(self._pool) < self.settings.pool_size:
                 self._pool_filling = True
@@ -230,6 +235,15 @@ class DockerBackend:
             log.info("pool: %d/%d warm containers ready", len(self._pool), self.settings.pool_size)
             self._pool_wanted = anyio.Event()
             await self._pool_wanted.wait()
+
+    async def _first_session_resumes(self) -> bool:
+        if self.settings.transport != "stdio" or not self.settings.resume_sandbox:
+            return False
+        try:
+            manager = await self._manager_or_raise()
+            return bool(await _thread(manager.resumable, "local"))
+        except Unavailable:
+            return False
 
     async def _pool_keepalive(self) -> None:
         """Unclaimed pool containers exit when their server has been silent for a while (the agent's

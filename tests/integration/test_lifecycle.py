@@ -78,3 +78,28 @@ async def test_a_new_workspace_shows_no_lost_and_found(settings):
         assert "lost+found" not in listing.structured_content["stdout"]
         view = await client.call_tool("text_editor_code_execution", {"command": "view", "path": "/workspace"})
         assert "lost+found" not in view.structured_content["content"]
+
+
+async def test_a_workspace_image_named_the_old_way_is_still_found_and_removed(settings):
+    """Images made before they were named by a random token are plain ``<id>.img`` files."""
+    import os
+    import subprocess
+
+    from mcp_codeexec.sandboxes import SandboxManager, connect
+
+    manager = SandboxManager(settings, connect())
+    if manager.volumes.mode != "loop":
+        pytest.skip("workspaces are Docker volumes here (no loop images)")
+    async with mcp_client("memory", settings) as client:
+        cid = (await bash(client, "echo old > /workspace/old.txt")).meta["container"]["id"]
+    link, mnt = manager.volumes.paths(cid)
+    token_image = link.parent / os.readlink(link)
+    manager.stop(cid)
+    subprocess.run(["umount", str(mnt)], check=True)
+    link.unlink()
+    token_image.rename(link)  # the old layout: the image itself under the container's id
+    async with mcp_client("memory", settings) as client:
+        again = await bash(client, "cat /workspace/old.txt", container_id=cid)
+        assert again.structured_content["stdout"] == "old\n"
+    manager.remove(cid)
+    assert not link.exists() and not mnt.exists() and not list(link.parent.glob("ws_*.img"))
