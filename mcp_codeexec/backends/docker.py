@@ -214,10 +214,12 @@ class DockerBackend:
                 await _thread(self._manager.leases.release, cid)
 
     async def _pool_filler(self) -> None:
+        self._pool_filling = True  # a session arriving meanwhile waits for this fill's outcome
         if await self._first_session_resumes():
             # The stdio server's one session will resume a sandbox: a warm container would only be
             # made and removed again (clients that start a server per call would pay it every call).
             log.info("pool: not filled (the session resumes an idle sandbox)")
+            self._pool_fill_ended()
             return
         while True:
             while len(self._pool) < self.settings.pool_size:
@@ -345,17 +347,15 @@ class DockerBackend:
         sandbox = await self._from_pool()
         if sandbox is not None:
             try:
-                claimed = await _thread(manager.claim, sandbox.record, owner)
+                await _thread(manager.claim, sandbox.record, owner)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await self._discard(sandbox)  # neither in the pool nor anyone's: do not leak it
                 raise
-            if claimed:
-                sandbox.owner = owner
-                sandbox.record = dataclasses.replace(sandbox.record, owner=owner, pool=False)
-                await self._tell_claimed(sandbox)
-                return sandbox
-            await sandbox.conn.aclose()
+            sandbox.owner = owner
+            sandbox.record = dataclasses.replace(sandbox.record, owner=owner, pool=False)
+            await self._tell_claimed(sandbox)
+            return sandbox
         return await self._start_new(manager, owner=owner, pool=False)
 
     async def _reattach(self, cid: str, owner: str) -> Sandbox:
@@ -419,7 +419,7 @@ class DockerBackend:
 
     async def _lease(self, cid: str) -> None:
         """Mark the sandbox as in use by this server (no other server resumes or evicts it)."""
-        if self._manager is not None:
+        if self._manager is not None and not self._manager.leases.holds(cid):
             try:
                 await _thread(self._manager.leases.acquire, cid)
             except OSError as exc:
