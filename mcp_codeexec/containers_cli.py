@@ -107,7 +107,8 @@ def _describe(manager: Any, record: Any, container: Any, sizes: dict[str, int] |
     return _row(
         manager, record.id, record.owner or "(pool)", record.created, record.expires, record.quota, usage,
         status=record.status, runtime=host_config.get("Runtime") or "runc", image=(attrs.get("Config") or {}).get("Image"),
-    ) | {"pool": record.pool, "this_data_dir": record.install == manager.install, "docker_id": record.docker_id[:12]} | _repl(
+    ) | {"pool": record.pool, "this_data_dir": record.install == manager.install, "docker_id": record.docker_id[:12],
+         "in_use": manager.leases.in_use(record.id)} | _repl(
         manager, record
     )
 
@@ -131,7 +132,7 @@ def _describe_detached(manager: Any, cid: str, data: dict[str, Any]) -> dict[str
         manager, cid, data["owner"], datetime.fromtimestamp(data["created"], UTC),
         datetime.fromtimestamp(data["expires"], UTC), mode, manager.volumes.usage(cid) if mode == "loop" else None,
         status="detached", runtime=None, image=None,
-    ) | {"pool": False, "this_data_dir": True, "docker_id": None}
+    ) | {"pool": False, "this_data_dir": True, "docker_id": None, "in_use": manager.leases.in_use(cid)}
 
 
 def _mounted_usage(attrs: dict[str, Any]) -> int | None:
@@ -213,7 +214,20 @@ def _ls(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> int:
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    _print_kept(manager)
     return 0
+
+
+def _print_kept(manager: Any) -> None:
+    """Per principal: the stopped sandboxes kept against the caps (beyond them the reaper evicts
+    the least recently used)."""
+    s = manager.settings
+    for owner, entries in sorted(manager.kept().items()):
+        print(
+            f"{owner}: {len(entries)} stopped sandbox(es) kept of at most {s.max_kept_sandboxes_per_principal}, "
+            f"{_human_bytes(sum(size for _, _, size in entries))} of {_human_bytes(s.max_kept_disk_bytes_per_principal)} "
+            "workspace disk (least recently used evicted beyond either)"
+        )
 
 
 def _find(manager: Any, cid: str) -> tuple[Any, Any] | None:

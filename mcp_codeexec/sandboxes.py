@@ -262,6 +262,9 @@ class Leases:
         self._held[cid] = fd
         return True
 
+    def holds(self, cid: str) -> bool:
+        return cid in self._held
+
     def in_use(self, cid: str) -> bool:
         """Held by this process or another live one."""
         if cid in self._held:
@@ -635,20 +638,12 @@ class SandboxManager:
             except docker.errors.NotFound:
                 pass
 
-    def claim(self, record: SandboxRecord, owner: str) -> bool:
-        """Hand a pool container to ``owner``: False when it was removed meanwhile (a reaper that judged
-        it a leftover before the record was written), so the caller takes another."""
+    def claim(self, record: SandboxRecord, owner: str) -> None:
+        """Hand a pool container to ``owner``. No reaper can take it meanwhile: a pool container is a
+        leftover only when its server (this live one) is gone, and ``reap`` re-reads the owner
+        record right before removing one."""
         self.owners.set(record.id, owner, created=record.created.timestamp(), expires=record.expires.timestamp(),
                         quota=record.quota)
-        with translate_docker_errors("claiming a pool sandbox"):
-            try:
-                container = self.client.containers.get(record.docker_id)
-            except docker.errors.NotFound:
-                container = None
-        if container is None or container.status != "running":
-            self._remove_quietly(record.id)
-            return False
-        return True
 
     def list(self, *, all_: bool = True) -> list[tuple[SandboxRecord, Container]]:
         with translate_docker_errors("listing sandboxes"):

@@ -255,6 +255,13 @@ class DockerBackend:
                 await _thread(self._manager.leases.release, cid)
 
     async def _pool_filler(self) -> None:
+        self._pool_filling = True  # a session arriving meanwhile waits for this fill's outcome
+        if await self._first_session_resumes():
+            # The stdio server's one session will resume a sandbox: a warm container would only be
+            # made and removed again (clients that start a server per call would pay it every call).
+            log.info("pool: not filled (the session resumes an idle sandbox)")
+            self._pool_fill_ended()
+            return
         while True:
             while len(self._pool) < self.settings.pool_size:
                 self._pool_filling = True
@@ -271,6 +278,15 @@ class DockerBackend:
             log.info("pool: %d/%d warm containers ready", len(self._pool), self.settings.pool_size)
             self._pool_wanted = anyio.Event()
             await self._pool_wanted.wait()
+
+    async def _first_session_resumes(self) -> bool:
+        if self.settings.transport != "stdio" or not self.settings.resume_sandbox:
+            return False
+        try:
+            manager = await self._manager_or_raise()
+            return bool(await _thread(manager.resumable, "local"))
+        except Unavailable:
+            return False
 
     async def _pool_keepalive(self) -> None:
         """Unclaimed pool containers exit when their server has been silent for a while (the agent's
@@ -372,17 +388,15 @@ class DockerBackend:
         sandbox = await self._from_pool()
         if sandbox is not None:
             try:
-                claimed = await _thread(manager.claim, sandbox.record, owner)
+                await _thread(manager.claim, sandbox.record, owner)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await self._discard(sandbox)  # neither in the pool nor anyone's: do not leak it
                 raise
-            if claimed:
-                sandbox.owner = owner
-                sandbox.record = dataclasses.replace(sandbox.record, owner=owner, pool=False)
-                await self._tell_claimed(sandbox)
-                return sandbox
-            await sandbox.conn.aclose()
+            sandbox.owner = owner
+            sandbox.record = dataclasses.replace(sandbox.record, owner=owner, pool=False)
+            await self._tell_claimed(sandbox)
+            return sandbox
         return await self._start_new(manager, owner=owner, pool=False)
 
     async def _reattach(self, cid: str, owner: str) -> Sandbox:
@@ -446,7 +460,7 @@ class DockerBackend:
 
     async def _lease(self, cid: str) -> None:
         """Mark the sandbox as in use by this server (no other server resumes or evicts it)."""
-        if self._manager is not None:
+        if self._manager is not None and not self._manager.leases.holds(cid):
             try:
                 await _thread(self._manager.leases.acquire, cid)
             except OSError as exc:

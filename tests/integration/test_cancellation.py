@@ -48,3 +48,63 @@ async def test_a_cancelled_client_task_cancels_the_command(transport, settings, 
         with anyio.move_on_after(2):
             await client.call_tool(BASH, {"command": SLOW})
         await assert_ready_and_swept(client, time.monotonic())
+
+
+OPENAI_AGENTS = r"""
+import asyncio, json, os, sys, time
+from agents.mcp import MCPServerStdio
+
+def server():
+    # The SDK's default client_session_timeout_seconds is 5: a longer call times out.
+    return MCPServerStdio(params={"command": sys.argv[1], "args": ["-m", "mcp_codeexec", "serve"], "env": dict(os.environ)})
+
+async def main():
+    out = {}
+    s = server()
+    await s.connect()
+    first = await s.call_tool("bash_code_execution", {"command": "true"})
+    out["first_id"] = first.meta["container"]["id"]
+    started = time.monotonic()
+    try:
+        await s.call_tool("bash_code_execution", {"command": os.environ["SLOW"]})
+        out["timed_out"] = False
+    except Exception as exc:
+        out["timed_out"] = True
+        out["after"] = round(time.monotonic() - started, 1)
+        out["error"] = str(exc)[:200]
+    gave_up = time.monotonic()
+    try:
+        await s.cleanup()  # what the SDK's Agent run does with a server whose call failed
+    except Exception:
+        pass
+    s = server()  # the next turn: a new session (this server resumes the same sandbox)
+    await s.connect()
+    result = await s.call_tool("bash_code_execution", {"command": "ps -eo args | grep -c '[s]leep 3' || true; ls /workspace/late 2>&1 || true"})
+    out["next_after"] = round(time.monotonic() - gave_up, 1)
+    out["next_id"] = result.meta["container"]["id"]
+    out["next"] = getattr(result, "structured_content", None) or result.structuredContent
+    await s.cleanup()
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+async def test_openai_agents_giving_up_after_its_5_s_timeout_leaves_nothing_running(tmp_path, docker_engine):
+    from tests.integration.conftest import make_settings
+    from tests.support.pyclients import client_python, run_client
+    from tests.support.servers import remove_installation, server_env
+
+    python = await anyio.to_thread.run_sync(lambda: client_python("openai-agents", "openai-agents==0.24.0"))
+    settings = make_settings(tmp_path, pool_size=0)
+    try:
+        env = server_env(settings, SLOW=SLOW)
+        out = await anyio.to_thread.run_sync(lambda: run_client(python, OPENAI_AGENTS, env))
+        assert out["timed_out"] and 4 < out["after"] < 8, out
+        assert out["next_id"] == out["first_id"]  # the same sandbox (resumed by the new session)
+        next_stdout = out["next"]["stdout"]
+        assert next_stdout.splitlines()[0] == "0", out  # the command's whole process group was killed
+        assert "No such file" in next_stdout
+        assert out["next_after"] < 10, out  # a new server's start-up included
+    finally:
+        remove_installation(settings)

@@ -22,20 +22,30 @@ async def bash(client, command: str, **extra):
     return result
 
 
-async def wait_for_status(name: str, status: str, timeout: float = 30) -> None:
+async def wait_for_status(name: str, status: str | None, timeout: float = 30) -> None:
+    """Until the container has ``status`` (None: is gone)."""
     client = docker.from_env()
     with anyio.fail_after(timeout):
-        while client.containers.get(name).status != status:
+        while True:
+            try:
+                if client.containers.get(name).status == status:
+                    return
+            except docker.errors.NotFound:
+                if status is None:
+                    return
             await anyio.sleep(0.2)
 
 
-async def test_an_idle_sandbox_is_stopped_and_its_next_call_finds_files_and_shell_state_intact(tmp_path, docker_engine):
-    settings = make_settings(tmp_path, idle_stop_seconds=1.0, reap_interval_seconds=0.5)
+@pytest.mark.parametrize("pool_size", [0, 1], ids=["created", "from-the-pool"])
+async def test_an_idle_sandbox_is_stopped_and_its_next_call_finds_files_and_shell_state_intact(tmp_path, docker_engine, pool_size):
+    settings = make_settings(tmp_path, idle_stop_seconds=1.0, reap_interval_seconds=0.5, pool_size=pool_size)
     try:
         async with mcp_client("memory", settings) as client:
             first = await bash(client, "echo data > /workspace/d.txt; mkdir -p /workspace/w; cd /workspace/w; export KEEP=1")
             cid = first.meta["container"]["id"]
-            await wait_for_status(NAME_PREFIX + cid, "exited")
+            # A pool-born container is removed by the engine when it stops (AutoRemove); its next
+            # call rebuilds it around the workspace, like any stopped one is started again.
+            await wait_for_status(NAME_PREFIX + cid, "exited" if pool_size == 0 else None)
             started = time.monotonic()
             again = await bash(client, "cat /workspace/d.txt; pwd; echo $KEEP")
             assert again.structured_content["stdout"] == "data\n/workspace/w\n1\n"
@@ -68,3 +78,28 @@ async def test_a_new_workspace_shows_no_lost_and_found(settings):
         assert "lost+found" not in listing.structured_content["stdout"]
         view = await client.call_tool("text_editor_code_execution", {"command": "view", "path": "/workspace"})
         assert "lost+found" not in view.structured_content["content"]
+
+
+async def test_a_workspace_image_named_the_old_way_is_still_found_and_removed(settings):
+    """Images made before they were named by a random token are plain ``<id>.img`` files."""
+    import os
+    import subprocess
+
+    from mcp_codeexec.sandboxes import SandboxManager, connect
+
+    manager = SandboxManager(settings, connect())
+    if manager.volumes.mode != "loop":
+        pytest.skip("workspaces are Docker volumes here (no loop images)")
+    async with mcp_client("memory", settings) as client:
+        cid = (await bash(client, "echo old > /workspace/old.txt")).meta["container"]["id"]
+    link, mnt = manager.volumes.paths(cid)
+    token_image = link.parent / os.readlink(link)
+    manager.stop(cid)
+    subprocess.run(["umount", str(mnt)], check=True)
+    link.unlink()
+    token_image.rename(link)  # the old layout: the image itself under the container's id
+    async with mcp_client("memory", settings) as client:
+        again = await bash(client, "cat /workspace/old.txt", container_id=cid)
+        assert again.structured_content["stdout"] == "old\n"
+    manager.remove(cid)
+    assert not link.exists() and not mnt.exists() and not list(link.parent.glob("ws_*.img"))

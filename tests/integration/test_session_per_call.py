@@ -6,6 +6,9 @@ capped, least recently used evicted first."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import anyio
 import docker
 import pytest
@@ -94,8 +97,14 @@ async def test_stopped_sandboxes_beyond_the_per_principal_cap_are_evicted_oldest
         manager = SandboxManager(settings, connect())
         for cid in made:
             await anyio.to_thread.run_sync(manager.stop, cid)
+        ls = subprocess.run([sys.executable, "-m", "mcp_codeexec", "containers", "ls"], env=server_env(settings),
+                            capture_output=True, text=True, timeout=60, check=True).stdout
+        assert "local: 4 stopped sandbox(es) kept of at most 2" in ls, ls
         evicted = await anyio.to_thread.run_sync(manager.reap)
         assert sorted(evicted) == sorted(made[:2])
         assert sorted(containers_of(settings)) == sorted(f"mcp-codeexec-{cid}" for cid in made[2:])
+        ls = subprocess.run([sys.executable, "-m", "mcp_codeexec", "containers", "ls"], env=server_env(settings),
+                            capture_output=True, text=True, timeout=60, check=True).stdout
+        assert "local: 2 stopped sandbox(es) kept of at most 2" in ls, ls
     finally:
         remove_installation(settings)

@@ -1092,3 +1092,58 @@ def test_images_have_their_own_view_budget_larger_than_the_text_one(agent: Agent
     assert text["total_lines"] == 2000 and text["num_lines"] < 2000 and len(text["content"]) <= 1024
     code, message = agent.error("view", path="big.png", max_bytes=1024, max_media_bytes=2000)
     assert code == "invalid_tool_input" and "too large" in message
+
+
+# --- shell state on the workspace; pool containers that outlive their server -----------------------
+
+
+def test_the_shell_state_reaches_the_workspace_after_a_call_that_changed_it_and_a_rebuilt_agent_restores_it(tmp_path: Path) -> None:
+    first = start_agent(tmp_path, "first")
+    (first.workspace / "sub").mkdir()
+    first.bash("export KEPT=yes; cd sub")
+    backup = first.workspace / ".codeexec" / "shell-state"
+    deadline = time.monotonic() + 5
+    while not (backup.exists() and "KEPT" in backup.read_text()):  # written just after the reply
+        assert time.monotonic() < deadline, "the shell state never reached the workspace"
+        time.sleep(0.01)
+    assert "sub" in backup.read_text()
+    first.bash("true")  # OLDPWD settles (the restored cd)
+    time.sleep(0.2)
+    mtime = backup.stat().st_mtime_ns
+    first.bash("true")  # changes nothing but OUTPUT_DIR: the backup is not rewritten
+    first.bash("true")
+    time.sleep(0.2)
+    assert backup.stat().st_mtime_ns == mtime
+    first.kill()  # no save_state: the container was removed behind the host's back
+    # The rebuilt container: same workspace, a fresh tmpfs state directory.
+    again = AgentClient(first.workspace, tmp_path / "fresh-state", tmp_path / "again.log")
+    try:
+        assert again.bash("pwd; echo $KEPT")["stdout"] == f"{first.workspace}/sub\nyes\n"
+    finally:
+        assert again.close() == 0
+
+
+def test_an_unclaimed_pool_agent_exits_when_its_server_falls_silent(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CODEEXEC_POOL", "1")
+    monkeypatch.setenv("CODEEXEC_POOL_SILENCE", "1")
+    pinged = start_agent(tmp_path, "pinged")
+    for _ in range(6):  # pings keep it alive past the silence limit
+        assert pinged.result("ping") == {}
+        time.sleep(0.4)
+    assert pinged.proc.poll() is None
+    started = time.monotonic()
+    assert pinged.proc.wait(10) == 0  # then silence: it exits
+    assert time.monotonic() - started < 3
+    assert "no word from its server" in pinged.stderr_text()
+    pinged.close()
+
+
+def test_a_claimed_pool_agent_does_not_exit_when_its_server_falls_silent(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CODEEXEC_POOL", "1")
+    monkeypatch.setenv("CODEEXEC_POOL_SILENCE", "0.5")
+    claimed = start_agent(tmp_path, "claimed")
+    claimed.send("claim")
+    time.sleep(1.5)
+    assert claimed.proc.poll() is None
+    assert claimed.bash("echo alive")["stdout"] == "alive\n"
+    assert claimed.close() == 0
