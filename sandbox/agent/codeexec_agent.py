@@ -2190,6 +2190,10 @@ def repl_main(workspace: str) -> int:
             return 1
 
     threading.Thread(target=reader, name="ctl-reader", daemon=True).start()
+    # A sweep stops the interpreter while it kills the cell's children; gVisor then sends the
+    # (orphaned, stopped) process group SIGHUP. A Python-level no-op handler (not SIG_IGN: that would
+    # be inherited by every command a cell runs) keeps the interpreter alive.
+    signal.signal(signal.SIGHUP, lambda signum, frame: None)
     main_pid = os.getpid()
     send({"t": "ready", "pid": main_pid, "python": sys.version.split()[0]})
     devnull = fcntl.fcntl(os.open(os.devnull, os.O_RDWR), fcntl.F_DUPFD_CLOEXEC, 10)
