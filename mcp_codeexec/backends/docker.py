@@ -157,7 +157,7 @@ class DockerBackend:
                 if self._manager is not None:
                     await anyio.to_thread.run_sync(self._manager.remove, sandbox.record.id)
             for sandbox in self._sandboxes.values():
-                await self._save_state(sandbox, reason="the server shut down")
+                await self._save_state(sandbox)  # the container keeps running: so does its interpreter
                 await sandbox.conn.aclose()
         await self._stack.aclose()  # exits the task group: must not happen inside another cancel scope
 

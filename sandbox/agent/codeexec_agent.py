@@ -1568,9 +1568,10 @@ class Repl:
             _log(f"cannot write {REPL_MARKER}: {exc}")
 
     def before_stop(self, reason: str | None) -> None:
-        """``save_state``: the host is about to stop the container; a live interpreter is lost."""
-        if self.alive() and self.cells:
-            self._write_marker(reason or "stopped by the server")
+        """``save_state`` with a ``reason``: the host is about to stop the container, so a live
+        interpreter is lost (without one the container may well keep running: nothing to record)."""
+        if reason and self.alive() and self.cells:
+            self._write_marker(reason)
 
     def alive(self) -> bool:
         return self.pid > 0 and self.terminal.reaper.status(self.pid) is None
