@@ -20,6 +20,7 @@ import base64
 import codecs
 import errno
 import json
+import keyword
 import os
 import queue
 import selectors
@@ -1738,7 +1739,8 @@ class Repl:
             max_in_flight = _field_int(req, "max_in_flight", DEFAULT_MAX_IN_FLIGHT, minimum=1)
             tools = req.get("tools") or []
             if not isinstance(tools, list) or not all(
-                isinstance(t, dict) and isinstance(t.get("name"), str) and t["name"].isidentifier() for t in tools
+                isinstance(t, dict) and isinstance(t.get("name"), str) and t["name"].isidentifier()
+                and not keyword.iskeyword(t["name"]) for t in tools
             ):
                 raise _invalid("'tools' must be a list of objects whose 'name' is a Python identifier")
             restart = req.get("restart", False)
