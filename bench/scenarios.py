@@ -29,11 +29,13 @@ from .harness import (
 
 BASH = "bash_code_execution"
 EDITOR = "text_editor_code_execution"
+CODE = "code_execution"
 
 
 @dataclass(frozen=True)
 class Plan:
     warm_calls: int = 300
+    repl_calls: int = 300
     warmup_calls: int = 30
     baseline_calls: int = 100
     editor_cycles: int = 50
@@ -45,7 +47,7 @@ class Plan:
 
 
 SMOKE = Plan(
-    warm_calls=20, warmup_calls=3, baseline_calls=5, editor_cycles=3, progress_pairs=5, long_call_seconds=2.5,
+    warm_calls=20, repl_calls=20, warmup_calls=3, baseline_calls=5, editor_cycles=3, progress_pairs=5, long_call_seconds=2.5,
     first_call_trials=1, concurrent_sessions=2, concurrent_calls=3,
 )
 
@@ -74,6 +76,39 @@ async def _bash(client: Any, command: str, **kwargs: Any) -> tuple[float, Any]:
     result = await client.call_tool(BASH, {"command": command}, **kwargs)
     elapsed = time.perf_counter() - start
     return elapsed, _check_bash(result, command)
+
+
+async def _code(client: Any, code: str) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = await client.call_tool(CODE, {"code": code})
+    elapsed = time.perf_counter() - start
+    sc = result.structured_content or {}
+    if result.is_error or sc.get("type") != "code_execution_result" or sc.get("return_code") != 0:
+        said = " ".join(getattr(c, "text", "") for c in result.content)
+        raise BenchError(f"{code}: unexpected result {sc}: {said}")
+    return elapsed, result
+
+
+async def _repl(client: Any, plan: Plan) -> dict[str, Any]:
+    """Warm REPL cells beside bash `true` in the same session and run (interleaved, so both see the
+    same machine), and a state-carrying cell."""
+    first, _ = await _code(client, "x = 0")  # starts the interpreter: not measured as a warm cell
+    for _ in range(5):
+        await _code(client, "pass")
+    cells, bashes = [], []
+    for _ in range(plan.repl_calls):
+        cells.append((await _code(client, "pass"))[0])
+        bashes.append((await _bash(client, "true"))[0])
+    state = [(await _code(client, "x += 1"))[0] for _ in range(max(5, plan.repl_calls // 3))]
+    _, last = await _code(client, "print(x)")
+    if last.structured_content["stdout"] != f"{len(state)}\n":
+        raise BenchError(f"the REPL lost its state: {last.structured_content}")
+    return {
+        "repl_first_cell_ms": ms(first),
+        "warm_repl_p50_ms": ms(p50(cells)), "warm_repl_p99_ms": ms(pct(cells, 99)),
+        "warm_repl_bash_p50_ms": ms(p50(bashes)), "warm_repl_bash_p99_ms": ms(pct(bashes, 99)),
+        "repl_state_cell_p50_ms": ms(p50(state)),
+    }
 
 
 def _manager(settings: Settings) -> SandboxManager:
@@ -105,6 +140,7 @@ async def warm_session(settings: Settings, plan: Plan, logs: Path) -> dict[str, 
         out["warm_bash_min_ms"] = ms(min(samples))
 
         out.update(await _editor_cycles(client, plan))
+        out.update(await _repl(client, plan))
         out.update(await _progress(client, plan))
 
         pid = stdio_server_pid()

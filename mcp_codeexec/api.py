@@ -256,6 +256,8 @@ class Sandbox:
             else:
                 outcome = await backend.editor(request, self._ctx)
         except CodeExecError as exc:
+            if exc.error_code == "unavailable":
+                log.warning("%s call answered unavailable: %s", name, exc.message)
             self.last_outcome = None
             if exc.container is not None and self._container_id is None:
                 self._container_id = exc.container.id

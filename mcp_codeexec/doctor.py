@@ -430,6 +430,29 @@ def check_runtime(p: Probe, settings: Settings, timeout: float) -> tuple[Check, 
                  data={"runtime": wanted, "runtimes": runtimes}), info
 
 
+def check_checkpoint(info: Mapping[str, Any], settings: Settings) -> Check:
+    """Can an idle sandbox be checkpointed with its memory (the REPL's variables) and restored?
+
+    ``docker checkpoint`` needs dockerd's experimental mode, and a runtime that checkpoints: runsc
+    (``runsc checkpoint``; it works directly on this project's runsc sandboxes) or runc with CRIU.
+    Where it is unavailable a sandbox whose interpreter holds state is kept running for
+    ``repl_idle_stop_seconds`` instead of the normal idle stop."""
+    runtime = settings.runtime or info.get("DefaultRuntime", "runc")
+    fallback = (f"a sandbox whose Python interpreter holds state is kept running up to "
+                f"{settings.repl_idle_stop_seconds:g} s idle (repl_idle_stop_seconds) instead")
+    reasons = []
+    if not info.get("ExperimentalBuild"):
+        reasons.append("the engine runs without experimental features (`docker checkpoint` needs dockerd --experimental)")
+    if runtime != "runsc" and shutil.which("criu") is None:
+        reasons.append(f"the {runtime} runtime needs CRIU, which is not installed")
+    data = {"available": not reasons, "runtime": runtime, "experimental": bool(info.get("ExperimentalBuild"))}
+    if reasons:
+        return Check("checkpoint", "OK", "REPL checkpointing unavailable: " + "; ".join(reasons) + "; " + fallback,
+                     data=data)
+    return Check("checkpoint", "OK", f"the engine can checkpoint {runtime} containers; this version still uses the "
+                 f"longer idle limit: {fallback}", data=data)
+
+
 def check_quota(settings: Settings, engine_up: bool) -> Check:
     from .sandboxes import QuotaVolumes
 
@@ -556,12 +579,14 @@ def run_checks(get_settings: Callable[[], Settings], timeout: float = PROBE_TIME
     engine, p = check_engine(timeout)
     checks.append(engine)
     if p is None:
-        for name in ("engine version", "image", "runtime"):
+        for name in ("engine version", "image", "runtime", "checkpoint"):
             checks.append(Check(name, "SKIP", "no engine to ask"))
     else:
         checks.append(check_engine_version(p))
         checks.append(check_image(p, settings, timeout * 3))
-        checks.append(check_runtime(p, settings, timeout * 3)[0])
+        runtime, info = check_runtime(p, settings, timeout * 3)
+        checks.append(runtime)
+        checks.append(check_checkpoint(info, settings) if info else Check("checkpoint", "SKIP", "no `docker info`"))
     checks.append(check_quota(settings, engine_up=p is not None))
     checks.append(check_file_store(settings))
     if start:

@@ -25,7 +25,7 @@ import anyio.to_thread
 from .backends.base import CallContext, Outcome
 from .config import Settings
 from .errors import CodeExecError
-from .schemas import BashInput, EditorInput
+from .schemas import BashInput, CodeInput, EditorInput
 
 LIBRARIES = [
     "pandas",
@@ -61,6 +61,15 @@ def _bash(name: str, command: str, compare: tuple[str, ...] = ("stdout", "return
 
 def _editor(name: str, compare: tuple[str, ...] = ("result",), **input: Any) -> Step:
     return Step(name, "text_editor_code_execution", input, compare)
+
+
+def _code(name: str, code: str, compare: tuple[str, ...] = ("stdout", "return_code")) -> Step:
+    return Step(name, "code_execution", {"code": code}, compare)
+
+
+REPL_SLEEP = 95
+"""Seconds the over-the-limit cell sleeps: past the hosted tool's fixed 90 s cell limit (and the docker
+backend's ``code_cell_timeout``, 90 by default)."""
 
 
 SCRIPT: tuple[Step, ...] = (
@@ -112,6 +121,21 @@ SCRIPT: tuple[Step, ...] = (
         old_str="not there",
         new_str="x",
     ),
+    _code("repl: set state", "import math\nparity_state = [math.factorial(5)]\nprint('set')"),
+    _code("repl: state persists", "parity_state.append(len(parity_state))\nprint(parity_state)"),
+    _code("repl: a traceback", "def parity_fail():\n    return 1 / 0\nparity_fail()",
+          ("stdout", "return_code", "stderr_last_line")),
+    _code(
+        "repl: an $OUTPUT_DIR file",
+        "import os\nopen(os.path.join(os.environ['OUTPUT_DIR'], 'repl.txt'), 'w').write('from the repl\\n')\nprint('written')",
+        ("stdout", "return_code", "files"),
+    ),
+    _code(
+        "repl: a cell past the limit",
+        f"import time\nprint('sleeping', flush=True)\ntime.sleep({REPL_SLEEP})",
+        ("stdout", "nonzero", "detection_timeout"),
+    ),
+    _code("repl: state after the limit", "print(parity_state)"),
 )
 
 
@@ -248,7 +272,7 @@ def normalise(outcome: Outcome) -> dict[str, Any]:
     """What of a result can be compared across backends (file ids are replaced by name and size)."""
     data = outcome.block.model_dump(exclude_none=True)
     kind = data.get("type", "")
-    if kind == "bash_code_execution_result":
+    if kind in ("bash_code_execution_result", "code_execution_result"):
         names = {f.file_id: (f.filename, f.size) for f in outcome.files}
         stderr = data["stderr"].rstrip("\n")
         return {
@@ -257,6 +281,8 @@ def normalise(outcome: Outcome) -> dict[str, Any]:
             "stderr": data["stderr"],
             "stderr_last_line": stderr.rsplit("\n", 1)[-1] if stderr else "",
             "return_code": data["return_code"],
+            "nonzero": data["return_code"] != 0,
+            "detection_timeout": "detection_timeout" in data["stdout"] + data["stderr"],
             "files": sorted(list(names.get(c["file_id"], (c["file_id"], None))) for c in data["content"]),
         }
     if kind.endswith("_tool_result_error"):
@@ -293,6 +319,8 @@ async def _run_side(
                 try:
                     if step.tool == "bash_code_execution":
                         outcome = await backend.bash(BashInput(**step.input), ctx)
+                    elif step.tool == "code_execution":
+                        outcome = await backend.code(CodeInput(**step.input), ctx)
                     else:
                         outcome = await backend.editor(EditorInput(**step.input), ctx)
                     value, meta = normalise(outcome), outcome.meta

@@ -166,7 +166,7 @@ class DockerBackend:
             # Save before cancelling the task group: it holds each connection's reader, and a
             # cancelled reader closes its stream under the save request.
             for sandbox in self._sandboxes.values():
-                await self._save_state(sandbox, reason="the server shut down")
+                await self._save_state(sandbox)  # the container keeps running: so does its interpreter
         self._tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
             pool, self._pool = self._pool, []
@@ -573,19 +573,21 @@ class DockerBackend:
         started = time.monotonic()
         pending: dict[str, float] = {}
         waited = 0.0  # seconds with at least one tool call pending (the cell's clock is paused then)
+        busy_since = 0.0  # when the current run of pending calls began
         max_in_flight = tools.max_in_flight if tools else s.code_max_in_flight
         pending_timeout = tools.pending_timeout if tools else s.code_pending_timeout
 
         async def run_tool(rid: int, frame: dict[str, Any]) -> None:
-            nonlocal waited
+            nonlocal waited, busy_since
             call_id = str(frame.get("call_id"))
+            if not pending:
+                busy_since = time.monotonic()
             pending.setdefault(call_id, time.monotonic())
             try:
                 text, is_error = await _run_code_tool(tools, frame, pending_timeout)
             finally:
-                since = pending.pop(call_id, None)
-                if since is not None and not pending:
-                    waited += time.monotonic() - min([since, *pending.values()])
+                if pending.pop(call_id, None) is not None and not pending:
+                    waited += time.monotonic() - busy_since
             if len(text) > MAX_TOOL_RESULT_CHARS:
                 text = text[:MAX_TOOL_RESULT_CHARS] + f"\n[... tool result cut at {MAX_TOOL_RESULT_CHARS} characters ...]"
             try:
@@ -628,7 +630,7 @@ class DockerBackend:
                     begun = time.monotonic()
                     while True:
                         now = time.monotonic()
-                        paused = waited + (now - min(pending.values()) if pending else 0.0)
+                        paused = waited + (now - busy_since if pending else 0.0)
                         left = begun + backstop + paused - now
                         if left <= 0:
                             tg.cancel_scope.cancel()

@@ -68,6 +68,9 @@ from ..schemas import (
     BashError,
     BashInput,
     BashResult,
+    CodeError,
+    CodeInput,
+    CodeResult,
     CreateResult,
     EditorError,
     EditorInput,
@@ -84,6 +87,8 @@ T = TypeVar("T")
 BASH = "bash_code_execution"
 EDITOR = "text_editor_code_execution"
 PARENT_TOOL = "code_execution"
+CODE = "code_execution"
+"""The REPL sub-tool of ``code_execution_20260120`` / ``20260521``: the same name as the parent tool."""
 FILES_BETA = "files-api-2025-04-14"
 API_KEY_ENV = "ANTHROPIC_API_KEY"
 INPUT_DIR = "$INPUT_DIR"
@@ -109,6 +114,10 @@ _RESULT_MODELS: dict[str, dict[str, type[BaseModel]]] = {
         "text_editor_code_execution_str_replace_result": StrReplaceResult,
         "text_editor_code_execution_tool_result_error": EditorError,
     },
+    CODE: {
+        "code_execution_result": CodeResult,
+        "code_execution_tool_result_error": CodeError,
+    },
 }
 _ERROR_CODES: dict[str, frozenset[str]] = {
     BASH: frozenset(
@@ -117,6 +126,7 @@ _ERROR_CODES: dict[str, frozenset[str]] = {
     EDITOR: frozenset(
         {"invalid_tool_input", "unavailable", "too_many_requests", "execution_time_exceeded", "file_not_found"}
     ),
+    CODE: frozenset({"invalid_tool_input", "unavailable", "too_many_requests", "execution_time_exceeded"}),
 }
 _CAMEL = {
     "numLines": "num_lines",
@@ -394,6 +404,17 @@ class HostedBackend:
     async def editor(self, request: EditorInput, ctx: CallContext) -> Outcome:
         return await self._execute(EDITOR, editor_input(request), request.container_id, ctx)
 
+    async def code(self, request: CodeInput, ctx: CallContext, tools: CodeTools | None = None) -> Outcome:
+        """A REPL cell on the hosted tool: ``code_execution_20260120`` (or ``hosted_code_tool_version``),
+        ``server_tool_use {name: "code_execution", input: {code}}`` → ``code_execution_tool_result``."""
+        if request.restart:
+            raise InvalidToolInput(
+                "restart is not supported by the hosted backend (the hosted code_execution tool has no such input)"
+            )
+        if tools is not None and tools.functions:
+            raise InvalidToolInput("tools called from code are not passed through to the hosted backend")
+        return await self._execute(CODE, {"code": request.code}, request.container_id, ctx)
+
     async def _execute(
         self, tool: str, tool_input: dict[str, Any], container_override: str | None, ctx: CallContext
     ) -> Outcome:
@@ -440,7 +461,7 @@ class HostedBackend:
         if container_id and turn.container is not None and turn.container.id != container_id:
             notes["container_replaced"] = container_id
         files: list[ProducedFile] = []
-        if isinstance(block, BashResult):
+        if isinstance(block, (BashResult, CodeResult)):
             cid = turn.container.id if turn.container else container_id
             for out in block.content:
                 files.append(await self._register_output(out.file_id, ctx.principal, cid, notes))
@@ -476,16 +497,20 @@ class HostedBackend:
         )
         user_content: list[dict[str, Any]] = [{"type": "container_upload", "file_id": f} for f in uploads]
         user_content.append({"type": "text", "text": instruction})
-        betas = [self._beta] + ([FILES_BETA] if uploads else [])
+        # The REPL needs 20260120 or later; those versions are GA (no beta header of their own).
+        version = self.settings.hosted_code_tool_version if tool == CODE else self.settings.hosted_tool_version
+        betas = ([] if tool == CODE else [self._beta]) + ([FILES_BETA] if uploads else [])
         params: dict[str, Any] = {
             "model": self.settings.hosted_model,
             "max_tokens": self.settings.hosted_max_tokens,
             "system": SYSTEM_PROMPT,
             "messages": [{"role": "user", "content": user_content}],
-            "tools": [{"type": self.settings.hosted_tool_version, "name": PARENT_TOOL}],
+            "tools": [{"type": version, "name": PARENT_TOOL}],
             "tool_choice": dict(TOOL_CHOICE),
             "betas": betas,
         }
+        if not betas:
+            del params["betas"]
         if container_id:
             params["container"] = container_id
         return params
@@ -667,7 +692,7 @@ class HostedBackend:
         model = models.get(str(ctype))
         if model is None:
             raise Unavailable(f"the hosted {tool} result has an unexpected type {ctype!r}: {_short(content)}")
-        if model in (BashError, EditorError):
+        if model in (BashError, EditorError, CodeError):
             code = content.get("error_code")
             if code == "container_expired":
                 raise ContainerExpired(

@@ -21,6 +21,7 @@ import base64
 import codecs
 import errno
 import json
+import keyword
 import os
 import queue
 import select
@@ -1448,8 +1449,9 @@ class _CtlReader:
         return frames
 
 
-def _proc_children_gone_except(spare: set) -> bool:
-    """True when every process but PID 1 and ``spare`` is gone (zombies of spared ones count as gone)."""
+def _proc_children_gone_except(spare: set, zombies: list | None = None) -> bool:
+    """True when every process but PID 1 and ``spare`` is gone (zombies of spared ones count as
+    gone, and are listed in ``zombies``: only their parent can collect them)."""
     try:
         names = os.listdir("/proc")
     except OSError:
@@ -1461,6 +1463,8 @@ def _proc_children_gone_except(spare: set) -> bool:
             with open(f"/proc/{name}/stat", "rb") as fh:
                 fields = fh.read().rsplit(b")", 1)[1].split()
             if fields[0] == b"Z" and int(fields[1]) in spare:
+                if zombies is not None:
+                    zombies.append(int(name))
                 continue
         except (OSError, IndexError, ValueError):
             continue
@@ -1478,6 +1482,7 @@ def sweep_sparing(spare: set) -> None:
         return
     end = time.monotonic() + QUIET_LIMIT
     pause = 0.001
+    zombies: list = []
     try:
         while True:
             try:
@@ -1490,8 +1495,9 @@ def sweep_sparing(spare: set) -> None:
                         os.kill(int(name), signal.SIGKILL)
                     except (ProcessLookupError, PermissionError):
                         pass
-            if _proc_children_gone_except(spare) or time.monotonic() >= end:
-                return
+            zombies = []
+            if _proc_children_gone_except(spare, zombies) or time.monotonic() >= end:
+                break
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
     finally:
@@ -1500,6 +1506,8 @@ def sweep_sparing(spare: set) -> None:
                 os.kill(pid, signal.SIGCONT)
             except (ProcessLookupError, PermissionError):
                 pass
+    if zombies and _REPL is not None:
+        _REPL.reap()
 
 
 def _kill_children_of(parent: int) -> None:
@@ -1590,12 +1598,25 @@ class Repl:
             _log(f"cannot write {REPL_MARKER}: {exc}")
 
     def before_stop(self, reason: str | None) -> None:
-        """``save_state``: the host is about to stop the container; a live interpreter is lost."""
-        if self.alive() and self.cells:
-            self._write_marker(reason or "stopped by the server")
+        """``save_state`` with a ``reason``: the host is about to stop the container, so a live
+        interpreter is lost (without one the container may well keep running: nothing to record)."""
+        if reason and self.alive() and self.cells:
+            self._write_marker(reason)
 
     def alive(self) -> bool:
         return self.pid > 0 and self.terminal.reaper.status(self.pid) is None
+
+    def reap(self) -> None:
+        """Ask the (idle) interpreter to collect its swept children, and wait (bounded) until it did:
+        the next call must not find the pids limit full of zombies."""
+        if not self.alive() or self.sock is None:
+            return
+        try:
+            with self._send_lock:
+                _ctl_send(self.sock, {"t": "reap"})
+        except OSError:
+            return
+        self._read_one(time.monotonic() + 2.0, "reaped")
 
     def spare(self) -> set:
         """Processes a sweep must leave alone: the interpreter (and its zombie-free self)."""
@@ -1632,13 +1653,14 @@ class Repl:
             theirs.close()
         self.pid, self.sock, self.reader = pid, ours, _CtlReader(ours)
         self.cells = 0
-        ready = self._read_one(time.monotonic() + REPL_START_LIMIT)
+        ready = self._read_one(time.monotonic() + REPL_START_LIMIT, "ready")
         if not ready or ready.get("t") != "ready":
             status = self.terminal.reaper.status(pid)
             self.stop()
             raise ToolError("unavailable", f"the Python interpreter did not start: {_describe_exit(status)}")
 
-    def _read_one(self, deadline: float) -> dict | None:
+    def _read_one(self, deadline: float, wanted: str = "") -> dict | None:
+        """The next control frame (of type ``wanted``, others skipped: stale between cells)."""
         sel = selectors.PollSelector()
         try:
             sel.register(self.sock, selectors.EVENT_READ)
@@ -1652,8 +1674,9 @@ class Repl:
                     return None
                 if frames is None:
                     return None
-                if frames:
-                    return frames[0]
+                for frame in frames:
+                    if not wanted or frame.get("t") == wanted:
+                        return frame
         finally:
             sel.close()
 
@@ -1745,7 +1768,8 @@ class Repl:
             max_in_flight = _field_int(req, "max_in_flight", DEFAULT_MAX_IN_FLIGHT, minimum=1)
             tools = req.get("tools") or []
             if not isinstance(tools, list) or not all(
-                isinstance(t, dict) and isinstance(t.get("name"), str) and t["name"].isidentifier() for t in tools
+                isinstance(t, dict) and isinstance(t.get("name"), str) and t["name"].isidentifier()
+                and not keyword.iskeyword(t["name"]) for t in tools
             ):
                 raise _invalid("'tools' must be a list of objects whose 'name' is a Python identifier")
             restart = req.get("restart", False)
@@ -2038,6 +2062,9 @@ def repl_main(workspace: str) -> int:
                     if frame.get("t") == "run":
                         fds, r.fds = r.fds[:2], r.fds[2:]
                         runs.put((frame, fds))
+                    elif frame.get("t") == "reap":  # the agent swept the cell's processes: collect them
+                        reap_children()
+                        send({"t": "reaped"})
                     elif frame.get("t") == "tool_result":
                         fut = futures.pop(frame.get("call_id"), None)
                         if fut is not None:
@@ -2045,6 +2072,15 @@ def repl_main(workspace: str) -> int:
         except (OSError, ValueError):
             pass
         os._exit(0)  # the agent is gone: so is the interpreter
+
+    def reap_children() -> None:
+        """Collect exited children (swept by the agent): zombies must not fill the pids limit."""
+        while True:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    return
+            except ChildProcessError:
+                return
 
     def _settle(fut, frame) -> None:
         if not fut.done():
@@ -2150,7 +2186,10 @@ def repl_main(workspace: str) -> int:
             tb = tb.tb_next
         if isinstance(exc, SyntaxError):
             tb = None
-        traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
+        try:
+            traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
+        except (OSError, ValueError):  # the cell closed or broke its stderr
+            pass
 
     def execute(source: str, seq: int) -> int:
         filename = f"<cell-{seq}>"
@@ -2183,6 +2222,10 @@ def repl_main(workspace: str) -> int:
             return 1
 
     threading.Thread(target=reader, name="ctl-reader", daemon=True).start()
+    # A sweep stops the interpreter while it kills the cell's children; gVisor then sends the
+    # (orphaned, stopped) process group SIGHUP. A Python-level no-op handler (not SIG_IGN: that would
+    # be inherited by every command a cell runs) keeps the interpreter alive.
+    signal.signal(signal.SIGHUP, lambda signum, frame: None)
     main_pid = os.getpid()
     send({"t": "ready", "pid": main_pid, "python": sys.version.split()[0]})
     devnull = fcntl.fcntl(os.open(os.devnull, os.O_RDWR), fcntl.F_DUPFD_CLOEXEC, 10)
@@ -2193,12 +2236,7 @@ def repl_main(workspace: str) -> int:
             continue
         rc = 1
         try:
-            while True:  # the last cell's swept children (os.fork without wait): no zombies pile up
-                try:
-                    if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                        break
-                except ChildProcessError:
-                    break
+            reap_children()  # the last cell's swept children (os.fork without wait): no zombies pile up
             # Received fds may have landed on 0-2 if the last cell closed those: move them up first.
             high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in fds]
             for fd in fds:
@@ -2215,8 +2253,11 @@ def repl_main(workspace: str) -> int:
             inject([t for t in frame.get("tools") or [] if isinstance(t, dict)])
             signal.signal(signal.SIGINT, signal.default_int_handler)
             rc = execute(str(frame.get("code") or ""), int(frame.get("cell") or 0))
-        except KeyboardInterrupt as exc:  # arrived outside the cell's frames
-            traceback.print_exception(type(exc), exc, None, file=sys.stderr)
+        except BaseException as exc:  # noqa: BLE001 - outside the cell's frames (a late interrupt, a broken fd): the interpreter lives on
+            try:
+                traceback.print_exception(type(exc), exc, None, file=sys.stderr)
+            except (OSError, ValueError):
+                pass
         finally:
             while True:
                 try:
@@ -2226,7 +2267,8 @@ def repl_main(workspace: str) -> int:
                     continue
         if os.getpid() != main_pid:  # a process the cell forked finished the cell's code: it ends here
             os._exit(rc if 0 <= rc < 256 else 1)
-        for stream in {id(s): s for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__) if s}.values():
+        streams = {id(s): s for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__) if s}.values()
+        for stream in streams:
             try:
                 stream.flush()
             except (OSError, ValueError, AttributeError):
@@ -2235,6 +2277,11 @@ def repl_main(workspace: str) -> int:
             try:
                 os.dup2(devnull, fd)
             except OSError:
+                pass
+        for stream in streams:  # what a broken fd left in the buffers goes to /dev/null, not the next cell
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):
                 pass
         try:
             send({"t": "done", "return_code": rc})

@@ -118,6 +118,28 @@ def bash_result(
     }
 
 
+def code_result(
+    stdout: str = "", stderr: str = "", return_code: int = 0, file_ids: Iterable[str] = ()
+) -> dict[str, Any]:
+    """The REPL's ``code_execution_result`` (``code_execution_20260120``)."""
+    return {
+        "type": "code_execution_result",
+        "stdout": stdout,
+        "stderr": stderr,
+        "return_code": return_code,
+        "content": [{"type": "code_execution_output", "file_id": f} for f in file_ids],
+    }
+
+
+def code_error(error_code: str) -> dict[str, Any]:
+    return {"type": "code_execution_tool_result_error", "error_code": error_code}
+
+
+def code_turn(input: dict[str, Any], result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """``server_tool_use {name: "code_execution"}`` then ``code_execution_tool_result``."""
+    return tool_turn("code_execution", input, result, **kwargs)
+
+
 def bash_error(error_code: str) -> dict[str, Any]:
     return {"type": "bash_code_execution_tool_result_error", "error_code": error_code}
 

@@ -22,6 +22,7 @@ KEYS = [
     "editor_roundtrip_p50_ms", "first_call_pooled_p50_ms", "first_call_cold_p50_ms",
     "concurrent_sessions", "concurrent_ok", "concurrent_p99_ms", "server_rss_mb", "per_container_overhead_mb",
     "progress_overhead_ms", "progress_notifications",
+    "warm_repl_p50_ms", "warm_repl_p99_ms", "warm_repl_bash_p50_ms", "repl_state_cell_p50_ms",
 ]
 
 

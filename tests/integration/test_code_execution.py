@@ -180,3 +180,56 @@ async def _run_client_process(env: dict[str, str], source: str, *, kill: bool = 
                 except OSError:
                     pass
     return out
+
+
+async def test_a_long_cell_reports_progress_with_the_output_so_far(tmp_path, docker_engine):
+    s = make_settings(tmp_path, progress_interval=0.3)
+    updates: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        updates.append(message or "")
+
+    try:
+        async with mcp_client("stdio", s) as client:
+            result = await client.call_tool(
+                "code_execution", {"code": "import time\nfor i in range(4):\n    print('tick', i, flush=True)\n    time.sleep(0.4)"},
+                progress_callback=on_progress,
+            )
+            assert result.structured_content["stdout"] == "tick 0\ntick 1\ntick 2\ntick 3\n"
+    finally:
+        remove_installation(s)
+    assert len(updates) >= 2 and updates[0].startswith("tick 0")
+    assert all(later.startswith(earlier.rstrip()) for earlier, later in zip(updates, updates[1:]))
+
+
+async def test_the_servers_backstop_answers_execution_time_exceeded_when_the_sandbox_stops_answering(
+    tmp_path, docker_engine, monkeypatch
+):
+    import anyio
+    import docker
+
+    from mcp_codeexec import Sandbox
+    from mcp_codeexec.backends import docker as docker_backend
+    from mcp_codeexec.sandboxes import NAME_PREFIX
+    from mcp_codeexec.schemas import CodeError
+
+    monkeypatch.setattr(docker_backend, "REPL_BACKSTOP_MARGIN", 2.0)
+    s = make_settings(tmp_path, code_cell_timeout=1.0)
+    try:
+        async with Sandbox(s) as sb:
+            await sb.code("kept = 1")
+            container = docker.from_env().containers.get(NAME_PREFIX + sb.container_id)
+
+            async def freeze() -> None:
+                await anyio.sleep(0.3)
+                container.pause()  # the agent cannot answer, or interrupt the cell, any more
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(freeze)
+                result = await sb.code("import time\ntime.sleep(30)")
+            assert result == CodeError(error_code="execution_time_exceeded")
+            container.unpause()
+            after = await sb.code("print(kept)")
+            assert after.stdout == "1\n"
+    finally:
+        remove_installation(s)

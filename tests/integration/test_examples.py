@@ -28,7 +28,7 @@ from tests.support.servers import free_port, http_server, new_token, server_env
 pytestmark = pytest.mark.anyio
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-TOOLS = ["bash_code_execution", "text_editor_code_execution"]
+TOOLS = ["bash_code_execution", "text_editor_code_execution", "code_execution"]
 
 
 def launchable(command: str, args: list[str]) -> tuple[str, list[str]]:
@@ -120,6 +120,21 @@ def test_the_python_api_example_runs_a_sandbox_end_to_end(settings) -> None:
     assert "output file: file_" in out and out.split("output file: ")[1].split()[1] == "Cairo"
     assert "view: print(f\"{len(rows)} cities, warmest: {hottest['city']}\")" in out
     assert "'error_code': 'file_not_found'" in out
+
+
+def test_the_repl_example_keeps_state_across_cells_and_calls_a_host_tool(settings) -> None:
+    out = run_example("repl_session.py", server_env(settings))
+    lines = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+    assert lines["hottest"] == "'Cairo'"  # the repr of the final expression
+    assert lines["gathered"] == "[16, 361, 729]"
+    assert lines["traceback"] == "1 KeyError: 'missing'"
+    assert lines["output file"].startswith("file_") and lines["output file"].endswith(" city,temp")
+    assert lines["bash"] == "['temps.json', 'no', 'df', 'in', 'bash']"
+    assert lines["still there"] == "3" and lines["tool"] == "Lima"
+    assert lines["after restart"] == (
+        "False | [the Python interpreter was restarted: restart was requested; variables, imports and "
+        "definitions from earlier cells are gone]"
+    )
 
 
 # --------------------------------------------------------------------------- a fake Messages API

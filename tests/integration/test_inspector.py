@@ -54,7 +54,7 @@ def stdio_server() -> list[str]:
 def test_the_inspector_lists_both_tools_with_their_schemas_over_stdio(inspector: Path, settings) -> None:
     listed = run_inspector(inspector, settings, *stdio_server(), "--method", "tools/list")
     tools = {tool["name"]: tool for tool in listed["tools"]}
-    assert list(tools) == ["bash_code_execution", "text_editor_code_execution"]
+    assert list(tools) == ["bash_code_execution", "text_editor_code_execution", "code_execution"]
     for tool in tools.values():
         assert tool["inputSchema"]["type"] == "object" and tool["outputSchema"]["type"] == "object"
     assert tools["bash_code_execution"]["inputSchema"]["required"] == ["command"]
@@ -114,7 +114,7 @@ def test_the_inspector_reaches_the_http_transport_with_a_bearer_token(inspector:
     with http_server(settings, token=token) as url:
         listed = run_inspector(inspector, settings, url + "/mcp", "--transport", "http",
                                "--header", f"Authorization: Bearer {token}", "--method", "tools/list")
-        assert [t["name"] for t in listed["tools"]] == ["bash_code_execution", "text_editor_code_execution"]
+        assert [t["name"] for t in listed["tools"]] == ["bash_code_execution", "text_editor_code_execution", "code_execution"]
         ran = run_inspector(inspector, settings, url + "/mcp", "--transport", "http",
                             "--header", f"Authorization: Bearer {token}", "--method", "tools/call",
                             "--tool-name", "bash_code_execution", "--tool-arg", "command=echo over-http")

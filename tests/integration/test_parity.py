@@ -23,7 +23,7 @@ from mcp_codeexec.config import Settings, load_settings
 from mcp_codeexec.errors import CodeExecError, error_block
 from mcp_codeexec.files import FileStore
 from mcp_codeexec.parity import SCRIPT, run_parity
-from mcp_codeexec.schemas import BashInput, EditorInput
+from mcp_codeexec.schemas import BashInput, CodeInput, EditorInput
 from tests.fakes import fake_anthropic as fa
 from tests.support.oracle import assert_hosted_shape
 from tests.support.servers import remove_installation
@@ -44,8 +44,9 @@ def sandbox_settings(data_dir: Path, **overrides: Any) -> Settings:
 
 async def test_docker_and_a_hosted_stand_in_running_the_same_sandbox_agree_on_every_step(tmp_path, docker_engine):
     os.environ.setdefault("MCP_CODEEXEC_CONFIG", str(tmp_path / "no-config.toml"))
-    stand_in = sandbox_settings(tmp_path / "stand-in")
-    docker_side = sandbox_settings(tmp_path / "docker")
+    # A small cell limit on both sides: the parity script's over-the-limit cell is interrupted in seconds.
+    stand_in = sandbox_settings(tmp_path / "stand-in", code_cell_timeout=2.0)
+    docker_side = sandbox_settings(tmp_path / "docker", code_cell_timeout=2.0)
     try:
         with fa.FakeAnthropic() as api, FileStore(stand_in.files_dir) as stand_in_store:
             async with DockerBackend(stand_in, stand_in_store) as sandbox, BlockingPortal() as portal:
@@ -56,15 +57,17 @@ async def test_docker_and_a_hosted_stand_in_running_the_same_sandbox_agree_on_ev
                     try:
                         if tool == "bash_code_execution":
                             outcome = portal.call(sandbox.bash, BashInput(**tool_input), ctx)
+                        elif tool == "code_execution":
+                            outcome = portal.call(sandbox.code, CodeInput(**tool_input), ctx)
                         else:
                             outcome = portal.call(sandbox.editor, EditorInput(**tool_input), ctx)
                     except CodeExecError as exc:
                         return error_block(tool, exc).model_dump(exclude_none=True)
                     content = outcome.block.model_dump(exclude_none=True)
-                    if content["type"] == "bash_code_execution_result":
+                    if content["type"] in ("bash_code_execution_result", "code_execution_result"):
                         content["content"] = [
                             {
-                                "type": "bash_code_execution_output",
+                                "type": content["type"].replace("_result", "_output"),
                                 "file_id": api.add_file(
                                     stand_in_store.blob_path(f.file_id).read_bytes(),
                                     f.filename,

@@ -64,3 +64,24 @@ async def test_an_idle_stop_that_loses_the_interpreter_is_reported_in_the_next_c
             assert sc["stderr"].startswith("[the Python interpreter was restarted: the container was stopped (idle for ")
     finally:
         remove_installation(settings)
+
+
+async def test_a_rebuilt_container_says_its_interpreter_state_is_gone(tmp_path, docker_engine):
+    settings = make_settings(tmp_path)
+    try:
+        async with mcp_client("memory", settings) as client:
+            first = await code(client, "kept = 'alive'")
+            cid = first.meta["container"]["id"]
+            docker.from_env().containers.get(NAME_PREFIX + cid).remove(force=True)
+            again = await client.call_tool("code_execution", {"code": "print('kept' in globals())"})
+            if again.is_error:  # the call in flight on the dead stream; the session then moves on
+                assert again.structured_content["error_code"] == "unavailable"
+                again = await code(client, "print('kept' in globals())")
+            sc = again.structured_content
+            assert again.meta["container"]["id"] == cid  # rebuilt around its workspace
+            assert sc["stdout"] == "False\n"
+            assert sc["stderr"].startswith(
+                "[the Python interpreter was restarted: the container was restarted or rebuilt since the last cell;"
+            )
+    finally:
+        remove_installation(settings)

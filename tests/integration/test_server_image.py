@@ -124,7 +124,7 @@ async def test_the_packaged_server_serves_mcp_over_http_with_a_token_and_runs_sa
         async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(120)) as http:
             async with Client(streamable_http_client(url, http_client=http)) as mcp:
                 tools = [tool.name for tool in (await mcp.list_tools()).tools]
-                assert tools == ["bash_code_execution", "text_editor_code_execution"]
+                assert tools == ["bash_code_execution", "text_editor_code_execution", "code_execution"]
                 ran = await mcp.call_tool("bash_code_execution", {"command": "echo from-the-packaged-server; id -u"})
                 assert_hosted_shape(ran.structured_content, "bash_code_execution")
                 assert ran.structured_content["stdout"] == "from-the-packaged-server\n1000\n"
@@ -187,4 +187,4 @@ async def test_uvx_from_the_checkout_serves_both_tools(tmp_path: Path) -> None:
     params = StdioServerParameters(command=uvx, args=["--from", str(ROOT), "mcp-codeexec", "serve"], env=env, cwd=str(tmp_path))
     async with Client(params) as client:
         tools = await client.list_tools()
-    assert [tool.name for tool in tools.tools] == ["bash_code_execution", "text_editor_code_execution"]
+    assert [tool.name for tool in tools.tools] == ["bash_code_execution", "text_editor_code_execution", "code_execution"]

@@ -177,7 +177,7 @@ def test_json_output_lists_every_check_and_the_verdict(
     report = json.loads(capsys.readouterr().out)
     assert status == 1 and report["ok"] is False
     names = [c["name"] for c in report["checks"]]
-    assert names == ["config", "engine", "engine version", "image", "runtime", "disk quota", "file store"]
+    assert names == ["config", "engine", "engine version", "image", "runtime", "checkpoint", "disk quota", "file store"]
     assert all(c["status"] in ("OK", "WARN", "FAIL", "SKIP") for c in report["checks"])
     assert all(c["fix"] for c in report["checks"] if c["status"] == "FAIL")
 
@@ -206,3 +206,14 @@ def test_a_deadline_abandons_a_call_that_never_returns() -> None:
     assert doctor.with_deadline(lambda: 42, 1) == 42
     with pytest.raises(ZeroDivisionError):
         doctor.with_deadline(lambda: 1 / 0, 1)
+
+
+def test_checkpoint_says_why_it_is_unavailable_and_what_happens_instead(tmp_path) -> None:
+    from mcp_codeexec.config import load_settings
+
+    settings = load_settings(data_dir=str(tmp_path), runtime="runsc", repl_idle_stop_seconds=3600)
+    check = doctor.check_checkpoint({"ExperimentalBuild": False, "DefaultRuntime": "runc"}, settings)
+    assert check.status == "OK" and check.data == {"available": False, "runtime": "runsc", "experimental": False}
+    assert "dockerd --experimental" in check.message and "3600 s idle" in check.message
+    ready = doctor.check_checkpoint({"ExperimentalBuild": True}, settings)
+    assert ready.data["available"] is True

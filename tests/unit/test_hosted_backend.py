@@ -24,7 +24,7 @@ from mcp_codeexec.errors import (
     error_block,
 )
 from mcp_codeexec.files import FileStore
-from mcp_codeexec.schemas import BashInput, EditorInput
+from mcp_codeexec.schemas import BashInput, CodeInput, EditorInput
 from tests.fakes import fake_anthropic as fa
 from tests.support.oracle import assert_hosted_shape
 
@@ -33,6 +33,7 @@ pytestmark = pytest.mark.anyio
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "hosted_examples.json"
 BASH = "bash_code_execution"
 EDITOR = "text_editor_code_execution"
+CODE = "code_execution"
 OTHER_CONTAINER = "container_011CTsecondContainerBBBBBBB"
 
 
@@ -87,9 +88,9 @@ def sdk_check(tool: str, block: Any) -> dict[str, Any]:
     """The block validates into the SDK classes, both alone and inside the hosted tool-result block."""
     dumped = block.model_dump()
     assert_hosted_shape(dumped, tool)
-    wrapper = (
-        beta.BetaBashCodeExecutionToolResultBlock if tool == BASH else beta.BetaTextEditorCodeExecutionToolResultBlock
-    )
+    wrapper = {
+        BASH: beta.BetaBashCodeExecutionToolResultBlock, CODE: beta.BetaCodeExecutionToolResultBlock,
+    }.get(tool, beta.BetaTextEditorCodeExecutionToolResultBlock)
     wrapper.model_validate({"type": f"{tool}_tool_result", "tool_use_id": "srvtoolu_x", "content": dumped})
     return dumped
 
@@ -139,6 +140,47 @@ async def test_the_tool_version_setting_chooses_the_tool_type_and_beta_header(tm
     assert request.json["tools"][0]["type"] == "code_execution_20260120"
     assert request.json["model"] == "claude-x"
     assert request.betas == ["code-execution-2026-01-20"] == [beta_for("code_execution_20260120")]
+
+
+async def test_a_repl_cell_requests_code_execution_20260120_and_maps_its_result(api, backend, store):
+    fid = api.add_file(b"\x89PNG\r\n\x1a\nfake", "plot.png", "image/png")
+    hosted = fa.code_result(stdout="42\n", file_ids=[fid])
+    api.push(fa.code_turn({"code": "x = 42\nprint(x)"}, hosted))
+
+    outcome = await backend.code(CodeInput(code="x = 42\nprint(x)"), ctx())
+
+    assert sdk_check(CODE, outcome.block) == hosted  # output files keep their hosted ids
+    (request,) = api.requests_to("messages")
+    assert request.json["tools"] == [{"type": "code_execution_20260120", "name": "code_execution"}]
+    assert request.betas == []  # 20260120 is GA: no beta header of its own
+    name, sent = fa.requested_call(request)
+    assert (name, sent) == (CODE, {"code": "x = 42\nprint(x)"})
+    assert outcome.files[0].filename == "plot.png"
+
+
+async def test_the_code_tool_version_setting_and_a_hosted_repl_error_block(tmp_path, api, store):
+    settings = make_settings(tmp_path, api, hosted_code_tool_version="code_execution_20260521")
+    api.push(fa.code_turn({"code": "while True: pass"}, fa.code_error("execution_time_exceeded")))
+    async with HostedBackend(settings, store) as b:
+        outcome = await b.code(CodeInput(code="while True: pass"), ctx())
+    assert sdk_check(CODE, outcome.block) == {"type": "code_execution_tool_result_error",
+                                              "error_code": "execution_time_exceeded"}
+    assert api.requests_to("messages")[0].json["tools"][0]["type"] == "code_execution_20260521"
+
+
+async def test_restart_and_code_tools_are_refused_by_the_hosted_backend(api, backend):
+    from mcp_codeexec.backends.base import CodeTools, ToolFunction
+
+    with pytest.raises(InvalidToolInput, match="restart"):
+        await backend.code(CodeInput(code="1", restart=True), ctx())
+
+    async def call(name: str, arguments: dict) -> tuple[str, bool]:
+        return "", False
+
+    tools = CodeTools([ToolFunction("echo", "Echo.", {"type": "object"})], call)
+    with pytest.raises(InvalidToolInput, match="tools"):
+        await backend.code(CodeInput(code="1"), ctx(), tools)
+    assert api.requests_to("messages") == []
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,9 @@ from mcp_codeexec.schemas import (
     BashInput,
     BashOutputBlock,
     BashResult,
+    CodeInput,
+    CodeOutputBlock,
+    CodeResult,
     CreateResult,
     EditorInput,
     StrReplaceResult,
@@ -60,6 +63,31 @@ class MiniSandbox:
         if command == "python3 parity/hello.py":
             return self.files["parity/hello.py"].replace("print('", "").replace("')", ""), "", 0, []
         return f"ran {len(command)} characters\n", "", 0, []
+
+    def code(self, code: str) -> tuple[str, str, int, list[tuple[str, bytes]]]:
+        """A tiny REPL: the parity cells run for real in one namespace; the long sleep is the
+        interrupted result the cell limit gives."""
+        import contextlib
+        import io
+        import traceback
+
+        if "time.sleep(" in code:
+            return "sleeping\n", "KeyboardInterrupt\n\ndetection_timeout: interrupted\n", 1, []
+        namespace = self.__dict__.setdefault("namespace", {})
+        out, err = io.StringIO(), io.StringIO()
+        outdir = self.__dict__.setdefault("outdir", Path(__import__("tempfile").mkdtemp()))
+        code = code.replace("os.environ['OUTPUT_DIR']", repr(str(outdir)))
+        rc = 0
+        with contextlib.redirect_stdout(out):
+            try:
+                exec(compile(code, "<cell>", "exec"), namespace)
+            except Exception:  # noqa: BLE001 - the mini REPL reports it like the real one
+                err.write(traceback.format_exc())
+                rc = 1
+        files = [(p.name, p.read_bytes()) for p in outdir.iterdir()]
+        for p in outdir.iterdir():
+            p.unlink()
+        return out.getvalue(), err.getvalue(), rc, files
 
     def editor(self, request: dict[str, Any]) -> dict[str, Any]:
         path, command = request["path"], request["command"]
@@ -118,6 +146,14 @@ class MiniBackend:
         )
         return Outcome(block, self.info, produced)
 
+    async def code(self, request: CodeInput, ctx: CallContext, tools: Any = None) -> Outcome:
+        stdout, stderr, rc, files = self.sandbox.code(request.code)
+        produced = [ProducedFile(f"file_repl{i}", name, len(data), "text/plain") for i, (name, data) in enumerate(files)]
+        block = CodeResult(
+            stdout=stdout, stderr=stderr, return_code=rc, content=[CodeOutputBlock(file_id=p.file_id) for p in produced]
+        )
+        return Outcome(block, self.info, produced)
+
     async def editor(self, request: EditorInput, ctx: CallContext) -> Outcome:
         data = self.sandbox.editor(request.model_dump(exclude_none=True))
         model = {
@@ -133,6 +169,10 @@ def hosted_executor(api: fa.FakeAnthropic, sandbox: MiniSandbox):
             stdout, stderr, rc, files = sandbox.bash(tool_input["command"])
             ids = [api.add_file(data, name, "text/csv") for name, data in files]
             return fa.bash_result(stdout, stderr, rc, ids)
+        if tool == "code_execution":
+            stdout, stderr, rc, files = sandbox.code(tool_input["code"])
+            ids = [api.add_file(data, name, "text/plain") for name, data in files]
+            return fa.code_result(stdout, stderr, rc, ids)
         try:
             return sandbox.editor(tool_input)
         except FileNotFound as exc:

@@ -71,7 +71,7 @@ def test_golden_expected_results_validate_into_our_models_and_the_sdk():
     ],
     ids=lambda e: type(e).__name__,
 )
-@pytest.mark.parametrize("tool", ["bash_code_execution", "text_editor_code_execution"])
+@pytest.mark.parametrize("tool", ["bash_code_execution", "text_editor_code_execution", "code_execution"])
 def test_every_error_maps_to_a_valid_hosted_error_block_of_its_tool(error, tool):
     block = error_block(tool, error).model_dump(exclude_none=True)
     assert_hosted_shape(block, tool)
