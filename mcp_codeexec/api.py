@@ -83,6 +83,10 @@ class Sandbox:
     ``container_id``: attach to an existing container (its files are there) instead of making one.
     ``keep``: keep the container after the block (default: only when ``container_id`` was given).
     ``backend`` / ``store``: bring your own (tests, custom engines); they are not closed here.
+    ``skills``: skills for the container, besides the ``--skills`` folder ones every sandbox has:
+    ``{"type": "custom" | "anthropic", "skill_id": ..., "version"?: ...}`` items (the hosted
+    ``container.skills``) or bare skill ids; they appear read-only at ``/skills/<name>/``. Default:
+    the folder skills plus every skill the principal uploaded. Fixed when the container is made.
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class Sandbox:
         backend: Backend | None = None,
         store: FileStore | None = None,
         principal: str = LOCAL_PRINCIPAL,
+        skills: list[Any] | None = None,
         **overrides: Any,
     ) -> None:
         # A Sandbox uses exactly one container: a warm pool would only start containers for nobody.
@@ -105,7 +110,8 @@ class Sandbox:
         self._backend = backend
         self._store = store
         self._stack: AsyncExitStack | None = None
-        self._ctx = CallContext(principal=principal, session_key=f"api:{secrets.token_hex(6)}")
+        self._ctx = CallContext(principal=principal, session_key=f"api:{secrets.token_hex(6)}",
+                                skills=tuple(skills) if skills is not None else None)
         self.last_outcome: Outcome | None = None
         """The full outcome of the latest call (container, produced files with names and sizes)."""
 

@@ -27,6 +27,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         "anthropic_base_url": getattr(args, "base_url", None),
         "hosted_model": getattr(args, "model", None),
         "legacy_tool": True if getattr(args, "legacy_tool", False) else None,
+        "skills": getattr(args, "skills", None) or None,
     }
     return load_settings(**overrides)
 
@@ -41,6 +42,15 @@ def _configure_logging(settings: Settings) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings_from(args)
     _configure_logging(settings)
+    from .skills import SkillInvalid, catalog_for
+
+    try:
+        catalog = catalog_for(settings)  # a bad SKILL.md stops the server here, naming the file and rule
+    except SkillInvalid as exc:
+        print(f"mcp-codeexec: refusing to start: invalid skill: {exc}", file=sys.stderr)
+        return 2
+    if catalog.folder:
+        logging.getLogger(__name__).info("skills: %s", ", ".join(s.name for s in catalog.folder))
     if settings.transport == "http":
         from .http_app import serve_http
 
@@ -71,6 +81,8 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-url", help="hosted backend: Anthropic API base URL (gateways)")
     p.add_argument("--model", help="hosted backend: model that drives the hosted tool")
     p.add_argument("--legacy-tool", action="store_true", help="also offer the legacy Python-only code_execution tool")
+    p.add_argument("--skills", action="append", metavar="DIR",
+                   help="a folder of skills (each subfolder with a SKILL.md), read-only at /skills/<name>/ in every sandbox; repeatable")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     max_result_chars: int = 200_000
     progress_interval: float = 2.0
     legacy_tool: bool = Field(default=False, description="Also offer the legacy Python-only `code_execution` tool.")
+    skills: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="Skills folders: each subfolder with a SKILL.md is read-only at /skills/<name>/ in every sandbox."
+    )
 
     # --- sandboxes (docker backend)
     image: str | None = Field(default=None, description="Sandbox image; default: the tag matching this version.")
@@ -103,7 +106,7 @@ class Settings(BaseSettings):
 
     config_file: Path | None = Field(default=None, exclude=True)
 
-    @field_validator("auth_tokens", "allowed_origins", mode="before")
+    @field_validator("auth_tokens", "allowed_origins", "skills", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.startswith("["):

@@ -8,6 +8,8 @@ error family by ``translate_docker_errors``, the one choke point for foreign err
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import logging
 import os
@@ -20,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
@@ -31,6 +33,9 @@ from docker.types import Mount, Ulimit
 from .config import Settings
 from .errors import ContainerExpired, Unavailable
 from .image import image_tag
+
+if TYPE_CHECKING:
+    from .skills import SkillSet
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,10 @@ L_POOL = f"{LABEL}.pool"
 L_QUOTA = f"{LABEL}.quota"
 L_INSTALL = f"{LABEL}.install"
 L_SERVER = f"{LABEL}.server"
+L_SKILLS = f"{LABEL}.skills"
+"""The container's skill set as the hosted ``container.skills`` (JSON), fixed at creation."""
+L_SKILLS_IMAGE = f"{LABEL}.skills-image"
+SKILLS_IMAGE_REPO = "mcp-codeexec-skills"
 NAME_PREFIX = "mcp-codeexec-"
 WORKSPACE = "/workspace"
 POOL_OWNER = ""
@@ -160,6 +169,8 @@ class SandboxRecord:
     status: str
     install: str
     server: str
+    skills: tuple[dict[str, str], ...] = ()
+    image: str = ""
 
     @property
     def expired(self) -> bool:
@@ -180,7 +191,17 @@ def record_of(container: Container, owners: OwnerRegistry) -> SandboxRecord:
         status=container.status,
         install=labels.get(L_INSTALL, ""),
         server=labels.get(L_SERVER, ""),
+        skills=_skills_label(labels.get(L_SKILLS)),
+        image=labels.get(L_SKILLS_IMAGE, ""),
     )
+
+
+def _skills_label(raw: str | None) -> tuple[dict[str, str], ...]:
+    try:
+        items = json.loads(raw) if raw else []
+    except ValueError:
+        return ()
+    return tuple(i for i in items if isinstance(i, dict)) if isinstance(items, list) else ()
 
 
 class OwnerRegistry:
@@ -204,8 +225,8 @@ class OwnerRegistry:
         data = self.record(cid)
         return data["owner"] if data else None
 
-    def set(self, cid: str, owner: str, *, created: float, expires: float, quota: str) -> None:
-        data = {"owner": owner, "assigned": time.time(), "created": created, "expires": expires, "quota": quota}
+    def set(self, cid: str, owner: str, *, created: float, expires: float, quota: str, extra: dict[str, Any] | None = None) -> None:
+        data = {"owner": owner, "assigned": time.time(), "created": created, "expires": expires, "quota": quota, **(extra or {})}
         tmp = self.root / f".{cid}.{secrets.token_hex(4)}.tmp"
         tmp.write_text(json.dumps(data))
         os.replace(tmp, self.root / f"{cid}.json")
@@ -286,6 +307,10 @@ class QuotaVolumes:
         return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
+def _skill_labels(entries: list[dict[str, str]], image: str) -> dict[str, str]:
+    return {L_SKILLS: json.dumps(entries, separators=(",", ":")), L_SKILLS_IMAGE: image} if entries else {}
+
+
 def _run(argv: list[str]) -> None:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
@@ -303,6 +328,37 @@ class SandboxManager:
         self.install = installation_label(settings.data_dir)
         self.volumes = QuotaVolumes(settings.volumes_dir, settings.quota, self.install)
         self.orphan_grace = ORPHAN_GRACE_SECONDS
+        self._skills_images: dict[str, str] = {}
+
+    def default_skills(self) -> SkillSet:
+        """What a pool container carries: the folder skills (every sandbox has them)."""
+        from .skills import catalog_for
+
+        return catalog_for(self.settings).folder_set()
+
+    def skills_image(self, skills: SkillSet) -> str:
+        """The sandbox image with ``skills`` baked in at /skills (built once per image and skill set).
+        Part of the read-only root filesystem: writes fail with EROFS and no mount shows a host path."""
+        if not skills.skills:
+            return self.image
+        with translate_docker_errors("building the skills image"):
+            base_id = self.client.images.get(self.image).id
+            key = hashlib.sha256(f"{base_id}\0{skills.digest}".encode()).hexdigest()[:20]
+            tag = f"{SKILLS_IMAGE_REPO}:{key}"
+            if self._skills_images.get(key) == tag:
+                return tag
+            try:
+                self.client.images.get(tag)
+            except docker.errors.ImageNotFound:
+                context = skills.build_context(self.image)
+                try:
+                    self.client.images.build(fileobj=io.BytesIO(context), custom_context=True, tag=tag, rm=True, forcerm=True,
+                                             pull=False, labels={L_INSTALL: self.install})
+                except docker.errors.BuildError as exc:
+                    raise Unavailable(f"building the skills image failed: {exc.msg}") from exc
+                log.info("built %s with skills %s", tag, ", ".join(s.name for s in skills.skills))
+            self._skills_images[key] = tag
+            return tag
 
     def resolve_image(self) -> str:
         """The configured image, or the minimal one when only that is built."""
@@ -320,19 +376,23 @@ class SandboxManager:
             "or set MCP_CODEEXEC_AUTO_BUILD_IMAGE=true to build it on first use."
         )
 
-    def create(self, owner: str, *, pool: bool = False) -> tuple[SandboxRecord, Container]:
+    def create(self, owner: str, *, pool: bool = False, skills: SkillSet | None = None) -> tuple[SandboxRecord, Container]:
         s = self.settings
+        skills = self.default_skills() if skills is None else skills
+        image = self.skills_image(skills)
         cid = new_container_id()
         now = time.time()
         labels = self._labels(cid, now, now + s.container_ttl_seconds, "" if pool else owner, pool)
+        labels.update(_skill_labels(skills.entries(), image))
         workspace = self.volumes.create(cid, s.disk_bytes)
         try:
-            container = self._run(cid, labels, workspace)
+            container = self._run(cid, labels, workspace, image)
         except BaseException:
             self._remove_quietly(cid)
             raise
         if not pool:
-            self.owners.set(cid, owner, created=now, expires=now + s.container_ttl_seconds, quota=self.volumes.mode)
+            self.owners.set(cid, owner, created=now, expires=now + s.container_ttl_seconds, quota=self.volumes.mode,
+                            extra={"skills": skills.entries(), "image": image})
         return record_of(container, self.owners), container
 
     def revive(self, cid: str) -> tuple[SandboxRecord, Container] | None:
@@ -344,8 +404,11 @@ class SandboxManager:
             return None
         self.volumes.ensure_mounted(cid)
         labels = self._labels(cid, data["created"], data["expires"], data["owner"], False)
+        image = data.get("image") if isinstance(data.get("image"), str) else None
+        if image:
+            labels.update(_skill_labels(data.get("skills") or [], image))
         try:
-            container = self._run(cid, labels, workspace)
+            container = self._run(cid, labels, workspace, image)
         except Unavailable:
             # Another server rebuilt it at the same moment (the name is taken): use theirs.
             with translate_docker_errors("looking up a sandbox"), contextlib.suppress(docker.errors.NotFound):
@@ -397,11 +460,11 @@ class SandboxManager:
             L_SERVER: SERVER_TAG,
         }
 
-    def _run(self, cid: str, labels: dict[str, str], workspace: Mount) -> Container:
+    def _run(self, cid: str, labels: dict[str, str], workspace: Mount, image: str | None = None) -> Container:
         """Create and start the hardened container of sandbox ``cid`` on ``workspace``."""
         s = self.settings
         kwargs: dict[str, Any] = dict(
-            image=self.image,
+            image=image or self.image,
             name=NAME_PREFIX + cid,
             detach=True,
             stdin_open=True,
@@ -478,8 +541,9 @@ class SandboxManager:
                 pass
 
     def claim(self, record: SandboxRecord, owner: str) -> None:
+        extra = {"skills": list(record.skills), "image": record.image} if record.image else None
         self.owners.set(record.id, owner, created=record.created.timestamp(), expires=record.expires.timestamp(),
-                        quota=record.quota)
+                        quota=record.quota, extra=extra)
 
     def list(self, *, all_: bool = True) -> list[tuple[SandboxRecord, Container]]:
         with translate_docker_errors("listing sandboxes"):

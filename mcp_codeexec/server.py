@@ -29,6 +29,7 @@ from .errors import CodeExecError, ContainerExpired, TooManyRequests, error_bloc
 from .files import FileStore, StoredFileNotFound
 from .inputs import BASH, CODE, EDITOR, validate_input
 from .rate_limit import CallRateLimiter
+from .skills import Catalog, Skill, SkillInvalid, catalog_for
 from .schemas import (
     BASH_OUTPUT_SCHEMA,
     CODE_OUTPUT_SCHEMA,
@@ -45,6 +46,7 @@ from .schemas import (
 log = logging.getLogger(__name__)
 
 FILE_URI = "codeexec://files/"
+SKILL_URI = "codeexec://skills/"
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
@@ -68,6 +70,16 @@ def _limits(settings: Settings) -> str:
     )
 
 
+def _skills_note(settings: Settings, extra: list[Skill] | None = None) -> str:
+    """Level-1 disclosure of the skills every sandbox has: name, path and description, nothing more."""
+    skills = list(catalog_for(settings).folder) + list(extra or [])
+    if not skills:
+        return ""
+    return " Skills in /skills (read the SKILL.md before using one): " + "; ".join(
+        f"{s.name} ({s.path}/SKILL.md): {s.description}" for s in skills
+    ) + "."
+
+
 def tool_definitions(settings: Settings) -> list[types.Tool]:
     workspace = (
         "Runs in a persistent Linux container (x86_64, Python 3.11 with pandas, numpy, scipy, scikit-learn, "
@@ -86,6 +98,7 @@ def tool_definitions(settings: Settings) -> list[types.Tool]:
             "$OUTPUT_DIR: files written at its top level are returned as output files (charts, reports, CSVs). "
             "Long output is truncated in the middle; the full text is saved to the file the marker names. "
             + _limits(settings)
+            + _skills_note(settings)
         ),
         input_schema=input_schema(BashInput),
         output_schema=BASH_OUTPUT_SCHEMA,
@@ -99,7 +112,7 @@ def tool_definitions(settings: Settings) -> list[types.Tool]:
             "view (path; optional view_range [start, end], end -1 = end of file; a directory gives a listing), "
             "create (path, file_text; creates parent directories, overwrites an existing file), "
             "str_replace (path, old_str, new_str; old_str must occur exactly once). "
-            "Relative paths resolve against /workspace. " + workspace + _limits(settings)
+            "Relative paths resolve against /workspace. " + workspace + _limits(settings) + _skills_note(settings)
         ),
         input_schema=input_schema(EditorInput),
         output_schema=EDITOR_OUTPUT_SCHEMA,
@@ -304,6 +317,10 @@ async def call_tool(state: AppState, tool: str, arguments: dict[str, Any], ctx: 
 
 
 def create_server(settings: Settings, *, backend: Backend | None = None, store: FileStore | None = None) -> Server[AppState]:
+    try:
+        catalog = catalog_for(settings)  # validated here: a server with a bad SKILL.md does not start
+    except SkillInvalid as exc:
+        raise SystemExit(f"mcp-codeexec: refusing to start: invalid skill: {exc}") from None
     @asynccontextmanager
     async def lifespan(_: Server[AppState]) -> AsyncIterator[AppState]:
         async with AsyncExitStack() as stack:
@@ -322,7 +339,16 @@ def create_server(settings: Settings, *, backend: Backend | None = None, store: 
     tools = tool_definitions(settings)
 
     async def list_tools(ctx: ServerRequestContext[AppState], params: Any) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=tools)
+        uploaded = await anyio.to_thread.run_sync(catalog.uploaded, principal_of(ctx))
+        if not uploaded:
+            return types.ListToolsResult(tools=tools)
+        # The caller's uploaded skills are in its new sandboxes too: name them like the folder ones.
+        note = _skills_note(settings, uploaded)
+        base = _skills_note(settings)
+        return types.ListToolsResult(tools=[
+            t.model_copy(update={"description": (t.description or "").removesuffix(base) + note}) if t.name in (BASH, EDITOR) else t
+            for t in tools
+        ])
 
     async def handle_call_tool(ctx: ServerRequestContext[AppState], params: types.CallToolRequestParams) -> types.CallToolResult:
         if params.name not in (BASH, EDITOR) and not (params.name == CODE and settings.legacy_tool):
@@ -340,8 +366,9 @@ def create_server(settings: Settings, *, backend: Backend | None = None, store: 
     async def list_resources(ctx: ServerRequestContext[AppState], params: Any) -> types.ListResourcesResult:
         state = ctx.lifespan_context
         records = await anyio.to_thread.run_sync(lambda: state.store.list(principal=_owner_filter(ctx)))
+        skill_resources = await anyio.to_thread.run_sync(_skill_resources, catalog, principal_of(ctx))
         return types.ListResourcesResult(
-            resources=[
+            resources=skill_resources + [
                 types.Resource(name=r.filename, uri=FILE_URI + r.id, mime_type=r.mime_type, size=r.size,
                                description=f"{r.origin} file from {r.container_id or 'upload'}, {r.created_at.isoformat()}")
                 for r in records
@@ -359,6 +386,8 @@ def create_server(settings: Settings, *, backend: Backend | None = None, store: 
     async def read_resource(ctx: ServerRequestContext[AppState], params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
         state = ctx.lifespan_context
         uri = str(params.uri)
+        if uri.startswith(SKILL_URI):
+            return await anyio.to_thread.run_sync(_read_skill_md, catalog, uri, principal_of(ctx))
         if not uri.startswith(FILE_URI):
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown resource: {uri}")
         file_id = uri[len(FILE_URI):]
@@ -389,6 +418,7 @@ def create_server(settings: Settings, *, backend: Backend | None = None, store: 
         instructions=(
             "bash_code_execution and text_editor_code_execution behave like Anthropic's hosted code execution "
             "tool. Files persist in /workspace; write files to $OUTPUT_DIR to hand them back to the user."
+            + ("\n\n" + catalog.describe() if catalog.folder else "")
         ),
         lifespan=lifespan,
         on_list_tools=list_tools,
@@ -402,3 +432,25 @@ def create_server(settings: Settings, *, backend: Backend | None = None, store: 
 def _owner_filter(ctx: ServerRequestContext[AppState]) -> str | None:
     principal = principal_of(ctx)
     return None if principal == "local" else principal
+
+
+def _skill_uri(skill: Skill) -> str:
+    # Folder skills by name; uploaded ones by id (two principals may upload the same name).
+    return f"{SKILL_URI}{skill.skill_id if skill.origin == 'upload' else skill.name}/SKILL.md"
+
+
+def _skill_resources(catalog: Catalog, principal: str) -> list[types.Resource]:
+    """Each available skill's SKILL.md (the only part of a skill offered as context)."""
+    return [
+        types.Resource(name=f"{s.name}/SKILL.md", uri=_skill_uri(s), mime_type="text/markdown",
+                       description=f"Skill {s.name} ({s.path}/ in the sandbox): {s.description}")
+        for s in list(catalog.folder) + catalog.uploaded(principal)
+    ]
+
+
+def _read_skill_md(catalog: Catalog, uri: str, principal: str) -> types.ReadResourceResult:
+    for skill in list(catalog.folder) + catalog.uploaded(principal):
+        if _skill_uri(skill) == uri:
+            text = next(data for path, _, data in skill.load() if path == "SKILL.md").decode("utf-8")
+            return types.ReadResourceResult(contents=[types.TextResourceContents(uri=uri, text=text, mime_type="text/markdown")])
+    raise MCPError(code=types.INVALID_PARAMS, message=f"Resource not found: {uri}")

@@ -35,6 +35,7 @@ from ..errors import (
 )
 from ..files import FileStore, PendingFile
 from ..sandboxes import POOL_OWNER, SandboxManager, SandboxRecord, connect, translate_docker_errors
+from ..skills import SkillNotFound, SkillSet, catalog_for
 from ..schemas import (
     BashInput,
     BashOutputBlock,
@@ -76,7 +77,7 @@ class Sandbox:
 
     @property
     def info(self) -> ContainerInfo:
-        return ContainerInfo(self.record.id, self.record.expires)
+        return ContainerInfo(self.record.id, self.record.expires, self.record.skills)
 
 
 def queue_upload(pending_dir: Path, file_id: str, filename: str, container_id: str) -> None:
@@ -269,8 +270,8 @@ class DockerBackend:
             raise Unavailable(f"the sandbox {record.id} did not start its agent") from None
         return Sandbox(record, conn, owner)
 
-    async def _start_new(self, manager: SandboxManager, *, owner: str, pool: bool) -> Sandbox:
-        record, container = await _thread(lambda: manager.create(owner, pool=pool))
+    async def _start_new(self, manager: SandboxManager, *, owner: str, pool: bool, skills: SkillSet | None = None) -> Sandbox:
+        record, container = await _thread(lambda: manager.create(owner, pool=pool, skills=skills))
         try:
             return await self._connect(record, container, owner)
         except BaseException:
@@ -278,12 +279,15 @@ class DockerBackend:
                 await _thread(manager.remove, record.id)
             raise
 
-    async def _new_for(self, owner: str) -> Sandbox:
+    async def _new_for(self, owner: str, wanted: tuple[Any, ...] | None = None) -> Sandbox:
         owned = sum(1 for s in self._sandboxes.values() if s.owner == owner)
         if owner != "local" and owned >= self.settings.max_containers_per_principal:
             raise TooManyRequests(f"at most {self.settings.max_containers_per_principal} containers per principal")
         manager = await self._manager_or_raise()
-        sandbox = await self._from_pool()
+        skills = await _thread(_skill_set, self.settings, owner, wanted)
+        # Pool containers carry the folder skills only: they fit only a sandbox that wants just those.
+        poolable = [s.container_entry() for s in skills.skills] == [dict(e) for e in _folder_entries(self.settings)]
+        sandbox = await self._from_pool() if poolable else None
         if sandbox is not None:
             try:
                 await _thread(manager.claim, sandbox.record, owner)
@@ -293,7 +297,7 @@ class DockerBackend:
                 raise
             sandbox.owner = owner
             return sandbox
-        return await self._start_new(manager, owner=owner, pool=False)
+        return await self._start_new(manager, owner=owner, pool=False, skills=skills)
 
     async def _reattach(self, cid: str, owner: str) -> Sandbox:
         manager = await self._manager_or_raise()
@@ -329,12 +333,14 @@ class DockerBackend:
                 if sandbox is None or sandbox.conn.closed.is_set():
                     sandbox = await self._reattach(container_id, ctx.principal)
                     self._sandboxes[container_id] = sandbox
+                await _check_skills(self.settings, sandbox, ctx)
                 self._sessions.setdefault(ctx.session_key, container_id)
                 return sandbox
         async with self._lock(ctx.session_key):
             cid = self._sessions.get(ctx.session_key)
             sandbox = self._sandboxes.get(cid) if cid else None
             if sandbox is not None and not sandbox.conn.closed.is_set():
+                await _check_skills(self.settings, sandbox, ctx)
                 return sandbox
             sandbox = None
             if cid is not None:
@@ -344,8 +350,10 @@ class DockerBackend:
                     # The session's own container was removed or expired: like the hosted tool,
                     # the session continues in a fresh one (an explicit container_id still errors).
                     log.warning("session container %s is gone; starting a fresh one", cid)
+            if sandbox is not None:
+                await _check_skills(self.settings, sandbox, ctx)
             if sandbox is None:
-                sandbox = await self._new_for(ctx.principal)
+                sandbox = await self._new_for(ctx.principal, ctx.skills)
             self._sandboxes[sandbox.record.id] = sandbox
             self._sessions[ctx.session_key] = sandbox.record.id
             return sandbox
@@ -487,6 +495,34 @@ class DockerBackend:
                     yield chunk
 
         await sandbox.conn.put_file(path, chunks())
+
+
+def _skill_set(settings: Settings, principal: str, wanted: tuple[Any, ...] | None) -> SkillSet:
+    """The skills a new container of ``principal`` gets; SkillNotFound becomes invalid_tool_input."""
+    catalog = catalog_for(settings)
+    try:
+        return catalog.default_for(principal) if wanted is None else catalog.resolve(wanted, principal)
+    except SkillNotFound as exc:
+        raise InvalidToolInput(str(exc)) from None
+
+
+def _folder_entries(settings: Settings) -> list[dict[str, str]]:
+    return catalog_for(settings).folder_set().entries()
+
+
+async def _check_skills(settings: Settings, sandbox: Sandbox, ctx: CallContext) -> None:
+    """A container keeps the skills it was created with: selecting others for it is refused."""
+    if ctx.skills is None:
+        return
+    wanted = (await _thread(_skill_set, settings, ctx.principal, ctx.skills)).entries()
+    have = [dict(e) for e in sandbox.record.skills]
+    if wanted != have:
+        err = InvalidToolInput(
+            f"container {sandbox.record.id} was created with the skills {have or 'none'}; a container's skills are fixed "
+            f"when it is created. Use a new container for {wanted or 'no skills'}."
+        )
+        err.container = sandbox.info
+        raise err
 
 
 def _editor_message(request: EditorInput, settings: Settings) -> dict[str, Any]:
