@@ -343,7 +343,8 @@ class SandboxManager:
             return self.image
         with translate_docker_errors("building the skills image"):
             base_id = self.client.images.get(self.image).id
-            key = hashlib.sha256(f"{base_id}\0{skills.digest}".encode()).hexdigest()[:20]
+            # Per installation: its reaper removes the images it built without racing another's creates.
+            key = hashlib.sha256(f"{base_id}\0{skills.digest}\0{self.install}".encode()).hexdigest()[:20]
             tag = f"{SKILLS_IMAGE_REPO}:{key}"
             if self._skills_images.get(key) == tag:
                 return tag
@@ -559,6 +560,24 @@ class SandboxManager:
                 log.warning("ignoring container %s: malformed %s labels (%s)", c.name, LABEL, exc)
         return found
 
+    def remove_skills_images(self, min_age: float) -> list[str]:
+        """This installation's skills images that no container uses and that are older than
+        ``min_age`` seconds (a create may be between building one and starting its container)."""
+        removed = []
+        with translate_docker_errors("listing skills images"):
+            used = {c.attrs.get("Config", {}).get("Image") for c in self.client.containers.list(all=True, filters={"label": f"{L_MANAGED}=1"})}
+            images = self.client.images.list(name=SKILLS_IMAGE_REPO, filters={"label": f"{L_INSTALL}={self.install}"})
+        for image in images:
+            created = datetime.fromisoformat(image.attrs["Created"][:26].rstrip("Z")).replace(tzinfo=timezone.utc)
+            if (utcnow() - created).total_seconds() < min_age or used & set(image.tags):
+                continue
+            for tag in image.tags:
+                with contextlib.suppress(docker.errors.APIError):
+                    self.client.images.remove(tag, noprune=False)
+                    removed.append(tag)
+                    self._skills_images = {k: v for k, v in self._skills_images.items() if v != tag}
+        return removed
+
     def remove_installation(self) -> list[str]:
         """Remove every sandbox of this data directory, expired or not (tests, `containers prune --all`)."""
         removed = []
@@ -576,6 +595,7 @@ class SandboxManager:
                     volume.remove(force=True)
         for owner_file in self.owners.root.glob("container_*.json"):
             self.owners.forget(owner_file.stem)
+        self.remove_skills_images(0)
         return removed
 
     def remove(self, cid: str) -> None:
@@ -636,4 +656,7 @@ class SandboxManager:
             with contextlib.suppress(FileNotFoundError):
                 if cid not in known and self.owners.revivable(cid) is None and time.time() - owner_file.stat().st_mtime > self.orphan_grace:
                     self.owners.forget(cid)
+        # A skills image is kept while a container (running, stopped or revivable) may need it.
+        if not self.detached(known):
+            self.remove_skills_images(self.orphan_grace)
         return removed

@@ -1,0 +1,141 @@
+"""SKILL.md rules, folder loading, start-up refusal, selection messages, level-1 disclosure."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mcp_codeexec.config import load_settings
+from mcp_codeexec.skills import (
+    Catalog,
+    SkillInvalid,
+    SkillNotFound,
+    SkillSet,
+    load_folders,
+    parse_front_matter,
+    validate_front_matter,
+)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "skills"
+
+
+def _skill(root: Path, folder: str, front: str, body: str = "body\n") -> Path:
+    d = root / folder
+    d.mkdir(parents=True)
+    (d / "SKILL.md").write_text(f"---\n{front}---\n{body}")
+    return d
+
+
+def test_front_matter_takes_plain_quoted_block_and_nested_values() -> None:
+    fields = parse_front_matter(
+        "---\nname: pdf-tools\ndescription: >\n  Fill forms,\n  merge files.\nlicense: 'MIT'\n"
+        "metadata:\n  author: me\nnote: \"a \\\"b\\\"\"  \n---\n# Body\n",
+        "SKILL.md",
+    )
+    assert fields["name"] == "pdf-tools"
+    assert fields["description"] == "Fill forms, merge files."
+    assert fields["license"] == "MIT" and fields["metadata"] == "author: me" and fields["note"] == 'a "b"'
+
+
+@pytest.mark.parametrize(
+    "front, rule",
+    [
+        ("description: x\n", "'name' is missing"),
+        ("name: " + "a" * 65 + "\ndescription: x\n", "at most 64"),
+        ("name: My_Skill\ndescription: x\n", "lowercase letters, digits and hyphens"),
+        ("name: anthropic-tools\ndescription: x\n", "reserved word 'anthropic'"),
+        ("name: my-claude\ndescription: x\n", "reserved word 'claude'"),
+        ("name: ok\n", "'description' is missing"),
+        ("name: ok\ndescription: ''\n", "'description' is missing"),
+        ("name: ok\ndescription: " + "d" * 1025 + "\n", "at most 1024"),
+        ("name: ok\ndescription: uses <tool>x</tool>\n", "XML tags"),
+        ("name: ok\nname: again\ndescription: x\n", "duplicate key"),
+        ("name: [a, b]\ndescription: x\n", "plain or quoted"),
+        ("just text\n", "expected 'key: value'"),
+    ],
+)
+def test_each_rule_broken_is_named_with_the_file(tmp_path: Path, front: str, rule: str) -> None:
+    _skill(tmp_path, "s", front)
+    with pytest.raises(SkillInvalid) as info:
+        load_folders([tmp_path])
+    assert str(tmp_path / "s" / "SKILL.md") in str(info.value) and rule in str(info.value)
+
+
+def test_a_skill_md_without_front_matter_is_refused() -> None:
+    with pytest.raises(SkillInvalid, match="must start with YAML front matter"):
+        validate_front_matter(parse_front_matter("# no front matter\n", "x/SKILL.md"), "x/SKILL.md")
+    with pytest.raises(SkillInvalid, match="no closing"):
+        parse_front_matter("---\nname: a\n", "x/SKILL.md")
+
+
+def test_a_symlink_in_a_skill_folder_is_refused(tmp_path: Path) -> None:
+    d = _skill(tmp_path, "s", "name: s\ndescription: x\n")
+    (d / "passwd").symlink_to("/etc/passwd")
+    with pytest.raises(SkillInvalid, match="symbolic link"):
+        load_folders([tmp_path])
+
+
+def test_two_folders_with_the_same_name_are_refused(tmp_path: Path) -> None:
+    _skill(tmp_path / "a", "one", "name: same\ndescription: x\n")
+    _skill(tmp_path / "b", "two", "name: same\ndescription: y\n")
+    with pytest.raises(SkillInvalid, match="also used"):
+        load_folders([tmp_path / "a", tmp_path / "b"])
+
+
+def test_the_fixture_skill_loads_with_its_scripts() -> None:
+    [skill] = load_folders([FIXTURES])
+    assert skill.name == skill.skill_id == "chart-report" and skill.type == "custom"
+    assert {p for p, _, _ in skill.load()} == {"SKILL.md", "scripts/chart.py", "scripts/sheet.py", "scripts/common.py"}
+    assert dict((p, m) for p, m, _ in skill.load())["scripts/chart.py"] == 0o755
+
+
+def test_a_bad_skill_stops_serve_with_the_file_and_the_rule(tmp_path: Path) -> None:
+    _skill(tmp_path / "skills", "bad", "name: Bad\ndescription: x\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_CODEEXEC_")}
+    env.update(MCP_CODEEXEC_CONFIG=str(tmp_path / "none.toml"), MCP_CODEEXEC_DATA_DIR=str(tmp_path / "data"),
+               PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.run([sys.executable, "-m", "mcp_codeexec", "serve", "--skills", str(tmp_path / "skills")],
+                          env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2
+    assert f"{tmp_path / 'skills' / 'bad' / 'SKILL.md'}: 'name' 'Bad' may contain only lowercase letters" in proc.stderr
+
+
+def test_create_server_refuses_a_bad_skill(tmp_path: Path) -> None:
+    from mcp_codeexec.server import create_server
+
+    _skill(tmp_path / "skills", "bad", "name: ok\ndescription: <b>bold</b>\n")
+    settings = load_settings(data_dir=str(tmp_path / "data"), skills=[str(tmp_path / "skills")])
+    with pytest.raises(SystemExit, match="XML tags"):
+        create_server(settings)
+
+
+def test_the_skills_setting_reads_a_comma_separated_env_list(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MCP_CODEEXEC_SKILLS", f"{tmp_path}/a, {tmp_path}/b")
+    assert load_settings(data_dir=str(tmp_path)).skills == [tmp_path / "a", tmp_path / "b"]
+
+
+def test_asking_for_an_anthropic_skill_explains_how_to_provide_it(tmp_path: Path) -> None:
+    catalog = Catalog([], tmp_path / "store")
+    with pytest.raises(SkillNotFound) as info:
+        catalog.resolve([{"type": "anthropic", "skill_id": "xlsx", "version": "latest"}], "local")
+    message = str(info.value)
+    assert "not shipped" in message and "--skills DIR" in message and "name: xlsx" in message
+
+
+def test_a_local_folder_named_like_an_anthropic_skill_is_used_under_that_id(tmp_path: Path) -> None:
+    _skill(tmp_path, "xlsx", "name: xlsx\ndescription: Spreadsheets.\n")
+    catalog = Catalog(load_folders([tmp_path]), tmp_path / "store")
+    chosen = catalog.resolve([{"type": "anthropic", "skill_id": "xlsx"}], "local")
+    assert chosen.entries() == [{"skill_id": "xlsx", "type": "anthropic", "version": chosen.skills[0].version}]
+
+
+def test_disclosure_names_each_skill_with_its_path_and_description_only() -> None:
+    catalog = Catalog(load_folders([FIXTURES]), None)
+    text = catalog.describe()
+    assert "- chart-report (/skills/chart-report/SKILL.md): Turn a small table" in text
+    assert "Run both scripts" not in text  # the body stays in the sandbox until read
+    assert catalog.resolve([], "local") == SkillSet(catalog.folder)
