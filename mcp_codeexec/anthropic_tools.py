@@ -15,6 +15,11 @@
                 break
             messages.append({"role": "user", "content": await tool_results(sb, reply)})
 
+Skills: pass the request's ``container`` param (``{"id"?, "skills": [{"type", "skill_id",
+"version"?}]}``) to ``sandbox_for_container`` to get a ``Sandbox`` with those skills at
+``/skills/<name>/``; ``container_of(sandbox)`` is the response's ``container`` (``id``,
+``expires_at``, ``skills`` as ``{skill_id, type, version}``), the way the hosted response echoes it.
+
 The model sees ``bash_code_execution`` and ``text_editor_code_execution`` with the hosted inputs;
 each ``tool_result`` carries the hosted result block (``bash_code_execution_result``, ...) as JSON
 text, so the conversation has the hosted tool's shape while the code runs in local containers.
@@ -77,10 +82,32 @@ async def run_tool_use(sandbox: Any, block: Any) -> dict[str, Any]:
     }
 
 
+def sandbox_for_container(container: dict[str, Any] | str | None = None, **kwargs: Any) -> Any:
+    """An ``api.Sandbox`` for a Messages request's ``container`` param: its ``id`` (a string or
+    ``{"id": ...}``) attaches to that container; its ``skills`` are loaded into a new one."""
+    from .api import Sandbox
+
+    if isinstance(container, str):
+        return Sandbox(container_id=container, **kwargs)
+    container = container or {}
+    skills = container.get("skills")
+    return Sandbox(container_id=container.get("id"), skills=list(skills) if skills is not None else None, **kwargs)
+
+
+def container_of(sandbox: Any) -> dict[str, Any] | None:
+    """The hosted response's ``container`` for ``sandbox`` (SDK ``BetaContainer``), after a call."""
+    outcome = sandbox.last_outcome
+    info = outcome.container if outcome is not None else None
+    if info is None:
+        return None
+    meta = info.meta()
+    return {"id": meta["id"], "expires_at": meta["expires_at"], "skills": meta.get("skills", [])}
+
+
 async def tool_results(sandbox: Any, message: Any) -> list[dict[str, Any]]:
     """Every ``tool_use`` block of an assistant ``message`` run in order: the next user turn's content."""
     content = _field(message, "content") or []
     return [await run_tool_use(sandbox, block) for block in content if _field(block, "type") == "tool_use"]
 
 
-__all__ = ["TOOL_NAMES", "run_tool_use", "tool_definitions", "tool_results"]
+__all__ = ["TOOL_NAMES", "container_of", "run_tool_use", "sandbox_for_container", "tool_definitions", "tool_results"]

@@ -148,3 +148,28 @@ async def test_asking_for_an_anthropic_skill_says_how_to_provide_it_locally(sett
         async with Sandbox(settings, skills=[{"type": "anthropic", "skill_id": "pptx", "version": "latest"}]):
             pass
     assert "--skills" in str(info.value) and "pptx" in str(info.value)
+
+
+async def test_the_anthropic_adapter_takes_container_skills_and_echoes_them_like_the_hosted_response(skilled):
+    from anthropic.types.beta import BetaContainer
+
+    from mcp_codeexec.anthropic_tools import container_of, run_tool_use, sandbox_for_container
+
+    container = {"skills": [{"type": "custom", "skill_id": "chart-report", "version": "latest"}]}
+    async with sandbox_for_container(container, settings=skilled) as sb:
+        block = {"type": "tool_use", "id": "toolu_1", "name": "bash_code_execution",
+                 "input": {"command": "head -2 /skills/chart-report/SKILL.md"}}
+        result = await run_tool_use(sb, block)
+        assert "name: chart-report" in result["content"][0]["text"]
+        echoed = BetaContainer.model_validate(container_of(sb))
+        assert [(s.skill_id, s.type) for s in echoed.skills] == [("chart-report", "custom")]
+        assert echoed.id == sb.container_id
+
+        # The container's skill set is fixed: naming it with another set is refused, not changed.
+        from mcp_codeexec.skills import catalog_for
+
+        row, version = catalog_for(skilled).store.create(
+            "local", "extra", "Extra.", [("SKILL.md", 0o644, b"---\nname: extra\ndescription: Extra.\n---\n")], None)
+        with pytest.raises(Exception, match="skills are fixed"):
+            async with Sandbox(skilled, container_id=sb.container_id, skills=[row.id]):
+                pass
