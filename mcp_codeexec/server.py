@@ -75,8 +75,10 @@ def _skills_note(settings: Settings, extra: list[Skill] | None = None) -> str:
     skills = list(catalog_for(settings).folder) + list(extra or [])
     if not skills:
         return ""
+    uploaded = {id(s) for s in extra or []}
     return " Skills in /skills (read the SKILL.md before using one): " + "; ".join(
-        f"{s.name} ({s.path}/SKILL.md): {s.description}" for s in skills
+        f"{s.name} ({s.path}/SKILL.md{', uploaded: in containers created after the upload' if id(s) in uploaded else ''}): "
+        f"{s.description}" for s in skills
     ) + "."
 
 

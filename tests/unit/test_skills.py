@@ -139,3 +139,33 @@ def test_disclosure_names_each_skill_with_its_path_and_description_only() -> Non
     assert "- chart-report (/skills/chart-report/SKILL.md): Turn a small table" in text
     assert "Run both scripts" not in text  # the body stays in the sandbox until read
     assert catalog.resolve([], "local") == SkillSet(catalog.folder)
+
+
+def test_the_skills_setting_reads_a_toml_list(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'skills = ["{tmp_path}/a", "{tmp_path}/b"]\n')
+    monkeypatch.setenv("MCP_CODEEXEC_CONFIG", str(config))
+    monkeypatch.delenv("MCP_CODEEXEC_SKILLS", raising=False)
+    assert load_settings(data_dir=str(tmp_path)).skills == [tmp_path / "a", tmp_path / "b"]
+
+
+def test_a_skill_store_round_trips_versions_by_id_epoch_and_latest(tmp_path: Path) -> None:
+    from mcp_codeexec.skills_store import SkillStore
+
+    store = SkillStore(tmp_path / "skills")
+    md = b"---\nname: s\ndescription: x\n---\n"
+    row, v1 = store.create("alice", "s", "x", [("SKILL.md", 0o644, md)], "S")
+    v2 = store.add_version("alice", row.id, "s", "y", [("SKILL.md", 0o644, md), ("run.sh", 0o755, b"echo")])
+    assert store.version(row.id, "latest", "alice").id == v2.id == store.get(row.id, "alice").latest_version_id
+    assert store.version(row.id, v1.epoch, "alice").id == v1.id
+    assert {p: m for p, m, _ in store.resolve(row.id, "latest", "alice").load()} == {"SKILL.md": 0o644, "run.sh": 0o755}
+    with pytest.raises(SkillInvalid, match="keeps the name"):
+        store.add_version("alice", row.id, "other", "y", [("SKILL.md", 0o644, md)])
+    with pytest.raises(SkillNotFound):
+        store.get(row.id, "bob")
+    store.delete_version(row.id, v2.id, "alice")
+    assert store.get(row.id, "alice").latest_version_id == v1.id
+    with pytest.raises(SkillInvalid, match="only version"):
+        store.delete_version(row.id, v1.id, "alice")
+    store.delete(row.id, "alice")
+    assert store.list(None, 10, 0) == [] and list((tmp_path / "skills" / "blobs").iterdir()) == []
