@@ -29,7 +29,6 @@ from .errors import CodeExecError, ContainerExpired, TooManyRequests, error_bloc
 from .files import FileStore, StoredFileNotFound
 from .inputs import BASH, CODE, EDITOR, validate_input
 from .rate_limit import CallRateLimiter
-from .skills import Catalog, Skill, SkillInvalid, catalog_for
 from .schemas import (
     BASH_OUTPUT_SCHEMA,
     CODE_OUTPUT_SCHEMA,
@@ -42,6 +41,7 @@ from .schemas import (
     EditorInput,
     input_schema,
 )
+from .skills import Catalog, Skill, SkillInvalid, catalog_for
 
 log = logging.getLogger(__name__)
 

@@ -496,10 +496,10 @@ class Catalog:
         listed = list(self.folder if skills is None else skills)
         if not listed:
             return ""
-        lines = [
+        lines = [(
             "Skills (folders of instructions and scripts, read-only): when a task matches one, first read its "
             "SKILL.md with the text editor or cat, then follow it."
-        ]
+        )]
         lines += [f"- {s.name} ({s.path}/SKILL.md): {s.description}" for s in listed]
         return "\n".join(lines)
 

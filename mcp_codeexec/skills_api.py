@@ -26,7 +26,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .files_api import api_error
-from .skills import MAX_SKILL_BYTES, MAX_SKILL_FILES, Entry, SkillInvalid, SkillNotFound, check_entries, read_zip, safe_relpath, strip_top_dir
+from .skills import (
+    MAX_SKILL_BYTES,
+    MAX_SKILL_FILES,
+    Entry,
+    SkillInvalid,
+    SkillNotFound,
+    check_entries,
+    read_zip,
+    safe_relpath,
+    strip_top_dir,
+)
 from .skills_store import SkillStore
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,6 @@ from ..errors import (
 )
 from ..files import FileStore, PendingFile
 from ..sandboxes import POOL_OWNER, SandboxManager, SandboxRecord, connect, translate_docker_errors
-from ..skills import SkillNotFound, SkillSet, catalog_for
 from ..schemas import (
     BashInput,
     BashOutputBlock,
@@ -45,6 +44,7 @@ from ..schemas import (
     StrReplaceResult,
     ViewResult,
 )
+from ..skills import SkillNotFound, SkillSet, catalog_for
 from .base import CallContext, ContainerInfo, Outcome, ProducedFile
 
 log = logging.getLogger(__name__)

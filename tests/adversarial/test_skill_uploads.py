@@ -57,7 +57,7 @@ def _refused(client: TestClient, store: SkillStore, files: list, needle: str) ->
 
 
 def test_a_valid_upload_is_accepted(api) -> None:
-    client, store = api
+    client, _ = api
     response = client.post("/v1/skills", files=_files(("good/SKILL.md", GOOD_MD), ("good/a/b.txt", b"x")))
     assert response.status_code == 200, response.text
     assert response.json()["display_name"] == "good"

@@ -168,7 +168,7 @@ async def test_the_anthropic_adapter_takes_container_skills_and_echoes_them_like
         # The container's skill set is fixed: naming it with another set is refused, not changed.
         from mcp_codeexec.skills import catalog_for
 
-        row, version = catalog_for(skilled).store.create(
+        row, _ = catalog_for(skilled).store.create(
             "local", "extra", "Extra.", [("SKILL.md", 0o644, b"---\nname: extra\ndescription: Extra.\n---\n")], None)
         with pytest.raises(Exception, match="skills are fixed"):
             async with Sandbox(skilled, container_id=sb.container_id, skills=[row.id]):

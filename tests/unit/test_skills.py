@@ -90,7 +90,7 @@ def test_the_fixture_skill_loads_with_its_scripts() -> None:
     [skill] = load_folders([FIXTURES])
     assert skill.name == skill.skill_id == "chart-report" and skill.type == "custom"
     assert {p for p, _, _ in skill.load()} == {"SKILL.md", "scripts/chart.py", "scripts/sheet.py", "scripts/common.py"}
-    assert dict((p, m) for p, m, _ in skill.load())["scripts/chart.py"] == 0o755
+    assert {p: m for p, m, _ in skill.load()}["scripts/chart.py"] == 0o755
 
 
 def test_a_bad_skill_stops_serve_with_the_file_and_the_rule(tmp_path: Path) -> None:
@@ -99,7 +99,7 @@ def test_a_bad_skill_stops_serve_with_the_file_and_the_rule(tmp_path: Path) -> N
     env.update(MCP_CODEEXEC_CONFIG=str(tmp_path / "none.toml"), MCP_CODEEXEC_DATA_DIR=str(tmp_path / "data"),
                PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     proc = subprocess.run([sys.executable, "-m", "mcp_codeexec", "serve", "--skills", str(tmp_path / "skills")],
-                          env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+                          env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False)
     assert proc.returncode == 2
     assert f"{tmp_path / 'skills' / 'bad' / 'SKILL.md'}: 'name' 'Bad' may contain only lowercase letters" in proc.stderr
 
