@@ -441,10 +441,12 @@ class Catalog:
         return SkillSet(self.folder)
 
     def uploaded(self, principal: str) -> list[Skill]:
-        """The latest version of each skill ``principal`` uploaded (all principals' for ``local``)."""
+        """The latest version of each skill ``principal`` itself uploaded. For ``local`` (stdio, the
+        Python API, ``--no-auth``) that is what was uploaded as ``local``, not every token holder's:
+        the default set must not grow with other people's uploads."""
         if self._store_root is None or not (self._store_root / "skills.db").exists():
             return []
-        return self.store.latest_skills(None if principal == "local" else principal)
+        return self.store.latest_skills(principal)
 
     def default_for(self, principal: str) -> SkillSet:
         """What a sandbox gets when nobody selected: the folder skills and the principal's uploads."""

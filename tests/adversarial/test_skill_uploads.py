@@ -63,6 +63,17 @@ def test_a_valid_upload_is_accepted(api) -> None:
     assert response.json()["display_name"] == "good"
 
 
+def test_a_zip_of_the_folder_is_accepted_and_downloads_with_the_same_files(api) -> None:
+    client, _ = api
+    archive = _zip(("good/SKILL.md", GOOD_MD), ("good/scripts/run.sh", b"echo hi\n"))
+    response = client.post("/v1/skills", files=_files(("good.zip", archive)))
+    assert response.status_code == 200, response.text
+    skill = response.json()
+    content = client.get(f"/v1/skills/{skill['id']}/versions/{skill['latest_version_id']}/content")
+    assert content.headers["content-type"] == "application/zip"
+    assert sorted(zipfile.ZipFile(io.BytesIO(content.content)).namelist()) == ["good/SKILL.md", "good/scripts/run.sh"]
+
+
 @pytest.mark.parametrize(
     "files, needle",
     [

@@ -116,6 +116,10 @@ async def test_an_sdk_uploaded_skill_is_seen_by_a_sandbox_that_selected_it_and_b
         async with mcp_client("http", settings, base_url=url, token=token) as client:
             tools = (await client.list_tools()).tools
             assert "shout (/skills/shout/SKILL.md, uploaded: in containers created after the upload): Print text in CAPITALS (v2)." in next(t for t in tools if t.name == "bash_code_execution").description
+            uris = [str(r.uri) for r in (await client.list_resources()).resources]
+            assert f"codeexec://skills/{skill.id}/SKILL.md" in uris
+            md = (await client.read_resource(f"codeexec://skills/{skill.id}/SKILL.md")).contents[0].text
+            assert "(v2)" in md
             result = await _bash(client, "sh /skills/shout/scripts/shout.sh hello; head -3 /skills/shout/SKILL.md")
             assert result.structured_content["stdout"].startswith("HELLO\n"), result.structured_content
             assert result.meta["container"]["skills"] == [{"skill_id": skill.id, "type": "custom", "version": v2.id}]
