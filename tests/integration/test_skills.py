@@ -177,3 +177,22 @@ async def test_the_anthropic_adapter_takes_container_skills_and_echoes_them_like
         with pytest.raises(Exception, match="skills are fixed"):
             async with Sandbox(skilled, container_id=sb.container_id, skills=[row.id]):
                 pass
+
+
+async def test_a_pool_container_carries_the_folder_skills_and_a_rebuilt_container_keeps_its_skills(skilled):
+    import docker
+
+    from mcp_codeexec.sandboxes import NAME_PREFIX
+
+    pooled = skilled.model_copy(update={"pool_size": 1})
+    async with mcp_client("memory", pooled) as client:
+        first = await _bash(client, "cat /skills/chart-report/SKILL.md | head -2")
+        cid = first.meta["container"]["id"]
+        skills = first.meta["container"]["skills"]
+        assert [s["skill_id"] for s in skills] == ["chart-report"]
+        docker.from_env().containers.get(NAME_PREFIX + cid).remove(force=True)  # removed behind the server's back
+        await client.call_tool("bash_code_execution", {"command": "true", "container_id": cid})  # may see the lost connection
+        again = await _bash(client, "cat /skills/chart-report/SKILL.md | head -2", container_id=cid)
+        assert again.structured_content.get("return_code") == 0, again.content[0].text
+        assert "name: chart-report" in again.structured_content["stdout"]
+        assert again.meta["container"] == {**first.meta["container"], "skills": skills}
