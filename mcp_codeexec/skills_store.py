@@ -61,7 +61,7 @@ class SkillRow:
     def api(self) -> dict[str, object]:
         """The SDK's ``BetaSkill``."""
         return {
-            "id": self.id, "type": "skill", "display_name": self.display_name, "source": "custom",
+            "id": self.id, "type": "skill", "display_name": self.display_name, "source": {"type": "custom"},
             "latest_version_id": self.latest_version_id, "created_at": iso(self.created_at), "updated_at": iso(self.updated_at),
         }
 

@@ -433,7 +433,7 @@ class FakeAnthropic:
             with self._lock:
                 self.skills[sid] = [(name, data) for name, data, _ in parts]
             return Reply(body={"id": sid, "type": "skill", "display_name": req.form.get("display_name") or "skill",
-                               "latest_version_id": _next_id("skillver"), "source": "custom",
+                               "latest_version_id": _next_id("skillver"), "source": {"type": "custom"},
                                "created_at": CREATED_AT, "updated_at": CREATED_AT})
         if route == "models":
             return Reply(body={"type": "model", "id": arg, "display_name": arg, "created_at": CREATED_AT})

@@ -103,7 +103,7 @@ async def test_an_sdk_uploaded_skill_is_seen_by_a_sandbox_that_selected_it_and_b
     with http_server(settings, token=token) as url:
         sdk = anthropic.Anthropic(api_key=token, base_url=url)
         skill = sdk.beta.skills.create(files=files_from_dir(src), display_name="Shout")
-        assert skill.display_name == "Shout" and skill.source == "custom" and skill.type == "skill"
+        assert skill.display_name == "Shout" and skill.source.type == "custom" and skill.type == "skill"
         assert [s.id for s in sdk.beta.skills.list()] == [skill.id]
         assert sdk.beta.skills.retrieve(skill.id).latest_version_id == skill.latest_version_id
         (src / "SKILL.md").write_text("---\nname: shout\ndescription: Print text in CAPITALS (v2).\n---\nv2\n")

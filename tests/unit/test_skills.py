@@ -169,3 +169,37 @@ def test_a_skill_store_round_trips_versions_by_id_epoch_and_latest(tmp_path: Pat
         store.delete_version(row.id, v1.id, "alice")
     store.delete(row.id, "alice")
     assert store.list(None, 10, 0) == [] and list((tmp_path / "skills" / "blobs").iterdir()) == []
+
+
+def test_every_skills_api_answer_validates_against_the_sdk_models(tmp_path: Path) -> None:
+    from anthropic.types.beta import BetaDeletedSkill, BetaSkill
+    from anthropic.types.beta.skills import BetaDeletedSkillVersion, BetaSkillVersion
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from mcp_codeexec.skills_api import skills_routes
+    from mcp_codeexec.skills_store import SkillStore
+
+    store = SkillStore(tmp_path / "skills")
+    md = b"---\nname: s\ndescription: x\n---\n"
+    files = [("files[]", ("s/SKILL.md", md, "text/markdown"))]
+    with TestClient(Starlette(routes=skills_routes(lambda: store, lambda request: "alice"))) as client:
+        skill = BetaSkill.model_validate(client.post("/v1/skills", files=files, data={"display_name": "S"}).json(), strict=False)
+        assert skill.display_name == "S" and skill.id.startswith("skill_01")
+        version = BetaSkillVersion.model_validate(client.post(f"/v1/skills/{skill.id}/versions", files=files).json())
+        assert version.id.startswith("skver_01") and version.skill_id == skill.id
+        page = client.get("/v1/skills", params={"limit": 1}).json()
+        assert page["has_more"] is False and page["next_page"] is None
+        BetaSkill.model_validate(page["data"][0])
+        versions = client.get(f"/v1/skills/{skill.id}/versions", params={"limit": 1}).json()
+        assert versions["has_more"] is True and versions["next_page"]
+        rest = client.get(f"/v1/skills/{skill.id}/versions", params={"limit": 1, "page": versions["next_page"]}).json()
+        assert {versions["data"][0]["id"], rest["data"][0]["id"]} == {version.id, skill.latest_version_id}
+        BetaSkillVersion.model_validate(client.get(f"/v1/skills/{skill.id}/versions/latest").json())
+        assert BetaDeletedSkillVersion.model_validate(client.delete(f"/v1/skills/{skill.id}/versions/{version.id}").json()).id == version.id
+        assert BetaDeletedSkill.model_validate(client.delete(f"/v1/skills/{skill.id}").json()).type == "skill_deleted"
+        missing = client.get(f"/v1/skills/{skill.id}")
+        assert missing.status_code == 404 and missing.json() == {
+            "type": "error", "error": {"type": "not_found_error", "message": f"Skill not found: {skill.id}"}}
+        bad = client.get("/v1/skills", params={"limit": 0})
+        assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
