@@ -32,6 +32,11 @@ also allows ``"direct"`` stays an ordinary tool as well.
 
     reply = await run_ptc_loop(client, sb, model=..., messages=[...], tools=[weather_tool, ...],
                                implementations={"get_weather": get_weather})
+
+Skills: pass the request's ``container`` param (``{"id"?, "skills": [{"type", "skill_id",
+"version"?}]}``) to ``sandbox_for_container`` to get a ``Sandbox`` with those skills at
+``/skills/<name>/``; ``container_of(sandbox)`` is the response's ``container`` (``id``,
+``expires_at``, ``skills`` as ``{skill_id, type, version}``), the way the hosted response echoes it.
 """
 
 from __future__ import annotations
@@ -104,6 +109,28 @@ async def run_tool_use(sandbox: Any, block: Any) -> dict[str, Any]:
         "content": [{"type": "text", "text": json.dumps(payload, ensure_ascii=False)}],
         "is_error": payload["type"].endswith("_tool_result_error"),
     }
+
+
+def sandbox_for_container(container: dict[str, Any] | str | None = None, **kwargs: Any) -> Any:
+    """An ``api.Sandbox`` for a Messages request's ``container`` param: its ``id`` (a string or
+    ``{"id": ...}``) attaches to that container; its ``skills`` are loaded into a new one."""
+    from .api import Sandbox
+
+    if isinstance(container, str):
+        return Sandbox(container_id=container, **kwargs)
+    container = container or {}
+    skills = container.get("skills")
+    return Sandbox(container_id=container.get("id"), skills=list(skills) if skills is not None else None, **kwargs)
+
+
+def container_of(sandbox: Any) -> dict[str, Any] | None:
+    """The hosted response's ``container`` for ``sandbox`` (SDK ``BetaContainer``), after a call."""
+    outcome = sandbox.last_outcome
+    info = outcome.container if outcome is not None else None
+    if info is None:
+        return None
+    meta = info.meta()
+    return {"id": meta["id"], "expires_at": meta["expires_at"], "skills": meta.get("skills", [])}
 
 
 async def tool_results(sandbox: Any, message: Any) -> list[dict[str, Any]]:
@@ -403,7 +430,10 @@ __all__ = [
     "ptc_tools",
     "run_code_tool_use",
     "run_ptc_loop",
+    "TOOL_NAMES",
+    "container_of",
     "run_tool_use",
+    "sandbox_for_container",
     "tool_definitions",
     "tool_results",
 ]

@@ -92,6 +92,10 @@ class Sandbox:
     ``backend`` / ``store``: bring your own (tests, custom engines); they are not closed here.
     ``tools``: host Python functions the sandbox code may call, ``{name: sync or async callable}``
     (see ``tools.callables``); in the REPL each is ``await name({...})`` returning a string.
+    ``skills``: skills for the container, besides the ``--skills`` folder ones every sandbox has:
+    ``{"type": "custom" | "anthropic", "skill_id": ..., "version"?: ...}`` items (the hosted
+    ``container.skills``) or bare skill ids; they appear read-only at ``/skills/<name>/``. Default:
+    the folder skills plus every skill the principal uploaded. Fixed when the container is made.
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class Sandbox:
         store: FileStore | None = None,
         principal: str = LOCAL_PRINCIPAL,
         tools: Mapping[str, Callable[..., Any]] | CodeTools | None = None,
+        skills: list[Any] | None = None,
         **overrides: Any,
     ) -> None:
         # A Sandbox uses exactly one container: a warm pool would only start containers for nobody.
@@ -115,7 +120,8 @@ class Sandbox:
         self._backend = backend
         self._store = store
         self._stack: AsyncExitStack | None = None
-        self._ctx = CallContext(principal=principal, session_key=f"api:{secrets.token_hex(6)}")
+        self._ctx = CallContext(principal=principal, session_key=f"api:{secrets.token_hex(6)}",
+                                skills=tuple(skills) if skills is not None else None)
         self.last_outcome: Outcome | None = None
         """The full outcome of the latest call (container, produced files with names and sizes)."""
         self.code_tools: CodeTools | None = self._tools_from(tools)

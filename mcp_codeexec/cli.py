@@ -33,6 +33,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         "tools": getattr(args, "tools", None),
         "code_cell_timeout": getattr(args, "cell_timeout", None),
         "tools_config": getattr(args, "tools_config", None),
+        "skills": getattr(args, "skills", None) or None,
     }
     if getattr(args, "legacy_tool", False):
         print("mcp-codeexec: --legacy-tool is deprecated: code_execution (the Python REPL) is published by "
@@ -62,6 +63,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _configure_logging(settings)
     if settings.backend == "docker" and settings.auto_build_image and not _image_ready(settings):
         return 1
+    from .skills import SkillInvalid, catalog_for
+
+    try:
+        catalog = catalog_for(settings)  # a bad SKILL.md stops the server here, naming the file and rule
+    except SkillInvalid as exc:
+        print(f"mcp-codeexec: refusing to start: invalid skill: {exc}", file=sys.stderr)
+        return 2
+    if catalog.folder:
+        logging.getLogger(__name__).info("skills: %s", ", ".join(s.name for s in catalog.folder))
     if settings.transport == "http":
         from .http_app import serve_http
 
@@ -116,6 +126,8 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cell-timeout", type=float, help="seconds one code_execution cell may run (default 90)")
     p.add_argument("--legacy-tool", action="store_true", help="deprecated alias: make sure code_execution is published")
     p.add_argument("--tools-config", metavar="PATH", help="upstream MCP servers (mcpServers JSON) the sandbox code may call")
+    p.add_argument("--skills", action="append", metavar="DIR",
+                   help="a folder of skills (each subfolder with a SKILL.md), read-only at /skills/<name>/ in every sandbox; repeatable")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     tools_max_in_flight: int = Field(default=16, ge=1, le=1024, description="Tool calls one container may have pending.")
     tools_max_argument_bytes: int = Field(default=1 * MiB, ge=1024, description="Largest JSON arguments of one tool call.")
     tools_max_result_bytes: int = Field(default=1 * MiB, ge=1024, description="Largest result text of one tool call.")
+    skills: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="Skills folders: each subfolder with a SKILL.md is read-only at /skills/<name>/ in every sandbox."
+    )
 
     # --- sandboxes (docker backend)
     image: str | None = Field(default=None, description="Sandbox image; default: the tag matching this version.")
@@ -155,7 +158,7 @@ class Settings(BaseSettings):
 
     config_file: Path | None = Field(default=None, exclude=True)
 
-    @field_validator("auth_tokens", "allowed_origins", "tools", mode="before")
+    @field_validator("auth_tokens", "allowed_origins", "tools", "skills", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.startswith("["):

@@ -1,4 +1,4 @@
-"""Streamable HTTP serving: ``/mcp`` plus the Files API subset, behind bearer-token auth.
+"""Streamable HTTP serving: ``/mcp`` plus the Files and Skills API subsets, behind bearer-token auth.
 
 Each bearer token is a principal: its containers and files are invisible to every other principal.
 Host and Origin headers are checked on every request (DNS-rebinding protection).
@@ -33,6 +33,8 @@ from .files_api import FORM_OVERHEAD_BYTES, files_routes
 from .server import create_backend, create_server
 from .session_ledger import SessionLedger
 from .shutdown import Shutdown
+from .skills import catalog_for
+from .skills_api import skills_routes
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +279,8 @@ def create_http_app(settings: Settings, *, backend: Backend | None = None, store
         max_request_body_size=settings.max_request_bytes,
         host=settings.host,
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
-        custom_starlette_routes=files_routes(store, request_principal, on_upload, max_upload_bytes=settings.max_upload_bytes),
+        custom_starlette_routes=files_routes(store, request_principal, on_upload, max_upload_bytes=settings.max_upload_bytes)
+        + skills_routes(lambda: catalog_for(settings).store, request_principal),
     )
     app.add_middleware(
         SecurityMiddleware, tokens=tokens, allowed_hosts=hosts, allowed_origins=origins, max_body=settings.max_request_bytes,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import io
 import json
 import logging
 import os
@@ -22,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
@@ -33,6 +35,9 @@ from docker.types import Mount, Ulimit
 from .config import Settings
 from .errors import ContainerExpired, Unavailable
 from .image import image_tag
+
+if TYPE_CHECKING:
+    from .skills import SkillSet
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,10 @@ L_POOL = f"{LABEL}.pool"
 L_QUOTA = f"{LABEL}.quota"
 L_INSTALL = f"{LABEL}.install"
 L_SERVER = f"{LABEL}.server"
+L_SKILLS = f"{LABEL}.skills"
+"""The container's skill set as the hosted ``container.skills`` (JSON), fixed at creation."""
+L_SKILLS_IMAGE = f"{LABEL}.skills-image"
+SKILLS_IMAGE_REPO = "mcp-codeexec-skills"
 NAME_PREFIX = "mcp-codeexec-"
 IMAGE_PREFIX = "ws_"  # workspace image files: ws_<random token>.img
 WORKSPACE = "/workspace"
@@ -169,6 +178,8 @@ class SandboxRecord:
     status: str
     install: str
     server: str
+    skills: tuple[dict[str, str], ...] = ()
+    image: str = ""
 
     @property
     def expired(self) -> bool:
@@ -193,7 +204,17 @@ def record_of(container: Container, owners: OwnerRegistry) -> SandboxRecord:
         status=container.status,
         install=labels.get(L_INSTALL, ""),
         server=labels.get(L_SERVER, ""),
+        skills=_skills_label(labels.get(L_SKILLS)),
+        image=labels.get(L_SKILLS_IMAGE, ""),
     )
+
+
+def _skills_label(raw: str | None) -> tuple[dict[str, str], ...]:
+    try:
+        items = json.loads(raw) if raw else []
+    except ValueError:
+        return ()
+    return tuple(i for i in items if isinstance(i, dict)) if isinstance(items, list) else ()
 
 
 class OwnerRegistry:
@@ -217,8 +238,8 @@ class OwnerRegistry:
         data = self.record(cid)
         return data["owner"] if data else None
 
-    def set(self, cid: str, owner: str, *, created: float, expires: float, quota: str) -> None:
-        data = {"owner": owner, "assigned": time.time(), "created": created, "expires": expires, "quota": quota}
+    def set(self, cid: str, owner: str, *, created: float, expires: float, quota: str, extra: dict[str, Any] | None = None) -> None:
+        data = {"owner": owner, "assigned": time.time(), "created": created, "expires": expires, "quota": quota, **(extra or {})}
         tmp = self.root / f".{cid}.{secrets.token_hex(4)}.tmp"
         tmp.write_text(json.dumps(data))
         os.replace(tmp, self.root / f"{cid}.json")
@@ -395,6 +416,10 @@ def _mtime(path: Path) -> float:
         return path.lstat().st_mtime
 
 
+def _skill_labels(entries: list[dict[str, str]], image: str) -> dict[str, str]:
+    return {L_SKILLS: json.dumps(entries, separators=(",", ":")), L_SKILLS_IMAGE: image} if entries else {}
+
+
 def _run(argv: list[str]) -> None:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
@@ -438,12 +463,44 @@ class SandboxManager:
         self.closing = threading.Event()
         self._creates = threading.Condition()
         self._active_creates = 0
+        self._skills_images: dict[str, str] = {}
 
     def drain_creates(self, timeout: float) -> bool:
         """At shutdown (after ``closing`` is set): wait for creates still running in worker threads
         to finish and remove what they made. False if some are still running after ``timeout``."""
         with self._creates:
             return self._creates.wait_for(lambda: self._active_creates == 0, timeout)
+
+    def default_skills(self) -> SkillSet:
+        """What a pool container carries: the folder skills (every sandbox has them)."""
+        from .skills import catalog_for
+
+        return catalog_for(self.settings).folder_set()
+
+    def skills_image(self, skills: SkillSet) -> str:
+        """The sandbox image with ``skills`` baked in at /skills (built once per image and skill set).
+        Part of the read-only root filesystem: writes fail with EROFS and no mount shows a host path."""
+        if not skills.skills:
+            return self.image
+        with translate_docker_errors("building the skills image"):
+            base_id = self.client.images.get(self.image).id
+            # Per installation: its reaper removes the images it built without racing another's creates.
+            key = hashlib.sha256(f"{base_id}\0{skills.digest}\0{self.install}".encode()).hexdigest()[:20]
+            tag = f"{SKILLS_IMAGE_REPO}:{key}"
+            if self._skills_images.get(key) == tag:
+                return tag
+            try:
+                self.client.images.get(tag)
+            except docker.errors.ImageNotFound:
+                context = skills.build_context(self.image)
+                try:
+                    self.client.images.build(fileobj=io.BytesIO(context), custom_context=True, tag=tag, rm=True, forcerm=True,
+                                             pull=False, labels={L_INSTALL: self.install})
+                except docker.errors.BuildError as exc:
+                    raise Unavailable(f"building the skills image failed: {exc.msg}") from exc
+                log.info("built %s with skills %s", tag, ", ".join(s.name for s in skills.skills))
+            self._skills_images[key] = tag
+            return tag
 
     def resolve_image(self) -> str:
         """The configured image, or the minimal one when only that is built."""
@@ -460,13 +517,17 @@ class SandboxManager:
             "(`mcp-codeexec serve` does that on start unless MCP_CODEEXEC_AUTO_BUILD_IMAGE=false)."
         )
 
-    def create(self, owner: str, *, pool: bool = False, ticket: CreateTicket | None = None) -> tuple[SandboxRecord, Container]:
+    def create(self, owner: str, *, pool: bool = False, ticket: CreateTicket | None = None,
+               skills: SkillSet | None = None) -> tuple[SandboxRecord, Container]:
         """Make a sandbox. A create whose caller gave up (``ticket``) or whose server is shutting
         down (``closing``) removes what it made: no create outlives its server unowned."""
         s = self.settings
+        skills = self.default_skills() if skills is None else skills
+        image = self.skills_image(skills)
         cid = new_container_id()
         now = time.time()
         labels = self._labels(cid, now, now + s.container_ttl_seconds, "" if pool else owner, pool)
+        labels.update(_skill_labels(skills.entries(), image))
         with self._creates:
             self._active_creates += 1
         try:
@@ -474,7 +535,7 @@ class SandboxManager:
                 raise Unavailable("the server is shutting down")
             workspace = self.volumes.create(cid, s.disk_bytes)
             try:
-                container = self._run(cid, labels, workspace, pool=pool)
+                container = self._run(cid, labels, workspace, image, pool=pool)
                 if self.closing.is_set() or (ticket is not None and not ticket.deliver(cid)):
                     raise Unavailable("the server is shutting down" if self.closing.is_set() else "the call was cancelled")
             except BaseException:
@@ -486,7 +547,8 @@ class SandboxManager:
                 self._active_creates -= 1
                 self._creates.notify_all()
         if not pool:
-            self.owners.set(cid, owner, created=now, expires=now + s.container_ttl_seconds, quota=self.volumes.mode)
+            self.owners.set(cid, owner, created=now, expires=now + s.container_ttl_seconds, quota=self.volumes.mode,
+                            extra={"skills": skills.entries(), "image": image})
         return record_of(container, self.owners), container
 
     def revive(self, cid: str) -> tuple[SandboxRecord, Container] | None:
@@ -498,8 +560,11 @@ class SandboxManager:
             return None
         self.volumes.ensure_mounted(cid)
         labels = self._labels(cid, data["created"], data["expires"], data["owner"], False)
+        image = data.get("image") if isinstance(data.get("image"), str) else None
+        if image:
+            labels.update(_skill_labels(data.get("skills") or [], image))
         try:
-            container = self._run(cid, labels, workspace)
+            container = self._run(cid, labels, workspace, image)
         except Unavailable:
             # Another server rebuilt it at the same moment (the name is taken): use theirs.
             with translate_docker_errors("looking up a sandbox"), contextlib.suppress(docker.errors.NotFound):
@@ -551,7 +616,7 @@ class SandboxManager:
             L_SERVER: SERVER_TAG,
         }
 
-    def _run(self, cid: str, labels: dict[str, str], workspace: Mount, *, pool: bool = False) -> Container:
+    def _run(self, cid: str, labels: dict[str, str], workspace: Mount, image: str | None = None, *, pool: bool = False) -> Container:
         """Create and start the hardened container of sandbox ``cid`` on ``workspace``. A pool
         container is removed by the engine when its agent exits, which an unclaimed one does when
         its server is gone (see the agent's POOL_SILENCE): a killed server leaves no pool behind."""
@@ -560,7 +625,7 @@ class SandboxManager:
         # names every other sandbox's workspace image and the host's data directory (gVisor hides them already).
         masks = {path: "ro,nosuid,nodev,noexec,size=4k,mode=0555" for path in MASKED_SYS_PATHS}
         kwargs: dict[str, Any] = dict(
-            image=self.image,
+            image=image or self.image,
             name=NAME_PREFIX + cid,
             detach=True,
             stdin_open=True,
@@ -642,8 +707,9 @@ class SandboxManager:
         """Hand a pool container to ``owner``. No reaper can take it meanwhile: a pool container is a
         leftover only when its server (this live one) is gone, and ``reap`` re-reads the owner
         record right before removing one."""
+        extra = {"skills": list(record.skills), "image": record.image} if record.image else None
         self.owners.set(record.id, owner, created=record.created.timestamp(), expires=record.expires.timestamp(),
-                        quota=record.quota)
+                        quota=record.quota, extra=extra)
 
     def list(self, *, all_: bool = True) -> list[tuple[SandboxRecord, Container]]:
         with translate_docker_errors("listing sandboxes"):
@@ -658,6 +724,24 @@ class SandboxManager:
                 # Someone else's container wearing our label key: not ours to list, reap or crash on.
                 log.warning("ignoring container %s: malformed %s labels (%s)", c.name, LABEL, exc)
         return found
+
+    def remove_skills_images(self, min_age: float) -> list[str]:
+        """This installation's skills images that no container uses and that are older than
+        ``min_age`` seconds (a create may be between building one and starting its container)."""
+        removed = []
+        with translate_docker_errors("listing skills images"):
+            used = {c.attrs.get("Config", {}).get("Image") for c in self.client.containers.list(all=True, filters={"label": f"{L_MANAGED}=1"})}
+            images = self.client.images.list(name=SKILLS_IMAGE_REPO, filters={"label": f"{L_INSTALL}={self.install}"})
+        for image in images:
+            created = datetime.fromisoformat(image.attrs["Created"][:26].rstrip("Z")).replace(tzinfo=timezone.utc)
+            if (utcnow() - created).total_seconds() < min_age or used & set(image.tags):
+                continue
+            for tag in image.tags:
+                with contextlib.suppress(docker.errors.APIError):
+                    self.client.images.remove(tag, noprune=False)
+                    removed.append(tag)
+                    self._skills_images = {k: v for k, v in self._skills_images.items() if v != tag}
+        return removed
 
     def remove_installation(self) -> list[str]:
         """Remove every sandbox of this data directory, expired or not (tests, `containers prune --all`)."""
@@ -678,6 +762,7 @@ class SandboxManager:
                     volume.remove(force=True)
         for owner_file in self.owners.root.glob("container_*.json"):
             self.owners.forget(owner_file.stem)
+        self.remove_skills_images(0)
         return removed
 
     def remove(self, cid: str) -> None:
@@ -817,4 +902,7 @@ class SandboxManager:
             with contextlib.suppress(FileNotFoundError):
                 if cid not in known and self.owners.revivable(cid) is None and time.time() - owner_file.stat().st_mtime > self.orphan_grace:
                     self.owners.forget(cid)
+        # A skills image is kept while a container (running, stopped or revivable) may need it.
+        if not self.detached(known):
+            self.remove_skills_images(self.orphan_grace)
         return removed

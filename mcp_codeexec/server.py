@@ -41,12 +41,14 @@ from .schemas import (
     input_schema,
 )
 from .shutdown import Shutdown
+from .skills import Catalog, Skill, SkillInvalid, catalog_for
 
 log = logging.getLogger(__name__)
 
 FILE_URI = "codeexec://files/"
 RESOURCE_PAGE = 100
 """Files per ``resources/list`` page."""
+SKILL_URI = "codeexec://skills/"
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
@@ -70,6 +72,18 @@ def _limits(settings: Settings) -> str:
     )
 
 
+def _skills_note(settings: Settings, extra: list[Skill] | None = None) -> str:
+    """Level-1 disclosure of the skills every sandbox has: name, path and description, nothing more."""
+    skills = list(catalog_for(settings).folder) + list(extra or [])
+    if not skills:
+        return ""
+    uploaded = {id(s) for s in extra or []}
+    return " Skills in /skills (read the SKILL.md before using one): " + "; ".join(
+        f"{s.name} ({s.path}/SKILL.md{', uploaded: in containers created after the upload' if id(s) in uploaded else ''}): "
+        f"{s.description}" for s in skills
+    ) + "."
+
+
 def tool_definitions(settings: Settings) -> list[types.Tool]:
     workspace = (
         "Runs in a persistent Linux container (x86_64, Python 3.11 with pandas, numpy, scipy, scikit-learn, "
@@ -88,6 +102,7 @@ def tool_definitions(settings: Settings) -> list[types.Tool]:
             "$OUTPUT_DIR: files written at its top level are returned as output files (charts, reports, CSVs). "
             "Long output is truncated in the middle; the full text is saved to the file the marker names. "
             + _limits(settings)
+            + _skills_note(settings)
         ),
         input_schema=input_schema(BashInput),
         output_schema=BASH_OUTPUT_SCHEMA,
@@ -101,7 +116,7 @@ def tool_definitions(settings: Settings) -> list[types.Tool]:
             "view (path; optional view_range [start, end], end -1 = end of file; a directory gives a listing), "
             "create (path, file_text; creates parent directories, overwrites an existing file), "
             "str_replace (path, old_str, new_str; old_str must occur exactly once). "
-            "Relative paths resolve against /workspace. " + workspace + _limits(settings)
+            "Relative paths resolve against /workspace. " + workspace + _limits(settings) + _skills_note(settings)
         ),
         input_schema=input_schema(EditorInput),
         output_schema=EDITOR_OUTPUT_SCHEMA,
@@ -408,10 +423,18 @@ class _Refusing:
 
     editor = bash
 
+    async def code(self, request: Any, ctx: CallContext, tools: CodeTools | None = None) -> Outcome:
+        return await self.bash(request, ctx)
+
 
 def create_server(settings: Settings, *, backend: Backend | None = None, store: FileStore | None = None,
                   shutdown: Shutdown | None = None) -> Server[AppState]:
     shutdown = shutdown or Shutdown()
+
+    try:
+        catalog = catalog_for(settings)  # validated here: a server with a bad SKILL.md does not start
+    except SkillInvalid as exc:
+        raise SystemExit(f"mcp-codeexec: refusing to start: invalid skill: {exc}") from None
 
     @asynccontextmanager
     async def lifespan(_: Server[AppState]) -> AsyncIterator[AppState]:
@@ -431,7 +454,16 @@ def create_server(settings: Settings, *, backend: Backend | None = None, store: 
     tools = _with_result_budget(tool_definitions(settings), settings)
 
     async def list_tools(ctx: ServerRequestContext[AppState], params: Any) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=tools)
+        uploaded = await anyio.to_thread.run_sync(catalog.uploaded, principal_of(ctx))
+        if not uploaded:
+            return types.ListToolsResult(tools=tools)
+        # The caller's uploaded skills are in its new sandboxes too: name them like the folder ones.
+        note = _skills_note(settings, uploaded)
+        base = _skills_note(settings)
+        return types.ListToolsResult(tools=[
+            t.model_copy(update={"description": (t.description or "").removesuffix(base) + note}) if t.name in (BASH, EDITOR, CODE) else t
+            for t in tools
+        ])
 
     async def handle_call_tool(ctx: ServerRequestContext[AppState], params: types.CallToolRequestParams) -> types.CallToolResult:
         if params.name not in settings.tools:
@@ -466,8 +498,9 @@ def create_server(settings: Settings, *, backend: Backend | None = None, store: 
         except StoredFileNotFound:
             raise MCPError(code=types.INVALID_PARAMS, message=f"Invalid cursor: {cursor}") from None
         page = records[:RESOURCE_PAGE]
+        skill_resources = [] if cursor else await anyio.to_thread.run_sync(_skill_resources, catalog, principal_of(ctx))
         return types.ListResourcesResult(
-            resources=[
+            resources=skill_resources + [
                 types.Resource(name=r.filename, uri=FILE_URI + r.id, mime_type=r.mime_type, size=r.size,
                                description=f"{r.origin} file from {r.container_id or 'upload'}, {r.created_at.isoformat()}")
                 for r in page
@@ -486,6 +519,8 @@ def create_server(settings: Settings, *, backend: Backend | None = None, store: 
     async def read_resource(ctx: ServerRequestContext[AppState], params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
         state = ctx.lifespan_context
         uri = str(params.uri)
+        if uri.startswith(SKILL_URI):
+            return await anyio.to_thread.run_sync(_read_skill_md, catalog, uri, principal_of(ctx))
         if not uri.startswith(FILE_URI):
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown resource: {uri}")
         file_id = uri[len(FILE_URI):]
@@ -517,6 +552,7 @@ def create_server(settings: Settings, *, backend: Backend | None = None, store: 
             "bash_code_execution, text_editor_code_execution and code_execution (a persistent Python interpreter) "
             "behave like Anthropic's hosted code execution tool. Files persist in /workspace; write files to "
             "$OUTPUT_DIR to hand them back to the user."
+            + ("\n\n" + catalog.describe() if catalog.folder else "")
         ),
         lifespan=lifespan,
         on_list_tools=list_tools,
@@ -530,3 +566,25 @@ def create_server(settings: Settings, *, backend: Backend | None = None, store: 
 def _owner_filter(ctx: ServerRequestContext[AppState]) -> str | None:
     principal = principal_of(ctx)
     return None if principal == "local" else principal
+
+
+def _skill_uri(skill: Skill) -> str:
+    # Folder skills by name; uploaded ones by id (two principals may upload the same name).
+    return f"{SKILL_URI}{skill.skill_id if skill.origin == 'upload' else skill.name}/SKILL.md"
+
+
+def _skill_resources(catalog: Catalog, principal: str) -> list[types.Resource]:
+    """Each available skill's SKILL.md (the only part of a skill offered as context)."""
+    return [
+        types.Resource(name=f"{s.name}/SKILL.md", uri=_skill_uri(s), mime_type="text/markdown",
+                       description=f"Skill {s.name} ({s.path}/ in the sandbox): {s.description}")
+        for s in list(catalog.folder) + catalog.uploaded(principal)
+    ]
+
+
+def _read_skill_md(catalog: Catalog, uri: str, principal: str) -> types.ReadResourceResult:
+    for skill in list(catalog.folder) + catalog.uploaded(principal):
+        if _skill_uri(skill) == uri:
+            text = next(data for path, _, data in skill.load() if path == "SKILL.md").decode("utf-8")
+            return types.ReadResourceResult(contents=[types.TextResourceContents(uri=uri, text=text, mime_type="text/markdown")])
+    raise MCPError(code=types.INVALID_PARAMS, message=f"Resource not found: {uri}")

@@ -59,15 +59,24 @@ class CallContext:
     progress: ProgressFn | None = None
     paced: bool = False
     """A token holder's call to a shared HTTP server: per-principal pacing applies."""
+    skills: tuple[Any, ...] | None = None
+    """Skills selected for a container this call creates (``skills.SkillRef`` or its dict form);
+    None: the default set (folder skills plus the principal's uploads). A container that exists
+    already keeps its own set: naming a different one is an error, never a silent change."""
 
 
 @dataclass(frozen=True)
 class ContainerInfo:
     id: str
     expires_at: datetime
+    skills: tuple[dict[str, str], ...] = ()
+    """The loaded skills as the hosted ``container.skills``: ``{skill_id, type, version}``."""
 
-    def meta(self) -> dict[str, str]:
-        return {"id": self.id, "expires_at": self.expires_at.isoformat().replace("+00:00", "Z")}
+    def meta(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"id": self.id, "expires_at": self.expires_at.isoformat().replace("+00:00", "Z")}
+        if self.skills:
+            meta["skills"] = [dict(s) for s in self.skills]
+        return meta
 
 
 @dataclass(frozen=True)

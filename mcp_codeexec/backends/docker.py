@@ -56,6 +56,7 @@ from ..schemas import (
     StrReplaceResult,
     ViewResult,
 )
+from ..skills import SkillNotFound, SkillSet, catalog_for
 from .base import CallContext, CodeTools, ContainerInfo, Outcome, ProducedFile
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class Sandbox:
 
     @property
     def info(self) -> ContainerInfo:
-        return ContainerInfo(self.record.id, self.record.expires)
+        return ContainerInfo(self.record.id, self.record.expires, self.record.skills)
 
 
 def write_repl_marker(data_dir: Path, container_id: str, alive: bool, idle_stop_seconds: float) -> None:
@@ -361,10 +362,10 @@ class DockerBackend:
             raise Unavailable(f"the sandbox {record.id} did not start its agent") from None
         return Sandbox(record, conn, owner)
 
-    async def _start_new(self, manager: SandboxManager, *, owner: str, pool: bool) -> Sandbox:
+    async def _start_new(self, manager: SandboxManager, *, owner: str, pool: bool, skills: SkillSet | None = None) -> Sandbox:
         ticket = CreateTicket()
         try:
-            record, container = await _thread(lambda: manager.create(owner, pool=pool, ticket=ticket))
+            record, container = await _thread(lambda: manager.create(owner, pool=pool, ticket=ticket, skills=skills))
         except anyio.get_cancelled_exc_class():
             # The create carries on in its worker thread: it removes what it makes, or (made
             # already) we do. Nothing is left behind that no session and no pool knows of.
@@ -380,12 +381,15 @@ class DockerBackend:
                 await _thread(manager.remove, record.id)
             raise
 
-    async def _new_for(self, owner: str) -> Sandbox:
+    async def _new_for(self, owner: str, wanted: tuple[Any, ...] | None = None) -> Sandbox:
         owned = sum(1 for s in self._sandboxes.values() if s.owner == owner)
         if owner != "local" and owned >= self.settings.max_containers_per_principal:
             raise TooManyRequests(f"at most {self.settings.max_containers_per_principal} containers per principal")
         manager = await self._manager_or_raise()
-        sandbox = await self._from_pool()
+        skills = await _thread(_skill_set, self.settings, owner, wanted)
+        # Pool containers carry the folder skills only: they fit only a sandbox that wants just those.
+        poolable = [s.container_entry() for s in skills.skills] == [dict(e) for e in _folder_entries(self.settings)]
+        sandbox = await self._from_pool() if poolable else None
         if sandbox is not None:
             try:
                 await _thread(manager.claim, sandbox.record, owner)
@@ -397,7 +401,7 @@ class DockerBackend:
             sandbox.record = dataclasses.replace(sandbox.record, owner=owner, pool=False)
             await self._tell_claimed(sandbox)
             return sandbox
-        return await self._start_new(manager, owner=owner, pool=False)
+        return await self._start_new(manager, owner=owner, pool=False, skills=skills)
 
     async def _reattach(self, cid: str, owner: str) -> Sandbox:
         manager = await self._manager_or_raise()
@@ -433,6 +437,7 @@ class DockerBackend:
                 if sandbox is None or sandbox.conn.closed.is_set():
                     sandbox = await self._reattach(container_id, ctx.principal)
                     self._sandboxes[container_id] = sandbox
+                await _check_skills(self.settings, sandbox, ctx)
                 self._sessions.setdefault(ctx.session_key, container_id)
                 await self._lease(container_id)
                 return sandbox
@@ -440,6 +445,7 @@ class DockerBackend:
             cid = self._sessions.get(ctx.session_key)
             sandbox = self._sandboxes.get(cid) if cid else None
             if sandbox is not None and not sandbox.conn.closed.is_set():
+                await _check_skills(self.settings, sandbox, ctx)
                 return sandbox
             sandbox = None
             if cid is not None:
@@ -451,8 +457,10 @@ class DockerBackend:
                     log.warning("session container %s is gone; starting a fresh one", cid)
             elif ctx.session_key == STDIO_SESSION and ctx.principal == "local" and self.settings.resume_sandbox:
                 sandbox = await self._resume(ctx.principal)
+            if sandbox is not None:
+                await _check_skills(self.settings, sandbox, ctx)
             if sandbox is None:
-                sandbox = await self._new_for(ctx.principal)
+                sandbox = await self._new_for(ctx.principal, ctx.skills)
             self._sandboxes[sandbox.record.id] = sandbox
             self._sessions[ctx.session_key] = sandbox.record.id
             await self._lease(sandbox.record.id)
@@ -763,6 +771,34 @@ async def _run_code_tool(tools: CodeTools | None, frame: dict[str, Any], pending
             return f"the tool failed: {type(exc).__name__}: {exc}", True
         return str(text), bool(is_error)
     return f"no response from the tool within {pending_timeout:g} s", True
+
+
+def _skill_set(settings: Settings, principal: str, wanted: tuple[Any, ...] | None) -> SkillSet:
+    """The skills a new container of ``principal`` gets; SkillNotFound becomes invalid_tool_input."""
+    catalog = catalog_for(settings)
+    try:
+        return catalog.default_for(principal) if wanted is None else catalog.resolve(wanted, principal)
+    except SkillNotFound as exc:
+        raise InvalidToolInput(str(exc)) from None
+
+
+def _folder_entries(settings: Settings) -> list[dict[str, str]]:
+    return catalog_for(settings).folder_set().entries()
+
+
+async def _check_skills(settings: Settings, sandbox: Sandbox, ctx: CallContext) -> None:
+    """A container keeps the skills it was created with: selecting others for it is refused."""
+    if ctx.skills is None:
+        return
+    wanted = (await _thread(_skill_set, settings, ctx.principal, ctx.skills)).entries()
+    have = [dict(e) for e in sandbox.record.skills]
+    if wanted != have:
+        err = InvalidToolInput(
+            f"container {sandbox.record.id} was created with the skills {have or 'none'}; a container's skills are fixed "
+            f"when it is created. Use a new container for {wanted or 'no skills'}."
+        )
+        err.container = sandbox.info
+        raise err
 
 
 def _editor_message(request: EditorInput, settings: Settings) -> dict[str, Any]:

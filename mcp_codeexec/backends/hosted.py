@@ -346,6 +346,8 @@ class HostedBackend:
         """local store id → hosted file id (an upload is sent once)."""
         self._locks: dict[str, anyio.Lock] = {}
         self._beta = beta_for(settings.hosted_tool_version)
+        self._container_skills: dict[str, list[dict[str, str]]] = {}
+        """hosted container id → the ``container.skills`` it was created with (sent with each request)."""
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -428,15 +430,21 @@ class HostedBackend:
             lock_key = f"session:{ctx.session_key}"
         async with self._lock(lock_key):
             container_id = container_override or self._sessions.get(ctx.session_key)
+            # A new hosted container gets the sandbox's skills; a known one keeps those it has.
+            skills = self._container_skills.get(container_id or "")
+            if skills is None and container_id is None:
+                skills = await self._hosted_skills(client, ctx)
             uploads = self._uploads.pop(container_id, []) if container_id else []
             started = time.monotonic()
             turn: _Turn | None = None
             try:
                 turn = await self._with_progress(
-                    ctx, started, self._run_turn(client, tool, tool_input, container_id, uploads)
+                    ctx, started, self._run_turn(client, tool, tool_input, container_id, uploads, skills=skills)
                 )
                 if turn.container is not None:
                     self._remember(ctx, turn.container.id, container_override)
+                    if skills:
+                        self._container_skills.setdefault(turn.container.id, skills)
                 block, notes = self._to_block(
                     tool, turn.content or {}, turn.container.id if turn.container else container_id
                 )
@@ -488,7 +496,8 @@ class HostedBackend:
     # --- one exchange ------------------------------------------------------------------------
 
     def request_params(
-        self, tool: str, tool_input: dict[str, Any], container_id: str | None, uploads: list[str]
+        self, tool: str, tool_input: dict[str, Any], container_id: str | None, uploads: list[str],
+        skills: list[dict[str, str]] | None = None,
     ) -> dict[str, Any]:
         """The keyword arguments of the first ``beta.messages.create`` of a call."""
         instruction = (
@@ -511,9 +520,68 @@ class HostedBackend:
         }
         if not betas:
             del params["betas"]
-        if container_id:
+        if skills:
+            params["container"] = {"id": container_id, "skills": skills} if container_id else {"skills": skills}
+        elif container_id:
             params["container"] = container_id
         return params
+
+    async def _hosted_skills(self, client: anthropic.AsyncAnthropic, ctx: CallContext) -> list[dict[str, str]]:
+        """The hosted ``container.skills`` for a new container: Anthropic's by reference, ours
+        uploaded to the hosted Skills API once (by content digest) and named by id and version."""
+        from ..skills import SkillNotFound, SkillRef, catalog_for
+
+        catalog = catalog_for(self.settings)
+        refs = [SkillRef.parse(r) for r in ctx.skills] if ctx.skills is not None else []
+        params = [{"type": "anthropic", "skill_id": r.skill_id, "version": r.version} for r in refs if r.type == "anthropic"]
+        try:
+            local = await anyio.to_thread.run_sync(
+                lambda: catalog.default_for(ctx.principal) if ctx.skills is None
+                else catalog.resolve([r for r in refs if r.type != "anthropic"], ctx.principal)
+            )
+        except SkillNotFound as exc:
+            raise InvalidToolInput(str(exc)) from None
+        for skill in local.skills:
+            if skill.type == "anthropic":  # a local stand-in for one of Anthropic's: use the real one
+                if not any(p["skill_id"] == skill.skill_id for p in params):
+                    params.append({"type": "anthropic", "skill_id": skill.skill_id, "version": "latest"})
+                continue
+            params.append(await self._uploaded_skill(client, skill))
+        return params
+
+    async def _uploaded_skill(self, client: anthropic.AsyncAnthropic, skill: Any) -> dict[str, str]:
+        cache_path = self.settings.data_dir / "skills" / "hosted.json"
+        key = f"{self.settings.anthropic_base_url or 'api'}|{skill.digest}"
+
+        def cached() -> dict[str, Any]:
+            try:
+                data = json.loads(cache_path.read_text())
+            except (OSError, ValueError):
+                return {}
+            return data if isinstance(data, dict) else {}
+
+        known = (await anyio.to_thread.run_sync(cached)).get(key)
+        if isinstance(known, dict) and isinstance(known.get("skill_id"), str) and isinstance(known.get("version"), str):
+            return {"type": "custom", "skill_id": known["skill_id"], "version": known["version"]}
+        entries = await anyio.to_thread.run_sync(skill.load)
+        files = [(f"{skill.name}/{path}", data) for path, _, data in entries]
+        created = await self._with_retries(
+            lambda: client.beta.skills.create(files=files, display_name=skill.name, timeout=self.request_timeout),
+            what="skill upload",
+        )
+        entry = {"skill_id": created.id, "version": created.latest_version_id}
+
+        def store() -> None:
+            data = cached()
+            data[key] = entry
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data))
+            tmp.replace(cache_path)
+
+        await anyio.to_thread.run_sync(store)
+        log.info("uploaded skill %s to the hosted Skills API as %s", skill.name, created.id)
+        return {"type": "custom", **entry}
 
     async def _run_turn(
         self,
@@ -522,8 +590,10 @@ class HostedBackend:
         tool_input: dict[str, Any],
         container_id: str | None,
         uploads: list[str],
+        *,
+        skills: list[dict[str, str]] | None = None,
     ) -> _Turn:
-        params = self.request_params(tool, tool_input, container_id, uploads)
+        params = self.request_params(tool, tool_input, container_id, uploads, skills)
         user_message = params["messages"][0]
         assistant: list[dict[str, Any]] = []
         turn = _Turn()
@@ -535,7 +605,10 @@ class HostedBackend:
             if assistant:
                 params["messages"] = [user_message, {"role": "assistant", "content": list(assistant)}]
             try:
-                data, request_id = await self._create(client, params, container_id=params.get("container"))
+                named = params.get("container")
+                data, request_id = await self._create(
+                    client, params, container_id=named.get("id") if isinstance(named, dict) else named
+                )
             except CodeExecError as exc:
                 if turn.requests:  # a continuation failed: the first request did reach the container
                     raise _Failure(exc, turn.container) from exc
@@ -549,8 +622,9 @@ class HostedBackend:
             container = data.get("container")
             if isinstance(container, dict) and container.get("id"):
                 expires = _parse_time(container.get("expires_at")) or (_now() + timedelta(days=30))
-                turn.container = ContainerInfo(str(container["id"]), expires)
-                params["container"] = turn.container.id
+                loaded = tuple(s for s in container.get("skills") or () if isinstance(s, dict))
+                turn.container = ContainerInfo(str(container["id"]), expires, loaded)
+                params["container"] = {"id": turn.container.id, "skills": skills} if skills else turn.container.id
 
             for block in data.get("content") or []:
                 if not isinstance(block, dict):

@@ -238,9 +238,14 @@ def executor(
 
     def respond(request: RecordedRequest) -> dict[str, Any]:
         tool, tool_input = requested_call(request)
-        return tool_turn(
-            tool, tool_input, execute(tool, tool_input), container_id=request.json.get("container") or container_id
-        )
+        named = request.json.get("container")
+        if isinstance(named, dict):  # {"id"?, "skills"}: the container is echoed with its skills
+            reply = tool_turn(tool, tool_input, execute(tool, tool_input), container_id=named.get("id") or container_id)
+            reply["container"]["skills"] = [
+                {"skill_id": s["skill_id"], "type": s["type"], "version": s.get("version") or "latest"} for s in named.get("skills") or []
+            ]
+            return reply
+        return tool_turn(tool, tool_input, execute(tool, tool_input), container_id=named or container_id)
 
     return respond
 
@@ -416,6 +421,8 @@ class FakeAnthropic:
     def __init__(self) -> None:
         self.requests: list[RecordedRequest] = []
         self.files: dict[str, StoredFile] = {}
+        self.skills: dict[str, list[tuple[str, bytes]]] = {}
+        """Skills uploaded with ``POST /v1/skills``: id -> the (filename, bytes) parts."""
         self._queues: dict[str, deque[Scripted]] = defaultdict(deque)
         self.fallback: Scripted | None = None
         """Answers ``/v1/messages`` when its queue is empty (e.g. ``executor(...)``)."""
@@ -531,6 +538,15 @@ class FakeAnthropic:
             if not stored.downloadable:
                 return api_error(400, "invalid_request_error", f"File {arg} is not downloadable")
             return Reply(body=stored.data, content_type=stored.mime_type)
+        if route == "skills.create":
+            parts = req.form.get("files[]") or []
+            parts = parts if isinstance(parts, list) else [parts]
+            sid = _next_id("skill")
+            with self._lock:
+                self.skills[sid] = [(name, data) for name, data, _ in parts]
+            return Reply(body={"id": sid, "type": "skill", "display_name": req.form.get("display_name") or "skill",
+                               "latest_version_id": _next_id("skillver"), "source": {"type": "custom"},
+                               "created_at": CREATED_AT, "updated_at": CREATED_AT})
         if route == "models":
             return Reply(body={"type": "model", "id": arg, "display_name": arg, "created_at": CREATED_AT})
         return api_error(404, "not_found_error", f"fake: no route for {req.method} {req.path}")
@@ -546,6 +562,8 @@ def _route_of(method: str, path: str) -> tuple[str, str | None]:
         return "files.metadata", parts[2]
     if method == "GET" and len(parts) == 4 and parts[:2] == ["v1", "files"] and parts[3] == "content":
         return "files.download", parts[2]
+    if method == "POST" and parts == ["v1", "skills"]:
+        return "skills.create", None
     if method == "GET" and len(parts) == 3 and parts[:2] == ["v1", "models"]:
         return "models", parts[2]
     return "other", None
@@ -559,7 +577,9 @@ def _parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:
         name = part.get_param("name", header="content-disposition")
         payload = part.get_payload(decode=True) or b""
         filename = part.get_filename()
-        if filename is not None:
+        if filename is not None and name.endswith("[]"):  # an array of files (e.g. a skill's)
+            form.setdefault(name, []).append((filename, payload, part.get_content_type()))
+        elif filename is not None:
             form[name] = (filename, payload, part.get_content_type())
         else:
             form[name] = payload.decode()

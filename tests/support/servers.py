@@ -36,7 +36,7 @@ def server_env(settings: Settings, **extra: str) -> dict[str, str]:
         if isinstance(value, bool):
             value = "true" if value else "false"
         elif isinstance(value, list):
-            value = ",".join(value)
+            value = ",".join(map(str, value))
         env[f"MCP_CODEEXEC_{name.upper()}"] = str(value)
     env.update(extra)
     return env
