@@ -89,10 +89,6 @@ class Settings(BaseSettings):
         default=90.0, gt=0, le=3600,
         description="Wall-clock seconds one code_execution cell may run before it is interrupted (detection_timeout).",
     )
-    code_pending_timeout: float = Field(
-        default=270.0, gt=0, le=3600, description="Seconds a tool call made from code may wait for its result."
-    )
-    code_max_in_flight: int = Field(default=16, ge=1, le=1024, description="Tool calls from code in flight per container.")
 
     # --- tools the sandbox code may call (programmatic tool calling)
     tools_config: Path | None = Field(

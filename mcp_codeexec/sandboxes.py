@@ -713,7 +713,7 @@ class SandboxManager:
 
     def list(self, *, all_: bool = True) -> list[tuple[SandboxRecord, Container]]:
         with translate_docker_errors("listing sandboxes"):
-            containers = self.client.containers.list(all=all_, filters={"label": f"{L_MANAGED}=1"})
+            containers = self.client.containers.list(all=all_, ignore_removed=True, filters={"label": f"{L_MANAGED}=1"})
         found = []
         for c in containers:
             if L_ID not in c.labels:
@@ -730,7 +730,7 @@ class SandboxManager:
         ``min_age`` seconds (a create may be between building one and starting its container)."""
         removed = []
         with translate_docker_errors("listing skills images"):
-            used = {c.attrs.get("Config", {}).get("Image") for c in self.client.containers.list(all=True, filters={"label": f"{L_MANAGED}=1"})}
+            used = {c.attrs.get("Config", {}).get("Image") for c in self.client.containers.list(all=True, ignore_removed=True, filters={"label": f"{L_MANAGED}=1"})}
             images = self.client.images.list(name=SKILLS_IMAGE_REPO, filters={"label": f"{L_INSTALL}={self.install}"})
         for image in images:
             created = datetime.fromisoformat(image.attrs["Created"][:26].rstrip("Z")).replace(tzinfo=timezone.utc)
@@ -747,7 +747,7 @@ class SandboxManager:
         """Remove every sandbox of this data directory, expired or not (tests, `containers prune --all`)."""
         removed = []
         with translate_docker_errors("listing sandboxes"):
-            containers = self.client.containers.list(all=True, filters={"label": f"{L_INSTALL}={self.install}"})
+            containers = self.client.containers.list(all=True, ignore_removed=True, filters={"label": f"{L_INSTALL}={self.install}"})
         for container in containers:
             self.remove(container.labels[L_ID])
             removed.append(container.labels[L_ID])

@@ -42,6 +42,8 @@ from .schemas import (
 )
 from .shutdown import Shutdown
 from .skills import Catalog, Skill, SkillInvalid, catalog_for
+from .tools.listing import render_listing
+from .tools.registry import ToolRegistry, registry_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,16 @@ def _skills_note(settings: Settings, extra: list[Skill] | None = None) -> str:
         f"{s.name} ({s.path}/SKILL.md{', uploaded: in containers created after the upload' if id(s) in uploaded else ''}): "
         f"{s.description}" for s in skills
     ) + "."
+
+
+def _functions_note(code_tools: CodeTools | None) -> str:
+    """Programmatic tool calling: the functions code_execution's code may call, one line each."""
+    if code_tools is None or not code_tools.functions:
+        return ""
+    return (
+        "\n\nFunctions the code may call (async, one dict argument, a string result; `await name({...})`, "
+        "`asyncio.gather` for several; `list_tools()` returns their full schemas):\n" + render_listing(code_tools.functions)
+    )
 
 
 def tool_definitions(settings: Settings) -> list[types.Tool]:
@@ -136,6 +148,7 @@ def tool_definitions(settings: Settings) -> list[types.Tool]:
             f"Each cell may run {settings.code_cell_timeout:g} s of wall-clock time; a longer one is interrupted and "
             "its output says detection_timeout (the interpreter keeps its state). "
             + _limits(settings).replace(f"{settings.call_timeout:g} s per call, ", "")
+            + _skills_note(settings)
         ),
         input_schema=input_schema(CodeInput),
         output_schema=CODE_OUTPUT_SCHEMA,
@@ -153,7 +166,14 @@ class AppState:
     http_limiter: CallRateLimiter | None = None
     """Paces HTTP principals' tool calls (None: unlimited)."""
     code_tools: CodeTools | None = None
-    """The tools code_execution's code may call (programmatic tool calling); None: none."""
+    """Tools every principal's code_execution code may call (tests, embedders); None: none."""
+    registry: ToolRegistry | None = None
+    """Upstream MCP servers' tools (``tools_config``), per principal."""
+
+    def tools_for(self, principal: str) -> CodeTools | None:
+        """What ``principal``'s code may call: its upstream tools, else the fixed set."""
+        found = self.registry.for_principal(principal) if self.registry is not None else None
+        return found or self.code_tools
 
 
 def create_backend(settings: Settings, store: FileStore) -> Backend:
@@ -378,7 +398,7 @@ async def call_tool(state: AppState, tool: str, arguments: dict[str, Any], ctx: 
         if isinstance(request, BashInput):
             outcome = await state.backend.bash(request, ctx)
         elif isinstance(request, CodeInput):
-            outcome = await state.backend.code(request, ctx, state.code_tools)
+            outcome = await state.backend.code(request, ctx, state.tools_for(ctx.principal))
         else:
             outcome = await state.backend.editor(request, ctx)
         block = outcome.block
@@ -449,21 +469,31 @@ def create_server(settings: Settings, *, backend: Backend | None = None, store: 
                 await the_backend.start()
                 stack.push_async_callback(the_backend.aclose)
             limiter = CallRateLimiter(settings.http_calls_per_minute, settings.http_call_burst) if settings.http_calls_per_minute else None
-            yield AppState(settings, the_backend, file_store, limiter)
+            registry = None
+            if settings.tools_config is not None:
+                registry = await stack.enter_async_context(registry_from_settings(settings))
+            yield AppState(settings, the_backend, file_store, limiter, registry=registry)
 
     tools = _with_result_budget(tool_definitions(settings), settings)
 
     async def list_tools(ctx: ServerRequestContext[AppState], params: Any) -> types.ListToolsResult:
-        uploaded = await anyio.to_thread.run_sync(catalog.uploaded, principal_of(ctx))
-        if not uploaded:
+        principal = principal_of(ctx)
+        uploaded = await anyio.to_thread.run_sync(catalog.uploaded, principal)
+        code_tools = ctx.lifespan_context.tools_for(principal)
+        if not uploaded and code_tools is None:
             return types.ListToolsResult(tools=tools)
-        # The caller's uploaded skills are in its new sandboxes too: name them like the folder ones.
+        # The caller's uploaded skills are in its new sandboxes too: name them like the folder ones;
+        # the functions its code may call are listed on code_execution (one line each).
         note = _skills_note(settings, uploaded)
         base = _skills_note(settings)
-        return types.ListToolsResult(tools=[
-            t.model_copy(update={"description": (t.description or "").removesuffix(base) + note}) if t.name in (BASH, EDITOR, CODE) else t
-            for t in tools
-        ])
+        functions = _functions_note(code_tools)
+        listed = []
+        for t in tools:
+            if t.name in (BASH, EDITOR, CODE):
+                description = (t.description or "").removesuffix(base) + note + (functions if t.name == CODE else "")
+                t = t.model_copy(update={"description": description})
+            listed.append(t)
+        return types.ListToolsResult(tools=listed)
 
     async def handle_call_tool(ctx: ServerRequestContext[AppState], params: types.CallToolRequestParams) -> types.CallToolResult:
         if params.name not in settings.tools:

@@ -38,6 +38,11 @@ class ToolFunction:
                 "output_schema": self.output_schema}
 
 
+HOST_TIMEOUT_MARGIN = 2.0
+"""Seconds a host-side tool call may run past ``CodeTools.pending_timeout``: the code's own timer
+fires first and raises the hosted ``TimeoutError`` text there; the host's bound only reclaims the call."""
+
+
 @dataclass
 class CodeTools:
     """The tools a ``code_execution`` call's code may call, and the host-side handler that runs them."""

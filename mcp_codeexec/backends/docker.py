@@ -582,8 +582,8 @@ class DockerBackend:
         pending: dict[str, float] = {}
         waited = 0.0  # seconds with at least one tool call pending (the cell's clock is paused then)
         busy_since = 0.0  # when the current run of pending calls began
-        max_in_flight = tools.max_in_flight if tools else s.code_max_in_flight
-        pending_timeout = tools.pending_timeout if tools else s.code_pending_timeout
+        max_in_flight = tools.max_in_flight if tools else s.tools_max_in_flight
+        pending_timeout = tools.pending_timeout if tools else s.tools_pending_timeout
 
         async def run_tool(rid: int, frame: dict[str, Any]) -> None:
             nonlocal waited, busy_since

@@ -29,7 +29,7 @@ import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 from pydantic_core import to_jsonable_python
 
-from ..backends.base import CodeTools, ToolFunction
+from ..backends.base import HOST_TIMEOUT_MARGIN, CodeTools, ToolFunction
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def code_tools_from_callables(
         else:
             kwargs, args = {}, (validated,)
         try:
-            with anyio.fail_after(pending_timeout):
+            with anyio.fail_after(pending_timeout + HOST_TIMEOUT_MARGIN):
                 if inspect.iscoroutinefunction(entry.fn) or inspect.iscoroutinefunction(type(entry.fn).__call__):
                     value = await entry.fn(*args, **kwargs)
                 else:
@@ -137,7 +137,7 @@ def code_tools_from_callables(
                     if inspect.isawaitable(value):
                         value = await value
         except TimeoutError:
-            return f"{name} did not return within {pending_timeout:g}s", True
+            return f"{name} did not return within {pending_timeout + HOST_TIMEOUT_MARGIN:g}s", True
         except Exception as exc:  # noqa: BLE001 - the user's function failed: the code sees it as an error
             return f"{type(exc).__name__}: {exc}", True
         return _as_text(value), False

@@ -24,7 +24,7 @@ from typing import Any, Self
 import anyio
 from anyio.abc import TaskGroup
 
-from ..backends.base import CodeTools, ToolFunction
+from ..backends.base import HOST_TIMEOUT_MARGIN, CodeTools, ToolFunction
 from .config import ServerConfig, ToolsConfig, ToolsConfigError, function_name
 from .upstreams import CallFailed, Upstream, UpstreamTool, result_text, validation_error
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+
 class ToolLimits:
     max_in_flight: int = 16
     """Calls one container may have pending at once (enforced in the sandbox)."""
@@ -175,7 +176,7 @@ class ToolRegistry:
         log.debug("principal %s calls %s/%s (%d argument bytes)", principal, upstream.name, entry.tool.name, size)
         try:
             async with self._limiters[upstream.name]:
-                result = await upstream.call(entry.tool.name, arguments, self.limits.pending_timeout)
+                result = await upstream.call(entry.tool.name, arguments, self.limits.pending_timeout + HOST_TIMEOUT_MARGIN)
         except CallFailed as exc:
             return str(exc), True
         text = self.redact(result_text(result))

@@ -146,7 +146,7 @@ async def test_a_hanging_upstream_is_answered_within_the_pending_timeout_so_the_
     api.fallback = script
     responses, _, _ = await run_cell(backend, script.code, registry.for_principal("local"))
     stdout = json.loads(responses[-1]["content"][0]["content"]["stdout"])
-    assert stdout == [["upstream MCP server 't' did not answer 'hang' within 2s", True]]
+    assert stdout == [["tool 't__hang' did not answer within 2s", True]]
 
 
 def test_only_tool_use_blocks_made_by_the_code_are_pending_code_calls() -> None:
