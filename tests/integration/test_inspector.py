@@ -125,3 +125,34 @@ def test_the_inspector_reaches_the_http_transport_with_a_bearer_token(inspector:
             cwd=inspector.parent, env={**os.environ}, capture_output=True, text=True, timeout=120,
         )
         assert refused.returncode != 0
+
+
+def test_the_inspector_runs_a_repl_cell_that_calls_a_third_party_upstream(inspector: Path, tmp_path: Path, docker_engine) -> None:
+    """Programmatic tool calling through a TypeScript client: our server has npm's server-everything
+    as an upstream; the cell calls two of its tools concurrently and only its print comes back."""
+    from tests.integration.conftest import make_settings
+    from tests.support.servers import remove_installation
+    from tests.unit.test_tools_registry import EVERYTHING, EVERYTHING_ENTRY, EVERYTHING_VERSION
+
+    ensure_installed("the MCP server-everything", f"{EVERYTHING}@{EVERYTHING_VERSION}", EVERYTHING_ENTRY.is_file)
+    config = tmp_path / "tools.json"
+    config.write_text(json.dumps({"mcpServers": {"everything": {
+        "command": "node", "args": [str(EVERYTHING_ENTRY), "stdio"], "allowed_tools": ["echo", "get-sum"]}}}))
+    settings = make_settings(tmp_path, tools_config=str(config))
+    try:
+        listed = run_inspector(inspector, settings, *stdio_server(), "--method", "tools/list")
+        code_tool = {t["name"]: t for t in listed["tools"]}["code_execution"]
+        assert "everything__echo" in code_tool["description"] and "everything__get_sum" in code_tool["description"]
+        ran = run_inspector(
+            inspector, settings, *stdio_server(), "--method", "tools/call", "--tool-name", "code_execution",
+            "--tool-arg", "code=import asyncio\n"
+            "echo, total = await asyncio.gather(everything__echo({'message': 'hi'}), everything__get_sum({'a': 2, 'b': 3}))\n"
+            "print(echo)\nprint(total)",
+        )
+        assert ran["isError"] is False
+        assert_hosted_shape(ran["structuredContent"], "code_execution")
+        out = ran["structuredContent"]
+        assert out["return_code"] == 0, out["stderr"]
+        assert out["stdout"] == "Echo: hi\nThe sum of 2 and 3 is 5.\n"
+    finally:
+        remove_installation(settings)
