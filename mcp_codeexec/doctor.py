@@ -422,7 +422,7 @@ def check_derived_images(p: Probe, settings: Settings, timeout: float) -> Check:
         missing = [n for n in settings.images if n not in names]
         bad = []
         for row in rows:
-            problems = with_deadline(lambda: verify_derived(row["tag"], row["from"], p.client.api), timeout)
+            problems = with_deadline(lambda r=row: verify_derived(r["tag"], r["from"], p.client.api), timeout)
             if problems:
                 bad.append(f"{row['name']}: {'; '.join(problems)}")
     except Deadline as exc:
