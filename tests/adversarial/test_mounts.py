@@ -172,3 +172,24 @@ def test_mounts_outside_the_allowed_roots_or_of_forbidden_paths_are_refused_at_c
     if not GVISOR:
         with pytest.raises(ValueError, match="gVisor"):
             make_settings(tmp_path, allowed_mount_roots=roots, mounts=[f"{host / 'out'}:rw"], runtime="runsc")
+
+
+@host_binds
+async def test_a_sandbox_rebuilt_after_docker_rm_gets_the_mounts_it_was_made_with(mounted: Settings, host: Path) -> None:
+    import docker
+
+    from mcp_codeexec.sandboxes import NAME_PREFIX
+
+    async with Sandbox(mounted, keep=True) as sb:
+        cid = sb.container_id
+        await run(sb, "echo kept > /workspace/mine.txt")
+    client = docker.from_env()
+    try:
+        client.containers.get(NAME_PREFIX + str(cid)).remove(force=True)  # behind the server's back
+    finally:
+        client.close()
+    async with Sandbox(mounted.model_copy(update={"mounts": []}), container_id=cid) as sb:
+        out, _, code = await run(sb, "cat /workspace/mine.txt /workspace/project/README.md; "
+                                     "echo again > /workspace/out/again.txt; stat -c %u /workspace/out/again.txt")
+        assert (out, code) == ("kept\nhello from the host\n1000\n", 0)
+    assert (host / "out" / "again.txt").stat().st_uid == HOST_USER
