@@ -86,7 +86,10 @@ class Sandbox:
     """One code-execution container, for the length of an ``async with`` block.
 
     ``settings``: a ``Settings`` (default: loaded from env / TOML like the server does);
-    ``**overrides``: settings fields to change (``call_timeout=10``, ``image=...``, ``runtime="runsc"``).
+    ``**overrides``: settings fields to change (``call_timeout=10``, ``runtime="runsc"``); among them
+    ``image="NAME"`` (a derived image from ``image build --name NAME``, or any tag) and
+    ``mounts=["/host/dir", "/host/out:/workspace/out:rw"]`` with ``allowed_mount_roots=[...]``:
+    host folders fixed for this sandbox's lifetime (see mounts.py).
     ``container_id``: attach to an existing container (its files are there) instead of making one.
     ``keep``: keep the container after the block (default: only when ``container_id`` was given).
     ``backend`` / ``store``: bring your own (tests, custom engines); they are not closed here.

@@ -34,6 +34,8 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         "code_cell_timeout": getattr(args, "cell_timeout", None),
         "tools_config": getattr(args, "tools_config", None),
         "skills": getattr(args, "skills", None) or None,
+        "mounts": getattr(args, "mount", None),
+        "allowed_mount_roots": getattr(args, "allowed_mount_root", None),
     }
     if getattr(args, "legacy_tool", False):
         print("mcp-codeexec: --legacy-tool is deprecated: code_execution (the Python REPL) is published by "
@@ -115,7 +117,11 @@ def _image_ready(settings: Settings) -> bool:
 def _add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["docker", "hosted"], help="where calls run (default docker)")
     p.add_argument("--runtime", choices=["runc", "runsc"], help="container runtime (runsc = gVisor)")
-    p.add_argument("--image", help="sandbox image tag")
+    p.add_argument("--image", help="sandbox image tag, or the NAME of an image made by `image build --name`")
+    p.add_argument("--mount", action="append", metavar="HOST[:SANDBOX_PATH][:ro|rw]",
+                   help="a host folder every sandbox gets (repeatable; read-only unless rw; inside an allowed root)")
+    p.add_argument("--allowed-mount-root", action="append", metavar="DIR",
+                   help="a host folder under which --mount may lie (repeatable; default: none, so no mounts)")
     p.add_argument("--timeout", type=float, help="seconds a tool call may run")
     p.add_argument("--pool-size", type=int, help="warm containers kept ready")
     p.add_argument("--data-dir", help="where files, workspaces and state live")

@@ -105,7 +105,24 @@ class Settings(BaseSettings):
     )
 
     # --- sandboxes (docker backend)
-    image: str | None = Field(default=None, description="Sandbox image; default: the tag matching this version.")
+    image: str | None = Field(
+        default=None,
+        description="Sandbox image: a tag, or the NAME of an image derived with `image build --name NAME`; "
+        "default: the tag matching this version.",
+    )
+    images: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Derived image names sandboxes may use (empty: any the operator built); when set, "
+        "`image` must be one of them or a full tag.",
+    )
+    allowed_mount_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="Host folders under which `mounts` may lie (comma-separated in the environment)."
+    )
+    mounts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host folders every sandbox gets: HOST[:SANDBOX_PATH][:ro|rw], read-only unless rw "
+        "(default path /workspace/<folder name>).",
+    )
     runtime: Literal["runc", "runsc"] | None = None
     cpus: float = 1.0
     memory_bytes: int = 5 * GiB
@@ -154,7 +171,7 @@ class Settings(BaseSettings):
 
     config_file: Path | None = Field(default=None, exclude=True)
 
-    @field_validator("auth_tokens", "allowed_origins", "tools", "skills", mode="before")
+    @field_validator("auth_tokens", "allowed_origins", "tools", "skills", "images", "allowed_mount_roots", "mounts", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.startswith("["):
@@ -169,6 +186,19 @@ class Settings(BaseSettings):
             self.tools = [*self.tools, "code_execution"]
         if not self.tools:
             raise ValueError("tools: publish at least one tool")
+        return self
+
+    @model_validator(mode="after")
+    def _check_mounts_and_images(self) -> Settings:
+        from .mounts import MountError, resolve_all
+
+        if self.mounts:
+            try:
+                resolve_all(self.mounts, self.allowed_mount_roots, self.data_dir, self.runtime)
+            except MountError as exc:
+                raise ValueError(str(exc)) from None
+        if self.images and self.image and ":" not in self.image and "/" not in self.image and self.image not in self.images:
+            raise ValueError(f"image {self.image!r} is not one of the allowed derived images ({', '.join(self.images)})")
         return self
 
     @classmethod

@@ -382,6 +382,10 @@ def check_image(p: Probe, settings: Settings, timeout: float) -> Check:
     build = "mcp-codeexec image build (or just start `mcp-codeexec serve`, which builds it on first use)"
     try:
         if settings.image:
+            from .image import derived_tag, is_bare_name
+
+            if is_bare_name(settings.image) and labels_of(derived_tag(settings.image)) is not None:
+                return Check("image", "OK", f"{derived_tag(settings.image)} (the derived image {settings.image!r})")
             labels = labels_of(settings.image)
             if labels is None:
                 return Check("image", "FAIL", f"the configured image {settings.image} is not on the engine",
@@ -404,6 +408,50 @@ def check_image(p: Probe, settings: Settings, timeout: float) -> Check:
         return Check("image", "FAIL", f"the engine did not list images ({exc})", "restart the Docker engine")
     except docker.errors.DockerException as exc:
         return Check("image", "FAIL", f"could not inspect the image: {_short_error(exc)}", "restart the Docker engine")
+
+
+def check_derived_images(p: Probe, settings: Settings, timeout: float) -> Check:
+    """Each derived image (`image build --name`) still has its base, entrypoint, user and agent."""
+    import docker.errors
+
+    from .image import ImageError, derived_images, verify_derived
+
+    try:
+        rows = with_deadline(lambda: derived_images(p.client.api), timeout)
+        names = {row["name"] for row in rows}
+        missing = [n for n in settings.images if n not in names]
+        bad = []
+        for row in rows:
+            problems = with_deadline(lambda r=row: verify_derived(r["tag"], r["from"], p.client.api), timeout)
+            if problems:
+                bad.append(f"{row['name']}: {'; '.join(problems)}")
+    except Deadline as exc:
+        return Check("derived images", "FAIL", f"the engine did not answer ({exc})", "restart the Docker engine")
+    except (docker.errors.DockerException, ImageError) as exc:
+        return Check("derived images", "FAIL", f"could not inspect them: {_short_error(exc)}",
+                     "rebuild them with `mcp-codeexec image build --name NAME ...` (their base image may be gone)")
+    if missing:
+        return Check("derived images", "FAIL", f"allowed in `images` but not built: {', '.join(missing)}",
+                     "mcp-codeexec image build --name NAME --from Dockerfile (or --extra-requirements FILE)")
+    if bad:
+        return Check("derived images", "FAIL", "; ".join(bad), "rebuild them with `mcp-codeexec image build --name NAME ...`")
+    if not rows:
+        return Check("derived images", "SKIP", "none built (optional: `mcp-codeexec image build --name NAME ...`)")
+    return Check("derived images", "OK", ", ".join(sorted(names)) + " (entrypoint, user 1000 and agent as their base's)")
+
+
+def check_mounts(settings: Settings) -> Check:
+    """Host folders the operator declared (the config check already refused bad ones)."""
+    if not settings.mounts:
+        return Check("mounts", "SKIP", "no host folders are mounted (optional: `allowed_mount_roots` and `mounts`)")
+    from .mounts import resolve_all, staging_supported
+
+    found = resolve_all(settings.mounts, settings.allowed_mount_roots, settings.data_dir, settings.runtime)
+    text = ", ".join(f"{m.host} -> {m.target} ({'rw' if m.rw else 'ro'})" for m in found)
+    if not staging_supported():
+        return Check("mounts", "WARN", f"{text}: not root, so mounts are plain binds (rw refused)",
+                     "run the server as root on the engine's host for checked, idmapped mounts")
+    return Check("mounts", "OK", text)
 
 
 def check_runtime(p: Probe, settings: Settings, timeout: float) -> tuple[Check, dict[str, Any]]:
@@ -579,14 +627,16 @@ def run_checks(get_settings: Callable[[], Settings], timeout: float = PROBE_TIME
     engine, p = check_engine(timeout)
     checks.append(engine)
     if p is None:
-        for name in ("engine version", "image", "runtime", "checkpoint"):
+        for name in ("engine version", "image", "derived images", "runtime", "checkpoint"):
             checks.append(Check(name, "SKIP", "no engine to ask"))
     else:
         checks.append(check_engine_version(p))
         checks.append(check_image(p, settings, timeout * 3))
+        checks.append(check_derived_images(p, settings, timeout * 10))
         runtime, info = check_runtime(p, settings, timeout * 3)
         checks.append(runtime)
         checks.append(check_checkpoint(info, settings) if info else Check("checkpoint", "SKIP", "no `docker info`"))
+    checks.append(check_mounts(settings))
     checks.append(check_quota(settings, engine_up=p is not None))
     checks.append(check_file_store(settings))
     if start:

@@ -14,9 +14,11 @@ is imported inside the functions that need it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -40,6 +42,13 @@ DEBIAN_BASE = f"{DEBIAN_BASE_REPO}:{DEBIAN_SUITE}"
 DEFAULT_DEBIAN_MIRROR = "http://deb.debian.org/debian"
 CA_ENV_VARS = ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
 CHECK_LABEL = "io.mcp-codeexec.role"
+IMAGE_LABEL = "io.mcp-codeexec.image"
+DERIVED_LABEL = "io.mcp-codeexec.derived"
+DERIVED_FROM_LABEL = "io.mcp-codeexec.derived-from"
+AGENT_PATH = "/opt/codeexec/agent.py"
+SANDBOX_USER = "1000:1000"
+BASE_ARG = "SANDBOX_IMAGE"
+_NAME_OK = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _DOCKER_TAG_OK = re.compile(r"[^A-Za-z0-9_.-]")
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -73,6 +82,18 @@ def image_tag(target: str = "full") -> str:
         raise ValueError(f"unknown image target {target!r} (expected one of {', '.join(TARGETS)})")
     version = _DOCKER_TAG_OK.sub("-", package_version())[:100]
     return f"{IMAGE_REPO}:{version}" if target == "full" else f"{IMAGE_REPO}:{version}-minimal"
+
+
+def is_bare_name(image: str) -> bool:
+    """A derived image's NAME (what `image build --name` takes), not a tag or a reference."""
+    return bool(_NAME_OK.match(image)) and image not in TARGETS
+
+
+def derived_tag(name: str) -> str:
+    """`mcp-codeexec-sandbox:<version>-NAME`: the tag of the image `image build --name NAME` makes."""
+    if not is_bare_name(name):
+        raise ImageError(f"image name {name!r}: use lower-case letters, digits, '.', '_' or '-' (not full or minimal)")
+    return f"{image_tag('full')}-{name}"
 
 
 def sandbox_dir() -> Path:
@@ -473,6 +494,173 @@ def _unmount_under(path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# derived images: the sandbox image plus the user's own layers
+
+
+REQUIREMENTS_DOCKERFILE = f"""\
+ARG {BASE_ARG}
+FROM ${{{BASE_ARG}}}
+USER 0:0
+COPY . /tmp/codeexec-extra/
+RUN set -eu; cd /tmp/codeexec-extra; \\
+    cert=/etc/ssl/certs/ca-certificates.crt; \\
+    if [ -s ca-bundle.crt ]; then cat "$cert" ca-bundle.crt > /tmp/codeexec-ca.crt; cert=/tmp/codeexec-ca.crt; fi; \\
+    pip=/opt/venv/bin/pip; [ -x "$pip" ] || pip="python3 -m pip"; \\
+    PIP_CERT="$cert" PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore PIP_NO_INPUT=1 \\
+        $pip install -r "$CODEEXEC_REQUIREMENTS"; \\
+    cd /; rm -rf /tmp/codeexec-extra /tmp/codeexec-ca.crt /root/.cache
+USER {SANDBOX_USER}
+"""
+
+
+def _dir_context(folder: Path, extra: dict[str, bytes], skip: Iterable[str] = ()) -> io.BytesIO:
+    """A tar of ``folder`` (without .git and caches) plus ``extra`` files."""
+    buf = io.BytesIO()
+    skipped = set(skip) | set(extra)
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder).as_posix()
+            if not path.is_file() or rel in skipped or {".git", "__pycache__"} & set(path.parts):
+                continue
+            tar.add(path, arcname=rel, recursive=False)
+        for name, data in extra.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return buf
+
+
+def build_derived(
+    name: str,
+    *,
+    dockerfile: str | os.PathLike[str] | None = None,
+    requirements: str | os.PathLike[str] | None = None,
+    base: str | None = None,
+    ca_bundle: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    verbose: bool = False,
+    nocache: bool = False,
+    client: docker.APIClient | None = None,
+) -> str:
+    """Build `derived_tag(name)` from the sandbox image `base` (default: the full image) with the
+    user's Dockerfile (its `FROM ${SANDBOX_IMAGE}` gets the base) or a pip requirements file, then
+    verify it kept the sandbox's entrypoint, user and agent; a derived image that did not is
+    removed and refused. Returns the tag."""
+    if (dockerfile is None) == (requirements is None):
+        raise ImageError("image build --name: give exactly one of --from DOCKERFILE or --extra-requirements FILE")
+    tag = derived_tag(name)
+    api = _api(client)
+    base = base or image_tag("full")
+    if not image_exists(base, api):
+        raise ImageError(f"base image {base} not found; build it first with `mcp-codeexec image build`")
+    ca = find_ca_bundle(ca_bundle)
+    extra = {"ca-bundle.crt": ca.read_bytes() if ca else b""}
+    if dockerfile is not None:
+        path = Path(dockerfile).expanduser().resolve()
+        if not path.is_file():
+            raise ImageError(f"Dockerfile {path} not found")
+        text = path.read_text()
+        if f"${{{BASE_ARG}}}" not in text and f"${BASE_ARG}" not in text:
+            raise ImageError(f"{path}: start it with `ARG {BASE_ARG}` and `FROM ${{{BASE_ARG}}}` (the sandbox image is passed there)")
+        folder, what = path.parent, f"Dockerfile {path}"
+    else:
+        req = Path(requirements).expanduser().resolve()  # type: ignore[arg-type]
+        if not req.is_file():
+            raise ImageError(f"requirements file {req} not found")
+        text = REQUIREMENTS_DOCKERFILE.replace('"$CODEEXEC_REQUIREMENTS"', shlex.quote(req.name))
+        folder, what = req.parent, f"requirements {req}"
+    context = _dir_context(folder, {**extra, "Dockerfile.codeexec": text.encode()})
+    buildargs = {BASE_ARG: base}
+    display = _Progress(enabled=progress, verbose=verbose)
+    display.info(f"building {tag} from {base} ({what})")
+    stream = api.build(
+        fileobj=context,
+        custom_context=True,
+        dockerfile="Dockerfile.codeexec",
+        tag=tag,
+        buildargs=buildargs,
+        labels={DERIVED_LABEL: name, DERIVED_FROM_LABEL: base},
+        nocache=nocache,
+        rm=True,
+        forcerm=True,
+        pull=False,
+        decode=True,
+    )
+    _consume_build(stream, display, base)
+    problems = verify_derived(tag, base, api)
+    if problems:
+        import docker as docker_mod
+
+        with contextlib.suppress(docker_mod.errors.DockerException):
+            api.remove_image(tag, force=True)
+        raise ImageError(f"{tag} refused (and removed): " + "; ".join(problems)
+                         + f". A derived image must end as the sandbox does: `USER {SANDBOX_USER}`, the base's ENTRYPOINT, "
+                         f"and {AGENT_PATH} unchanged")
+    display.done(f"built {tag}")
+    return tag
+
+
+def _agent_digest(tag: str, api: docker.APIClient) -> str | None:
+    """sha256 of the agent file in ``tag`` (read from a created, never started, container)."""
+    import hashlib
+
+    import docker as docker_mod
+
+    container = api.create_container(tag, entrypoint=["true"], network_disabled=True)
+    try:
+        stream, _ = api.get_archive(container["Id"], AGENT_PATH)
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            member = tar.extractfile(tar.getmembers()[0])
+            return hashlib.sha256(member.read()).hexdigest() if member else None
+    except docker_mod.errors.NotFound:
+        return None
+    finally:
+        with contextlib.suppress(docker_mod.errors.DockerException):
+            api.remove_container(container["Id"], force=True)
+
+
+def verify_derived(tag: str, base: str, client: docker.APIClient | None = None) -> list[str]:
+    """What ``tag`` changed that a sandbox depends on (empty: it is fit to run)."""
+    api = _api(client)
+    mine, theirs = api.inspect_image(tag)["Config"], api.inspect_image(base)["Config"]
+    problems = []
+    if mine.get("Entrypoint") != theirs.get("Entrypoint"):
+        problems.append(f"ENTRYPOINT is {mine.get('Entrypoint')}, not {theirs.get('Entrypoint')}")
+    if mine.get("User") != SANDBOX_USER:
+        problems.append(f"USER is {mine.get('User') or 'root'!r}, not {SANDBOX_USER}")
+    if (mine.get("Labels") or {}).get(IMAGE_LABEL) != "sandbox":
+        problems.append(f"label {IMAGE_LABEL}=sandbox is missing")
+    agent, expected = _agent_digest(tag, api), _agent_digest(base, api)
+    if agent is None or agent != expected:
+        problems.append(f"{AGENT_PATH} differs from the base image's" if agent else f"{AGENT_PATH} is missing")
+    return problems
+
+
+def list_images(client: docker.APIClient | None = None) -> list[dict[str, Any]]:
+    """The sandbox images on this engine (the ones built here and derived ones), newest first."""
+    api = _api(client)
+    rows = []
+    for image in api.images(filters={"label": f"{IMAGE_LABEL}=sandbox"}):
+        labels = image.get("Labels") or {}
+        for tag in image.get("RepoTags") or []:
+            if not tag.startswith(f"{IMAGE_REPO}:"):
+                continue
+            rows.append({
+                "tag": tag,
+                "name": labels.get(DERIVED_LABEL, ""),
+                "from": labels.get(DERIVED_FROM_LABEL, ""),
+                "size": int(image.get("Size") or 0),
+                "created": int(image.get("Created") or 0),
+            })
+    return sorted(rows, key=lambda r: r["created"], reverse=True)
+
+
+def derived_images(client: docker.APIClient | None = None) -> list[dict[str, Any]]:
+    return [row for row in list_images(client) if row["name"]]
+
+
+# ---------------------------------------------------------------------------------------------
 # check
 
 
@@ -557,7 +745,7 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     """Add `image build|check|tag` to an argparse subparsers object; every leaf sets `func`
     (namespace -> exit code)."""
     parser = subparsers.add_parser("image", help="build and check the sandbox image")
-    sub = parser.add_subparsers(dest="image_command", metavar="{build,check,tag}")
+    sub = parser.add_subparsers(dest="image_command", metavar="{build,check,ls,tag}")
     sub.required = True
 
     build = sub.add_parser("build", help="build the sandbox image with live progress")
@@ -584,12 +772,24 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
         help="RARLAB unrar from Debian non-free (default, hosted CLI) or unrar-free",
     )
     build.add_argument("--tag", help="tag to give the image (default: the one the server expects)")
+    build.add_argument("--name", help=f"derive a named image {IMAGE_REPO}:<version>-NAME from the sandbox image "
+                       "(with --from or --extra-requirements)")
+    build.add_argument("--from", dest="from_dockerfile", metavar="DOCKERFILE",
+                       help=f"with --name: your Dockerfile, starting `ARG {BASE_ARG}` / `FROM ${{{BASE_ARG}}}`; "
+                       "its folder is the build context")
+    build.add_argument("--extra-requirements", metavar="FILE",
+                       help="with --name: pip requirements installed into the sandbox's venv (its folder is the context)")
+    build.add_argument("--from-image", metavar="TAG", help="with --name: the sandbox image to derive from (default: the full one)")
     build.add_argument("-v", "--verbose", action="store_true", help="show all build output")
     build.set_defaults(func=_cmd_build)
 
     check = sub.add_parser("check", help="run the library/tool/workload check inside the image")
     check.add_argument("--tag", help="image to check (default: the full image the server expects)")
+    check.add_argument("--name", help="check the derived image NAME")
     check.set_defaults(func=_cmd_check)
+
+    ls = sub.add_parser("ls", help="list the sandbox images here (derived ones with their NAME)")
+    ls.set_defaults(func=_cmd_ls)
 
     tag = sub.add_parser("tag", help="print the tag the server expects")
     tag.add_argument("--target", choices=TARGETS, default="full")
@@ -598,6 +798,13 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
+    if args.name or args.from_dockerfile or args.extra_requirements:
+        if not args.name:
+            print("error: --from / --extra-requirements need --name NAME", file=sys.stderr)
+            return 2
+        return _guarded(lambda: print(build_derived(
+            args.name, dockerfile=args.from_dockerfile, requirements=args.extra_requirements, base=args.from_image,
+            ca_bundle=args.ca_bundle, verbose=args.verbose, nocache=args.no_cache)))
     return _guarded(
         lambda: print(
             build_image(
@@ -616,8 +823,17 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     result: list[bool] = []
-    code = _guarded(lambda: result.append(check_image(args.tag)))
+    code = _guarded(lambda: result.append(check_image(derived_tag(args.name) if args.name else args.tag)))
     return code if code else (0 if result and result[0] else 1)
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    def show() -> None:
+        print(f"{'TAG':<48} {'NAME':<16} {'SIZE':>9}  FROM")
+        for row in list_images():
+            print(f"{row['tag']:<48} {row['name'] or '-':<16} {row['size'] / 1e6:>7.0f}MB  {row['from'] or '-'}")
+
+    return _guarded(show)
 
 
 def _cmd_tag(args: argparse.Namespace) -> int:

@@ -34,7 +34,8 @@ from docker.types import Mount, Ulimit
 
 from .config import Settings
 from .errors import ContainerExpired, Unavailable
-from .image import image_tag
+from .image import DERIVED_LABEL, derived_tag, image_tag, is_bare_name
+from .mounts import ResolvedMount, StagedMounts, decode, encode, resolve_all
 
 if TYPE_CHECKING:
     from .skills import SkillSet
@@ -55,6 +56,7 @@ L_SKILLS = f"{LABEL}.skills"
 """The container's skill set as the hosted ``container.skills`` (JSON), fixed at creation."""
 L_SKILLS_IMAGE = f"{LABEL}.skills-image"
 SKILLS_IMAGE_REPO = "mcp-codeexec-skills"
+L_MOUNTS = f"{LABEL}.mounts"
 NAME_PREFIX = "mcp-codeexec-"
 IMAGE_PREFIX = "ws_"  # workspace image files: ws_<random token>.img
 WORKSPACE = "/workspace"
@@ -238,8 +240,11 @@ class OwnerRegistry:
         data = self.record(cid)
         return data["owner"] if data else None
 
-    def set(self, cid: str, owner: str, *, created: float, expires: float, quota: str, extra: dict[str, Any] | None = None) -> None:
+    def set(self, cid: str, owner: str, *, created: float, expires: float, quota: str, extra: dict[str, Any] | None = None,
+            mounts: str = "") -> None:
         data = {"owner": owner, "assigned": time.time(), "created": created, "expires": expires, "quota": quota, **(extra or {})}
+        if mounts:
+            data["mounts"] = mounts  # host folders, fixed at creation: a rebuilt container gets the same
         tmp = self.root / f".{cid}.{secrets.token_hex(4)}.tmp"
         tmp.write_text(json.dumps(data))
         os.replace(tmp, self.root / f"{cid}.json")
@@ -460,10 +465,26 @@ class SandboxManager:
         self.install = installation_label(settings.data_dir)
         self.volumes = QuotaVolumes(settings.volumes_dir, settings.quota, self.install)
         self.orphan_grace = ORPHAN_GRACE_SECONDS
+        self.staged = StagedMounts(settings.data_dir / "mounts")
+        self._mounts: list[ResolvedMount] | None = None
         self.closing = threading.Event()
         self._creates = threading.Condition()
         self._active_creates = 0
         self._skills_images: dict[str, str] = {}
+
+    @property
+    def mounts(self) -> list[ResolvedMount]:
+        """The operator's host folders, checked on first use (a manager that only finds, stops or
+        removes sandboxes never needs them)."""
+        if self._mounts is None:
+            s = self.settings
+            from .mounts import MountError
+
+            try:
+                self._mounts = resolve_all(s.mounts, s.allowed_mount_roots, s.data_dir, s.runtime) if s.mounts else []
+            except MountError as exc:
+                raise Unavailable(str(exc)) from exc
+        return self._mounts
 
     def drain_creates(self, timeout: float) -> bool:
         """At shutdown (after ``closing`` is set): wait for creates still running in worker threads
@@ -504,14 +525,20 @@ class SandboxManager:
 
     def resolve_image(self) -> str:
         """The configured image, or the minimal one when only that is built."""
+        wanted = self.settings.image
+        candidates = [self.image] + ([image_tag("minimal")] if not wanted else [])
+        if wanted and is_bare_name(wanted):
+            candidates = [derived_tag(wanted), wanted]  # a name from `image build --name`, else a plain image name
         with translate_docker_errors("checking the sandbox image"):
-            for candidate in [self.image] + ([image_tag("minimal")] if not self.settings.image else []):
+            for candidate in candidates:
                 try:
-                    self.client.images.get(candidate)
-                    self.image = candidate
-                    return candidate
+                    found = self.client.images.get(candidate)
                 except docker.errors.ImageNotFound:
                     continue
+                if wanted and candidate == derived_tag(wanted) and (found.labels or {}).get(DERIVED_LABEL) != wanted:
+                    continue  # that tag was not made by `image build --name`
+                self.image = candidate
+                return candidate
         raise Unavailable(
             f"the sandbox image {self.image} is not built. Build it with `mcp-codeexec image build` "
             "(`mcp-codeexec serve` does that on start unless MCP_CODEEXEC_AUTO_BUILD_IMAGE=false)."
@@ -526,7 +553,8 @@ class SandboxManager:
         image = self.skills_image(skills)
         cid = new_container_id()
         now = time.time()
-        labels = self._labels(cid, now, now + s.container_ttl_seconds, "" if pool else owner, pool)
+        mounts = encode(self.mounts) if self.mounts else ""
+        labels = self._labels(cid, now, now + s.container_ttl_seconds, "" if pool else owner, pool, mounts)
         labels.update(_skill_labels(skills.entries(), image))
         with self._creates:
             self._active_creates += 1
@@ -548,7 +576,7 @@ class SandboxManager:
                 self._creates.notify_all()
         if not pool:
             self.owners.set(cid, owner, created=now, expires=now + s.container_ttl_seconds, quota=self.volumes.mode,
-                            extra={"skills": skills.entries(), "image": image})
+                            extra={"skills": skills.entries(), "image": image}, mounts=mounts)
         return record_of(container, self.owners), container
 
     def revive(self, cid: str) -> tuple[SandboxRecord, Container] | None:
@@ -559,7 +587,7 @@ class SandboxManager:
         if data is None or workspace is None:
             return None
         self.volumes.ensure_mounted(cid)
-        labels = self._labels(cid, data["created"], data["expires"], data["owner"], False)
+        labels = self._labels(cid, data["created"], data["expires"], data["owner"], False, str(data.get("mounts") or ""))
         image = data.get("image") if isinstance(data.get("image"), str) else None
         if image:
             labels.update(_skill_labels(data.get("skills") or [], image))
@@ -603,8 +631,10 @@ class SandboxManager:
                 return None
         return Mount(WORKSPACE, NAME_PREFIX + cid, type="volume")
 
-    def _labels(self, cid: str, created: float, expires: float, owner: str, pool: bool) -> dict[str, str]:
+    def _labels(self, cid: str, created: float, expires: float, owner: str, pool: bool, mounts: str = "") -> dict[str, str]:
+        extra = {L_MOUNTS: mounts} if mounts else {}
         return {
+            **extra,
             L_MANAGED: "1",
             L_ID: cid,
             L_CREATED: f"{created:.3f}",
@@ -637,7 +667,7 @@ class SandboxManager:
             read_only=True,
             tmpfs={"/tmp": f"rw,nosuid,nodev,size={s.tmp_bytes},mode=1777", **masks},
             shm_size=64 * 1024 * 1024,
-            mounts=[workspace],
+            mounts=[workspace, *self._host_mounts(cid, labels)],
             working_dir=WORKSPACE,
             mem_limit=s.memory_bytes,
             memswap_limit=s.memory_bytes,
@@ -663,6 +693,20 @@ class SandboxManager:
                     container.remove(force=True)
                 raise
         return container
+
+    def _host_mounts(self, cid: str, labels: dict[str, str]) -> list[Mount]:
+        """The host folders recorded in ``labels`` (fixed at creation), staged and checked again."""
+        mounts = decode(labels.get(L_MOUNTS))
+        if not mounts:
+            return []
+        from .mounts import MountError
+
+        s = self.settings
+        try:
+            sources = self.staged.ensure(cid, mounts, s.allowed_mount_roots, s.data_dir)
+        except (MountError, OSError) as exc:
+            raise Unavailable(f"mounting host folders into sandbox {cid}: {exc}") from exc
+        return [Mount(m.target, src, type="bind", read_only=not m.rw, propagation="rprivate") for m, src in zip(mounts, sources)]
 
     def find(self, cid: str) -> tuple[SandboxRecord, Container]:
         """The live container for ``cid``, started if it was stopped. Raises ContainerExpired."""
@@ -691,6 +735,7 @@ class SandboxManager:
             if container.status != "running":
                 if record.quota == "loop":
                     self.volumes.ensure_mounted(cid)
+                self._host_mounts(cid, container.labels)  # staging points a host reboot dropped
                 container.start()
                 container.reload()
             return record_of(container, self.owners), container
@@ -709,7 +754,7 @@ class SandboxManager:
         record right before removing one."""
         extra = {"skills": list(record.skills), "image": record.image} if record.image else None
         self.owners.set(record.id, owner, created=record.created.timestamp(), expires=record.expires.timestamp(),
-                        quota=record.quota, extra=extra)
+                        quota=record.quota, extra=extra, mounts=encode(self.mounts) if self.mounts else "")
 
     def list(self, *, all_: bool = True) -> list[tuple[SandboxRecord, Container]]:
         with translate_docker_errors("listing sandboxes"):
@@ -763,6 +808,9 @@ class SandboxManager:
         for owner_file in self.owners.root.glob("container_*.json"):
             self.owners.forget(owner_file.stem)
         self.remove_skills_images(0)
+        for cid in self.staged.staged():
+            with contextlib.suppress(OSError):
+                self.staged.release(cid)
         return removed
 
     def remove(self, cid: str) -> None:
@@ -778,6 +826,8 @@ class SandboxManager:
 
     def _remove_quietly(self, cid: str) -> None:
         """Remove what a sandbox left besides its container: workspace, ownership record, lease file."""
+        with contextlib.suppress(OSError):
+            self.staged.release(cid)
         self.volumes.remove(cid)
         if self.volumes.mode != "loop":
             with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
@@ -894,6 +944,11 @@ class SandboxManager:
                 if cid and cid not in known and self.owners.revivable(cid) is None:
                     with contextlib.suppress(docker.errors.APIError):
                         volume.remove(force=True)
+        for cid in self.staged.staged():  # host-folder staging points of sandboxes gone for good
+            if (cid not in known and self.owners.revivable(cid) is None
+                    and time.time() - _mtime(self.staged.root / cid) > self.orphan_grace):
+                with contextlib.suppress(OSError):
+                    self.staged.release(cid)
         removed += self.evict_kept()
         # Ownership records of containers that are gone and cannot come back. Written only after
         # their container exists; the age guard covers a create racing this listing.

@@ -177,7 +177,8 @@ def test_json_output_lists_every_check_and_the_verdict(
     report = json.loads(capsys.readouterr().out)
     assert status == 1 and report["ok"] is False
     names = [c["name"] for c in report["checks"]]
-    assert names == ["config", "engine", "engine version", "image", "runtime", "checkpoint", "disk quota", "file store"]
+    assert names == ["config", "engine", "engine version", "image", "derived images", "runtime", "checkpoint", "mounts",
+                     "disk quota", "file store"]
     assert all(c["status"] in ("OK", "WARN", "FAIL", "SKIP") for c in report["checks"])
     assert all(c["fix"] for c in report["checks"] if c["status"] == "FAIL")
 
