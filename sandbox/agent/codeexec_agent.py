@@ -2222,6 +2222,7 @@ def repl_main(workspace: str) -> int:
             limits["pending_timeout"] = float(frame.get("pending_timeout") or DEFAULT_PENDING_TIMEOUT)
             limits["sem"] = asyncio.Semaphore(int(frame.get("max_in_flight") or DEFAULT_MAX_IN_FLIGHT))
             inject([t for t in frame.get("tools") or [] if isinstance(t, dict)])
+            asyncio.set_event_loop(loop)  # a cell's asyncio.run() leaves no current loop behind
             signal.signal(signal.SIGINT, signal.default_int_handler)
             rc = execute(str(frame.get("code") or ""), int(frame.get("cell") or 0))
         except BaseException as exc:  # noqa: BLE001 - outside the cell's frames (a late interrupt, a broken fd): the interpreter lives on
