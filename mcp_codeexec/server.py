@@ -300,7 +300,11 @@ async def call_tool(state: AppState, tool: str, arguments: dict[str, Any], ctx: 
     )
 
 
-def create_server(settings: Settings, *, backend: Backend | None = None, store: FileStore | None = None) -> Server[AppState]:
+def create_server(
+    settings: Settings, *, backend: Backend | None = None, store: FileStore | None = None,
+    code_tools: CodeTools | None = None,
+) -> Server[AppState]:
+    """``code_tools``: functions code_execution's code may call (programmatic tool calling)."""
     @asynccontextmanager
     async def lifespan(_: Server[AppState]) -> AsyncIterator[AppState]:
         async with AsyncExitStack() as stack:
@@ -314,7 +318,7 @@ def create_server(settings: Settings, *, backend: Backend | None = None, store: 
                 await the_backend.start()
                 stack.push_async_callback(the_backend.aclose)
             limiter = CallRateLimiter(settings.http_calls_per_minute, settings.http_call_burst) if settings.http_calls_per_minute else None
-            yield AppState(settings, the_backend, file_store, limiter)
+            yield AppState(settings, the_backend, file_store, limiter, code_tools)
 
     tools = tool_definitions(settings)
 
