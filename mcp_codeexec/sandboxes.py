@@ -483,7 +483,7 @@ class SandboxManager:
 
     def list(self, *, all_: bool = True) -> list[tuple[SandboxRecord, Container]]:
         with translate_docker_errors("listing sandboxes"):
-            containers = self.client.containers.list(all=all_, filters={"label": f"{L_MANAGED}=1"})
+            containers = self.client.containers.list(all=all_, filters={"label": f"{L_MANAGED}=1"}, ignore_removed=True)
         found = []
         for c in containers:
             if L_ID not in c.labels:
@@ -499,7 +499,7 @@ class SandboxManager:
         """Remove every sandbox of this data directory, expired or not (tests, `containers prune --all`)."""
         removed = []
         with translate_docker_errors("listing sandboxes"):
-            containers = self.client.containers.list(all=True, filters={"label": f"{L_INSTALL}={self.install}"})
+            containers = self.client.containers.list(all=True, filters={"label": f"{L_INSTALL}={self.install}"}, ignore_removed=True)
         for container in containers:
             self.remove(container.labels[L_ID])
             removed.append(container.labels[L_ID])
