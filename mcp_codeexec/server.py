@@ -447,8 +447,12 @@ class _Refusing:
         return await self.bash(request, ctx)
 
 
-def create_server(settings: Settings, *, backend: Backend | None = None, store: FileStore | None = None,
-                  shutdown: Shutdown | None = None) -> Server[AppState]:
+def create_server(
+    settings: Settings, *, backend: Backend | None = None, store: FileStore | None = None,
+    code_tools: CodeTools | None = None, shutdown: Shutdown | None = None,
+) -> Server[AppState]:
+    """``code_tools``: functions every caller's code_execution code may call (programmatic tool
+    calling), besides the upstream MCP servers of ``tools_config``."""
     shutdown = shutdown or Shutdown()
 
     try:
@@ -472,7 +476,7 @@ def create_server(settings: Settings, *, backend: Backend | None = None, store: 
             registry = None
             if settings.tools_config is not None:
                 registry = await stack.enter_async_context(registry_from_settings(settings))
-            yield AppState(settings, the_backend, file_store, limiter, registry=registry)
+            yield AppState(settings, the_backend, file_store, limiter, code_tools, registry=registry)
 
     tools = _with_result_budget(tool_definitions(settings), settings)
 

@@ -1547,7 +1547,7 @@ def _describe_exit(status: int | None) -> str:
 
 
 class PythonCall:
-    __slots__ = ("cancelled", "rid", "pending")
+    __slots__ = ("cancelled", "pending", "rid")
 
     def __init__(self, rid: int) -> None:
         self.rid = rid
@@ -1798,7 +1798,6 @@ class Repl:
     def _run_locked(self, call, code, timeout, max_output, max_spill, max_file, interval,
                     restart, tools, pending_timeout, max_in_flight) -> None:
         rid = call.rid
-        start = time.monotonic()
         seq, outdir = self.terminal._next_outdir()
         spill = os.path.join(SPILL_DIR, f"{seq}.")
         out = Capture(max_output, max_spill, spill + "stdout", self.terminal._prune_spill)
@@ -1831,6 +1830,7 @@ class Repl:
             body_len = len(json.dumps(message, ensure_ascii=False).encode("utf-8", "surrogatepass"))
             if body_len > REPL_MAX_FRAME:
                 raise _invalid(f"the code and tool list are larger than {REPL_MAX_FRAME} bytes")
+            start = time.monotonic()  # the cell's clock: an interpreter start above does not count
             try:
                 with self._send_lock:
                     _ctl_send(self.sock, message, (out_w, err_w))
@@ -2110,7 +2110,7 @@ def repl_main(workspace: str) -> int:
     def tool_function(spec: dict):
         name = spec["name"]
 
-        async def call(input: dict | None = None, /, **kwargs):  # noqa: A002 - the documented signature
+        async def call(input: dict | None = None, /, **kwargs):  # "input": the documented signature
             arguments = dict(input or {}, **kwargs)
             if not isinstance(arguments, dict):
                 raise TypeError(f"{name}() takes one dict of arguments")
@@ -2128,7 +2128,7 @@ def repl_main(workspace: str) -> int:
                     timeout = limits["pending_timeout"]
                     try:
                         frame = await asyncio.wait_for(fut, timeout)
-                    except asyncio.TimeoutError:
+                    except asyncio.TimeoutError:  # noqa: UP041 - not TimeoutError's alias before Python 3.11
                         send({"t": "tool_abandon", "call_id": call_id})
                         raise TimeoutError(
                             f"Calling tool ['{name}'] timed out (no response after {timeout:g}s)."
@@ -2171,11 +2171,11 @@ def repl_main(workspace: str) -> int:
             task = loop.create_task(value)
             try:
                 return loop.run_until_complete(task)
-            except BaseException:
+            except BaseException:  # noqa: BLE001 - an interrupt or the cell's error: cancel its task, re-raise
                 task.cancel()
                 try:
                     loop.run_until_complete(task)
-                except BaseException:
+                except BaseException:  # noqa: BLE001, S110 - the cancellation's own outcome; the first error is raised
                     pass
                 raise
         return value
@@ -2217,7 +2217,7 @@ def repl_main(workspace: str) -> int:
                 return code or 0
             print(code, file=sys.stderr)
             return 1
-        except BaseException as exc:  # the cell's own failure: a result (traceback on stderr), not an error
+        except BaseException as exc:  # noqa: BLE001 - the cell's own failure: a result (traceback on stderr), not an error
             show_error(exc, "<cell-")
             return 1
 
@@ -2251,6 +2251,7 @@ def repl_main(workspace: str) -> int:
             limits["pending_timeout"] = float(frame.get("pending_timeout") or DEFAULT_PENDING_TIMEOUT)
             limits["sem"] = asyncio.Semaphore(int(frame.get("max_in_flight") or DEFAULT_MAX_IN_FLIGHT))
             inject([t for t in frame.get("tools") or [] if isinstance(t, dict)])
+            asyncio.set_event_loop(loop)  # a cell's asyncio.run() leaves no current loop behind
             signal.signal(signal.SIGINT, signal.default_int_handler)
             rc = execute(str(frame.get("code") or ""), int(frame.get("cell") or 0))
         except BaseException as exc:  # noqa: BLE001 - outside the cell's frames (a late interrupt, a broken fd): the interpreter lives on

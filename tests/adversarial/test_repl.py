@@ -160,7 +160,7 @@ async def test_the_agents_channel_is_out_of_reach_of_the_cell(victim: Sandbox) -
     else:
         assert all(line.endswith("PermissionError") for line in lines[:5]), lines
     # the interpreter's own fds: its socket to the agent, the cell's pipes; no attach stream
-    kinds = eval(lines[5])  # noqa: S307 - our own printed list
+    kinds = eval(lines[5])  # our own printed list
     assert set(kinds) <= {"socket", "pipe", "anon_inode"}, kinds
     await answers_after(victim, state_kept=True)
 

@@ -10,7 +10,6 @@ import sys
 
 import pytest
 
-from mcp_codeexec.config import Settings
 from tests.integration.conftest import make_settings
 from tests.support.oracle import assert_hosted_shape
 from tests.support.servers import mcp_client, remove_installation, server_env

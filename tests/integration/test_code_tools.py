@@ -97,3 +97,16 @@ async def test_without_tools_a_forged_tool_call_fails_only_inside_the_code(setti
                 "print([n for n in ('echo', 'list_tools') if n in globals()])")
         result = hosted(await sb.code(code))
     assert result.stdout == "['list_tools']\n"
+
+
+async def test_an_mcp_server_given_code_tools_exposes_them_to_code_execution(settings) -> None:
+    from mcp import Client
+
+    from mcp_codeexec.server import create_server
+
+    tools, seen = echo_tools()
+    async with Client(create_server(settings, code_tools=tools)) as client:
+        result = await client.call_tool("code_execution", {"code": "print(await echo({'text': 'via mcp'}))"})
+    assert_hosted_shape(result.structured_content, "code_execution")
+    assert result.structured_content["stdout"] == '{"text": "via mcp"}\n'
+    assert seen == [("echo", {"text": "via mcp"})]

@@ -94,7 +94,7 @@ def test_the_http_client_example_reaches_the_server_with_a_bearer_token(settings
     with http_server(settings, token=token) as url:
         out = run_example("http_client.py", server_env(settings, MCP_CODEEXEC_URL=url + "/mcp", MCP_CODEEXEC_TOKEN=token))
         lines = out.splitlines()
-        assert lines[0] == "tools: bash_code_execution, text_editor_code_execution"
+        assert lines[0] == "tools: bash_code_execution, text_editor_code_execution, code_execution"
         bash = json.loads(lines[1].removeprefix("bash: "))
         assert_hosted_shape(bash, "bash_code_execution")
         assert bash["stdout"] == "5050\n"

@@ -96,6 +96,24 @@ def test_the_inspector_calls_bash_and_the_editor_and_gets_hosted_results(inspect
     assert missing["structuredContent"]["error_code"] == "file_not_found"
 
 
+def test_the_inspector_runs_repl_cells_that_keep_state_across_sessions_by_container_id(inspector: Path, settings) -> None:
+    """The TypeScript SDK client validates structuredContent against the declared outputSchema."""
+    first = run_inspector(
+        inspector, settings, *stdio_server(), "--method", "tools/call", "--tool-name", "code_execution",
+        "--tool-arg", "code=import math\nkept = math.factorial(5)\nprint(kept)",
+    )
+    assert first["isError"] is False
+    assert_hosted_shape(first["structuredContent"], "code_execution")
+    assert first["structuredContent"]["stdout"] == "120\n"
+    cid = first["_meta"]["container"]["id"]
+    again = run_inspector(
+        inspector, settings, *stdio_server(), "--method", "tools/call", "--tool-name", "code_execution",
+        "--tool-arg", "code=kept + 1", f"container_id={cid}",
+    )
+    assert again["structuredContent"] == {"type": "code_execution_result", "stdout": "121\n", "stderr": "",
+                                          "return_code": 0, "content": []}
+
+
 def test_the_inspector_runs_the_claude_desktop_config_as_written(inspector: Path, settings, tmp_path: Path) -> None:
     config = json.loads((EXAMPLES / "claude_desktop_config.json").read_text())
     entry = config["mcpServers"]["codeexec"]

@@ -85,6 +85,17 @@ def test_top_level_await_and_gather_run_on_a_persistent_event_loop(agent: AgentC
     assert result["stdout"] == "[0, 1, 4, 9]\nTrue\n"
 
 
+def test_asyncio_run_in_a_cell_works_and_leaves_the_persistent_loop_current(agent: AgentClient) -> None:
+    assert py(agent, "import asyncio\nloop = asyncio.get_event_loop()\nprint(asyncio.run(asyncio.sleep(0, 'ran')))")["stdout"] == "ran\n"
+    assert py(agent, "print(asyncio.get_event_loop() is loop)\nawait asyncio.sleep(0)")["stdout"] == "True\n"
+
+
+def test_an_interrupted_await_leaves_the_loop_usable_and_scheduled_tasks_run_in_later_cells(agent: AgentClient) -> None:
+    assert py(agent, "import asyncio\nawait asyncio.sleep(30)", timeout=1.0)["interrupted"] is True
+    py(agent, "async def bg():\n    await asyncio.sleep(0.1)\n    print('bg done')\nt = asyncio.ensure_future(bg())")
+    assert py(agent, "await asyncio.sleep(0.3)\nprint(t.done())")["stdout"] == "bg done\nTrue\n"
+
+
 def test_a_traceback_is_on_stderr_with_return_code_1_and_only_the_cells_frames(agent: AgentClient) -> None:
     result = py(agent, "def f():\n    raise ValueError('bad')\nf()")
     assert result["return_code"] == 1 and result["stdout"] == ""
