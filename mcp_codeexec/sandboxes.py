@@ -535,7 +535,7 @@ class SandboxManager:
                     found = self.client.images.get(candidate)
                 except docker.errors.ImageNotFound:
                     continue
-                if wanted and candidate == derived_tag(wanted) and (found.labels or {}).get(DERIVED_LABEL) != wanted:
+                if wanted and is_bare_name(wanted) and candidate == derived_tag(wanted) and (found.labels or {}).get(DERIVED_LABEL) != wanted:
                     continue  # that tag was not made by `image build --name`
                 self.image = candidate
                 return candidate
