@@ -226,7 +226,7 @@ _FITTED_FIELDS = ("stdout", "stderr", "content", "error_message")
 
 def _js_length(value: Any) -> int:
     """The length Claude Code measures: JSON.stringify of structuredContent, in UTF-16 code units."""
-    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-16-le")) // 2
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-16-le", "surrogatepass")) // 2
 
 
 def _cut_middle(text: str, chars: int) -> str:
@@ -246,12 +246,45 @@ def _cut_middle(text: str, chars: int) -> str:
     return f"{head[: len(head) - from_head]}\n[... {omitted} bytes omitted{found.group(2)} ...]\n{tail[from_tail:]}"
 
 
+def _fit_view(block: dict[str, Any], budget: int) -> dict[str, Any]:
+    """A text view whose JSON is over budget (escaping: a NUL costs six characters) shows the lines
+    that fit, or the start of its one line, as the agent does for files over the view limit."""
+    content: str = block["content"]
+
+    def fits(text: str) -> bool:
+        return _js_length({**block, "content": text}) <= budget
+
+    if fits(content):
+        return block
+    lines = content.splitlines(keepends=True)
+    lo, hi = 0, len(lines)  # the most whole lines that fit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits("".join(lines[:mid])) else (lo, mid - 1)
+    if lo:
+        shown = "".join(lines[:lo])
+    else:
+        first = lines[0] if lines else ""
+        lo_c, hi_c = 0, len(first)
+        while lo_c < hi_c:
+            mid = (lo_c + hi_c + 1) // 2
+            lo_c, hi_c = (mid, hi_c) if fits(first[:mid]) else (lo_c, mid - 1)
+        shown = first[:lo_c]
+    fitted = {**block, "content": shown}
+    if "num_lines" in block:
+        fitted["num_lines"] = max(1, len(shown.splitlines())) if shown else 0
+    return fitted
+
+
 def _fit_block(block: dict[str, Any], budget: int) -> dict[str, Any]:
     """Keep the structuredContent JSON within the announced budget: Claude Code shows the model that
-    JSON (not the text content), and replaces a larger one with a 2 KB preview. Only the big text
-    fields shrink, each in its middle, so head, tail, the marker and the spill path stay."""
+    JSON (not the text content), and replaces a larger one with a 2 KB preview. Command output
+    shrinks in its middle, so head, tail, the marker and the spill path stay; a view shows the lines
+    that fit."""
     if block.get("file_type") in ("image", "pdf"):
         return block  # the file itself: shown as an image / document, not cut
+    if block.get("file_type") == "text":
+        return _fit_view(block, budget)
     for _ in range(8):
         excess = _js_length(block) - budget
         if excess <= 0:

@@ -41,6 +41,13 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")  # huge strings are the point
 EXAMPLES = int(os.environ.get("FUZZ_DOCKER_EXAMPLES", "100"))
 VIEW_LIMIT = Settings.model_fields["max_view_bytes"].default
+RESULT_BUDGET = Settings.model_fields["max_result_chars"].default
+
+
+def _fits_the_result_budget(content: str) -> bool:
+    """Whether a view of ``content`` keeps its JSON (escapes included) within the result budget,
+    with room for the block's other fields; a view over it shows the lines that fit."""
+    return len(json.dumps(content, ensure_ascii=False).encode("utf-16-le", "surrogatepass")) // 2 + 200 <= RESULT_BUDGET
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, print_blob=True, derandomize=IN_CI,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
                                        HealthCheck.function_scoped_fixture])
@@ -170,13 +177,13 @@ def test_create_then_view_round_trips(session: Session, parts: list[str], text: 
             expected = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         else:
             expected = text
-        if len(text.encode("utf-8", "surrogateescape")) <= VIEW_LIMIT:
+        if len(text.encode("utf-8", "surrogateescape")) <= VIEW_LIMIT and _fits_the_result_budget(expected):
             assert viewed["content"] == expected
         else:  # larger files show the lines (or the start of the one line) that fit
             event("create+view: larger than the view limit")
             assert expected.startswith(viewed["content"]) and len(viewed["content"].encode()) <= VIEW_LIMIT
         assert viewed["total_lines"] == len(expected.splitlines())
-    if not _has_surrogates(text) and text and len(text) < 200_000:
+    if not _has_surrogates(text) and text and len(text) < 200_000 and _fits_the_result_budget(text):
         needle = text[: max(1, len(text) // 3)]
         if text.count(needle) == 1:
             replaced = session.call(EDITOR, {"command": "str_replace", "path": path, "old_str": needle, "new_str": "\x00NEW\n"})

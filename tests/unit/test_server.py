@@ -250,6 +250,29 @@ async def test_a_flood_fits_the_budget_claude_code_is_told_keeping_head_tail_mar
     assert "omitted" in sc["stderr"] and sc["stderr"].startswith("\x01")
 
 
+class EscapedViewBackend(DummyBackend):
+    """A view of a file of NULs: 20,000 bytes, but 120,000 characters of JSON (each NUL is \\u0000)."""
+
+    async def editor(self, request, ctx):
+        from mcp_codeexec.backends.base import Outcome
+        from mcp_codeexec.schemas import ViewResult
+
+        content = ("\x00" * 99 + "\n") * 200
+        return Outcome(ViewResult(file_type="text", content=content, num_lines=200, start_line=1, total_lines=200), self.info)
+
+
+async def test_a_view_whose_json_is_over_the_budget_shows_the_lines_that_fit(tmp_path: Path):
+    settings = load_settings(data_dir=str(tmp_path))
+    server = create_server(settings, backend=EscapedViewBackend(), store=FileStore(tmp_path / "files"))
+    async with Client(server) as client:
+        result = await client.call_tool("text_editor_code_execution", {"command": "view", "path": "nul.bin"})
+    sc = result.structured_content
+    assert_hosted_shape(sc, "text_editor_code_execution")
+    assert _js_length(sc) <= settings.max_result_chars
+    assert sc["content"] == ("\x00" * 99 + "\n") * sc["num_lines"] and 100 < sc["num_lines"] < 200
+    assert sc["total_lines"] == 200 and "omitted" not in sc["content"]  # file text is never mixed with a marker
+
+
 async def test_many_calls_at_once_all_come_back(server):
     results = []
     async with Client(server) as client:
