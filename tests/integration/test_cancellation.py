@@ -105,6 +105,6 @@ async def test_openai_agents_giving_up_after_its_5_s_timeout_leaves_nothing_runn
         next_stdout = out["next"]["stdout"]
         assert next_stdout.splitlines()[0] == "0", out  # the command's whole process group was killed
         assert "No such file" in next_stdout
-        assert out["next_after"] < 10, out  # a new server's start-up included
+        assert out["next_after"] < 25, out  # well under the 32 s command: it did not wait behind it (start-up included)
     finally:
         remove_installation(settings)
