@@ -1,15 +1,11 @@
-import signal
 import sys
 
 if sys.argv[1:2] == ["serve"]:
-    # A server stopped while it is still importing has nothing to answer or clean up: exit 0
-    # quietly rather than with a KeyboardInterrupt traceback (cli.cmd_serve and then shutdown.py
-    # take the signals over from here).
-    def _quit(signum: int, frame: object) -> None:
-        raise SystemExit(0)
+    # From the first moment a signal is only noted; the server acts on it once its event loop
+    # listens (shutdown.py): exit 0, no traceback, even while it is still importing.
+    from .shutdown import hold_signals
 
-    for _signum in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", signal.SIGTERM)):
-        signal.signal(_signum, _quit)
+    hold_signals()
 
 from .cli import main  # noqa: E402
 
