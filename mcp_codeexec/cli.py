@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -50,17 +49,11 @@ def _configure_logging(settings: Settings) -> None:
     )
 
 
-def _quit_quietly(signum: int, frame: Any) -> None:
-    raise SystemExit(0)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    # Until the event loop takes the signals over (shutdown.py) nothing is running that a shutdown
-    # would have to answer or clean up: a signal just ends the process, exit 0, no traceback.
-    from .shutdown import SIGNALS
+    # A signal from here on is handled by shutdown.py once the event loop listens (exit 0, no traceback).
+    from .shutdown import hold_signals
 
-    for signum in SIGNALS:
-        signal.signal(signum, _quit_quietly)
+    hold_signals()
     settings = _settings_from(args)
     _configure_logging(settings)
     if settings.backend == "docker" and settings.auto_build_image and not _image_ready(settings):
@@ -91,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def main() -> None:
         async with anyio.create_task_group() as tg:
             with anyio.CancelScope() as serving:
-                tg.start_soon(stop_on_signals, shutdown, serving.cancel)
+                await tg.start(stop_on_signals, shutdown, serving.cancel)
                 async with serve_stdio() as (read_stream, write_stream):
                     await server.run(read_stream, write_stream, server.create_initialization_options())
             tg.cancel_scope.cancel()  # the client closed stdin, or a signal stopped serving: done

@@ -311,7 +311,7 @@ def serve_http(settings: Settings) -> None:
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(stop_on_signals, shutdown, stop)
+            await tg.start(stop_on_signals, shutdown, stop)
             await server.serve()
             tg.cancel_scope.cancel()
 

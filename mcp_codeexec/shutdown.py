@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 
 import anyio
+import anyio.abc
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,31 @@ class Shutdown:
         await anyio.sleep(FLUSH_SECONDS)
 
 
-async def stop_on_signals(shutdown: Shutdown, stop: Callable[[], None]) -> None:
+_early: list[int] = []
+
+
+def hold_signals() -> None:
+    """Until the event loop takes them over (``stop_on_signals``), termination signals are only
+    noted: raising in the middle of start-up (inside the loop's machinery) would end in a traceback."""
+    for signum in SIGNALS:
+        signal.signal(signum, lambda signum, frame: _early.append(signum))
+
+
+async def stop_on_signals(shutdown: Shutdown, stop: Callable[[], None], *,
+                          task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
     """Wait for a termination signal, drain, then ``stop()`` the transport. Keeps the handlers
-    installed until cancelled, so a second Ctrl-C during the shutdown does not interrupt it."""
+    installed until cancelled, so a second Ctrl-C during the shutdown does not interrupt it.
+    Start it with ``TaskGroup.start``: it returns once the handlers are installed."""
     with anyio.open_signal_receiver(*SIGNALS) as signals:
-        async for signum in signals:
+        task_status.started()
+
+        async def received() -> AsyncIterator[int]:
+            while _early:
+                yield _early.pop(0)  # arrived before the loop was listening
+            async for signum in signals:
+                yield signum
+
+        async for signum in received():
             name = signal.Signals(signum).name
             if shutdown.closing:
                 log.info("%s received: already shutting down", name)

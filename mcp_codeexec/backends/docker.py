@@ -153,6 +153,12 @@ class DockerBackend:
             await self._manager_or_raise()
         except Unavailable as exc:
             log.warning("docker backend not ready yet: %s", exc.message)
+        except BaseException:
+            # Cancelled while starting (a signal during start-up): leave the task group we entered,
+            # or the caller's cancel scopes unwind out of order.
+            self._tg.cancel_scope.cancel()
+            await self._stack.aclose()  # not in a shield: that scope would sit inside the task group's
+            raise
         self._tg.start_soon(self._reaper)
         if self.settings.pool_size > 0:
             self._tg.start_soon(self._pool_filler)

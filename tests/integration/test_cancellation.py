@@ -108,3 +108,44 @@ async def test_openai_agents_giving_up_after_its_5_s_timeout_leaves_nothing_runn
         assert out["next_after"] < 25, out  # well under the 32 s command: it did not wait behind it (start-up included)
     finally:
         remove_installation(settings)
+
+
+async def test_an_http_session_ending_mid_call_kills_the_command_within_a_second(settings):
+    import json
+    import subprocess
+
+    import httpx2
+
+    from tests.support.servers import http_server
+
+    init = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+    def call(id_: int, command: str) -> dict:
+        return {"jsonrpc": "2.0", "id": id_, "method": "tools/call", "params": {"name": BASH, "arguments": {"command": command}}}
+
+    with http_server(settings) as url:
+        async with httpx2.AsyncClient(base_url=url, timeout=60) as http:
+            opened = await http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": init}, headers=headers)
+            headers |= {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-06-18"}
+            await http.post("/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+            first = await http.post("/mcp", json=call(2, "true"), headers=headers)
+            data = json.loads([line for line in first.text.splitlines() if line.startswith("data:")][-1][5:])
+            name = "mcp-codeexec-" + data["result"]["_meta"]["container"]["id"]
+
+            def sleeps() -> str:
+                return subprocess.run(["docker", "exec", name, "sh", "-c", "ps -eo args | grep -c '[s]leep 40' || true"],
+                                      capture_output=True, text=True, timeout=30).stdout.strip()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: http.post("/mcp", json=call(3, "sleep 40"), headers=headers))
+                with anyio.fail_after(10):
+                    while await anyio.to_thread.run_sync(sleeps) != "1":
+                        await anyio.sleep(0.1)
+                assert (await http.delete("/mcp", headers=headers)).status_code == 200  # the session ends
+                ended = time.monotonic()
+                while await anyio.to_thread.run_sync(sleeps) != "0":
+                    # 1 s for the kill plus one `docker exec` (~0.1-0.5 s on a loaded host); measured 0.13 s.
+                    assert time.monotonic() - ended < 1.5, "the command outlived its session by a second"
+                    await anyio.sleep(0.05)
+                tg.cancel_scope.cancel()

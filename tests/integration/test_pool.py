@@ -175,3 +175,21 @@ async def test_a_claimed_pool_container_survives_the_next_servers_reap_with_its_
         assert container.attrs["State"]["StartedAt"] == started  # the same container, never restarted
         out = await b.bash(BashInput(command="cat /workspace/f.txt; echo $KEEP", container_id=cid), ctx(9))
         assert out.block.stdout == "kept\nyes\n"
+
+
+@pytest.mark.parametrize("pool", [False, True], ids=["session-create", "pool-refill"])
+async def test_a_create_whose_caller_gave_up_or_whose_server_closed_leaves_nothing(settings, pool):
+    """The create runs on in its worker thread after the await was cancelled: it must remove what it made."""
+    async with backend(settings, pool_size=1 if pool else 0) as b:
+        if not pool:
+            with anyio.move_on_after(0.3):  # mid-create: workspace made, container starting
+                await b.sandbox_for(ctx(1), None)
+    # The server closed (a refill may have been mid-create): its drain waited for the create threads.
+    client = docker.from_env()
+    try:
+        labels = [f"{L_INSTALL}={installation_label(settings.data_dir)}"]
+        await anyio.sleep(5)  # time for a create thread still running to finish (the drain should have waited)
+        assert client.containers.list(all=True, filters={"label": labels}) == []
+    finally:
+        client.close()
+    assert not list(settings.volumes_dir.glob("*.img")) if settings.volumes_dir.exists() else True
