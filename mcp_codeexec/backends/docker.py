@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import mimetypes
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from anyio.abc import SocketStream, TaskGroup
 from docker.models.containers import Container
 
 from ..agent_client import AgentConnection, AgentGone
-from ..config import Settings
+from ..config import MiB, Settings
 from ..errors import (
     CodeExecError,
     ContainerExpired,
@@ -61,6 +62,14 @@ from .base import CallContext, CodeTools, ContainerInfo, Outcome, ProducedFile
 log = logging.getLogger(__name__)
 
 INPUT_DIR = "/workspace/inputs"
+# The pool follows demand: new sessions within POOL_BURST_WINDOW count as one burst, and the pool
+# grows to the largest recent burst (at most pool_max, and at most POOL_MEMORY_SHARE of the host's
+# available memory at POOL_CONTAINER_BYTES each: an idle warm container's cgroup + its shim, as the
+# bench measures it), then shrinks back to pool_size after pool_shrink_seconds without new sessions.
+POOL_BURST_WINDOW = 10.0
+POOL_CONTAINER_BYTES = 16 * MiB
+POOL_MEMORY_SHARE = 0.25
+POOL_RETRY_SECONDS = 10.0
 STDIO_SESSION = "local:process"  # the session key of a stdio (or in-process) server: see server.session_key_of
 _AGENT_ERRORS: dict[str, type[CodeExecError]] = {
     "invalid_tool_input": InvalidToolInput,
@@ -138,8 +147,12 @@ class DockerBackend:
         self._pool: list[Sandbox] = []
         self._pool_wanted = anyio.Event()
         self._pool_changed = anyio.Event()  # set (and replaced) when a fill attempt ends
-        self._pool_filling = False
-        self._pool_promised = 0  # sessions waiting for the container the filler is starting
+        self._pool_fills = 0  # pool containers being started
+        self._pool_promised = 0  # sessions waiting for a container the filler is starting
+        self._pool_demand: deque[float] = deque()  # when recent sessions asked for a new container
+        self._pool_peak = 0  # the largest recent burst
+        self._pool_peak_at = 0.0
+        self._pool_retry_at = 0.0  # after a failed start, the pool waits before trying again
         self._tg: TaskGroup | None = None
         self._stack = AsyncExitStack()
         self.pending_dir = settings.data_dir / "pending"
@@ -254,23 +267,68 @@ class DockerBackend:
                     log.warning("stopping idle sandbox %s: %s", cid, exc.message)
                 await _thread(self._manager.leases.release, cid)
 
+    def pool_target(self) -> int:
+        """How many warm containers the pool holds now: pool_size, or the last burst's size while it is recent."""
+        s = self.settings
+        if s.pool_size <= 0:
+            return 0
+        if time.monotonic() - self._pool_peak_at > s.pool_shrink_seconds:
+            self._pool_peak = 0
+        if self._pool_peak <= s.pool_size:
+            return s.pool_size
+        return max(s.pool_size, min(self._pool_peak, s.pool_max, pool_memory_cap()))
+
+    def _note_demand(self) -> None:
+        now = time.monotonic()
+        demand = self._pool_demand
+        demand.append(now)
+        while demand and now - demand[0] > POOL_BURST_WINDOW:
+            demand.popleft()
+        self._pool_peak = max(self._pool_peak if now - self._pool_peak_at <= self.settings.pool_shrink_seconds else 0, len(demand))
+        self._pool_peak_at = now
+        self._pool_wanted.set()
+
     async def _pool_filler(self) -> None:
+        """Keeps the pool at its target: up to pool_create_concurrency starts at once (they overlap
+        well: much of a start is waiting on dockerd and containerd), extra containers removed when
+        the target falls."""
+        assert self._tg is not None
+        announced = False
         while True:
-            while len(self._pool) < self.settings.pool_size:
-                self._pool_filling = True
-                try:
-                    manager = await self._manager_or_raise()
-                    sandbox = await self._start_new(manager, owner="", pool=True)
-                except (CodeExecError, OSError) as exc:  # e.g. a full disk: retry later, never take the server down
-                    log.warning("pool: %s", getattr(exc, "message", None) or exc)
-                    self._pool_fill_ended()
-                    await anyio.sleep(10)
-                    continue
-                self._pool.append(sandbox)
-                self._pool_fill_ended()
-            log.info("pool: %d/%d warm containers ready", len(self._pool), self.settings.pool_size)
             self._pool_wanted = anyio.Event()
-            await self._pool_wanted.wait()
+            target = self.pool_target()
+            while len(self._pool) > target:
+                self._tg.start_soon(self._discard, self._pool.pop())
+            wait: float | None = None
+            now = time.monotonic()
+            if now < self._pool_retry_at:
+                wait = self._pool_retry_at - now
+            else:
+                while len(self._pool) + self._pool_fills < target and self._pool_fills < self.settings.pool_create_concurrency:
+                    self._pool_fills += 1
+                    self._tg.start_soon(self._fill_one)
+            full = len(self._pool) >= target and self._pool_fills == 0
+            if full and not announced:
+                log.info("pool: %d/%d warm containers ready", len(self._pool), target)
+            announced = full
+            if target > self.settings.pool_size:  # wake up to shrink when the burst is over
+                shrink_at = self._pool_peak_at + self.settings.pool_shrink_seconds - now + 0.01
+                wait = shrink_at if wait is None else min(wait, shrink_at)
+            with anyio.move_on_after(wait if wait is not None else float("inf")):
+                await self._pool_wanted.wait()
+
+    async def _fill_one(self) -> None:
+        try:
+            manager = await self._manager_or_raise()
+            sandbox = await self._start_new(manager, owner="", pool=True)
+        except (CodeExecError, OSError) as exc:  # e.g. a full disk: retry later, never take the server down
+            log.warning("pool: %s", getattr(exc, "message", None) or exc)
+            self._pool_retry_at = time.monotonic() + POOL_RETRY_SECONDS
+        else:
+            self._pool.append(sandbox)
+        finally:
+            self._pool_fills -= 1
+            self._pool_fill_ended()
 
     async def _pool_keepalive(self) -> None:
         """Unclaimed pool containers exit when their server has been silent for a while (the agent's
@@ -287,7 +345,7 @@ class DockerBackend:
             await sandbox.conn.notify({"op": "claim"})
 
     def _pool_fill_ended(self) -> None:
-        self._pool_filling = False
+        self._pool_wanted.set()
         self._pool_changed.set()
         self._pool_changed = anyio.Event()
 
@@ -303,7 +361,7 @@ class DockerBackend:
                     return sandbox
                 assert self._tg is not None
                 self._tg.start_soon(self._discard, sandbox)  # died while waiting: never handed out
-            if waited or not self._pool_filling or self._pool_promised:
+            if waited or self._pool_fills <= self._pool_promised:
                 return None
             waited = True
             self._pool_promised += 1
@@ -369,6 +427,8 @@ class DockerBackend:
         if owner != "local" and owned >= self.settings.max_containers_per_principal:
             raise TooManyRequests(f"at most {self.settings.max_containers_per_principal} containers per principal")
         manager = await self._manager_or_raise()
+        if self.settings.pool_size > 0:
+            self._note_demand()
         sandbox = await self._from_pool()
         if sandbox is not None:
             try:
@@ -795,3 +855,14 @@ class _FileReceiver:
         for pending in self.pending.values():
             pending.abort()
         self.pending.clear()
+
+
+def pool_memory_cap() -> int:
+    """The most warm containers POOL_MEMORY_SHARE of the host's available memory holds (Linux; a
+    large number where /proc/meminfo cannot be read)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            kib = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 1 << 16
+    return int(kib * 1024 * POOL_MEMORY_SHARE // POOL_CONTAINER_BYTES)
