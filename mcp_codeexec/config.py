@@ -122,7 +122,9 @@ class Settings(BaseSettings):
         description="The most warm containers the pool grows to after a burst of new sessions (also bounded by "
         "free memory); it shrinks back to pool_size when idle.",
     )
-    pool_create_concurrency: int = Field(default=4, ge=1, le=64, description="Pool containers started at once.")
+    create_concurrency: int = Field(
+        default=4, ge=1, le=64, description="Sandbox containers started at once (pool and new sessions alike)."
+    )
     pool_shrink_seconds: float = Field(
         default=300.0, gt=0, description="A pool grown by a burst gives back its extra containers after this long without one."
     )

@@ -70,6 +70,9 @@ POOL_BURST_WINDOW = 10.0
 POOL_CONTAINER_BYTES = 16 * MiB
 POOL_MEMORY_SHARE = 0.25
 POOL_RETRY_SECONDS = 10.0
+# While sessions are taking containers (a burst), refilling waits: its starts would take the CPU
+# the sessions' first calls (and their own starts) need right now.
+POOL_REFILL_QUIET = 0.5
 STDIO_SESSION = "local:process"  # the session key of a stdio (or in-process) server: see server.session_key_of
 _AGENT_ERRORS: dict[str, type[CodeExecError]] = {
     "invalid_tool_input": InvalidToolInput,
@@ -153,6 +156,10 @@ class DockerBackend:
         self._pool_peak = 0  # the largest recent burst
         self._pool_peak_at = 0.0
         self._pool_retry_at = 0.0  # after a failed start, the pool waits before trying again
+        self._pool_last_demand = 0.0
+        # Starts at once, pool and sessions alike: a burst's starts finish one after another
+        # instead of all at the end, and the engine is not thrashed.
+        self._create_limiter = anyio.CapacityLimiter(settings.create_concurrency)
         self._tg: TaskGroup | None = None
         self._stack = AsyncExitStack()
         self.pending_dir = settings.data_dir / "pending"
@@ -285,11 +292,11 @@ class DockerBackend:
         while demand and now - demand[0] > POOL_BURST_WINDOW:
             demand.popleft()
         self._pool_peak = max(self._pool_peak if now - self._pool_peak_at <= self.settings.pool_shrink_seconds else 0, len(demand))
-        self._pool_peak_at = now
+        self._pool_peak_at = self._pool_last_demand = now
         self._pool_wanted.set()
 
     async def _pool_filler(self) -> None:
-        """Keeps the pool at its target: up to pool_create_concurrency starts at once (they overlap
+        """Keeps the pool at its target: up to create_concurrency starts at once (they overlap
         well: much of a start is waiting on dockerd and containerd), extra containers removed when
         the target falls."""
         assert self._tg is not None
@@ -301,10 +308,11 @@ class DockerBackend:
                 self._tg.start_soon(self._discard, self._pool.pop())
             wait: float | None = None
             now = time.monotonic()
-            if now < self._pool_retry_at:
-                wait = self._pool_retry_at - now
+            quiet_at = self._pool_last_demand + POOL_REFILL_QUIET
+            if now < max(self._pool_retry_at, quiet_at) and len(self._pool) < target:
+                wait = max(self._pool_retry_at, quiet_at) - now
             else:
-                while len(self._pool) + self._pool_fills < target and self._pool_fills < self.settings.pool_create_concurrency:
+                while len(self._pool) + self._pool_fills < target and self._pool_fills < self.settings.create_concurrency:
                     self._pool_fills += 1
                     self._tg.start_soon(self._fill_one)
             full = len(self._pool) >= target and self._pool_fills == 0
@@ -406,7 +414,8 @@ class DockerBackend:
     async def _start_new(self, manager: SandboxManager, *, owner: str, pool: bool) -> Sandbox:
         ticket = CreateTicket()
         try:
-            record, container = await _thread(lambda: manager.create(owner, pool=pool, ticket=ticket))
+            async with self._create_limiter:
+                record, container = await _thread(lambda: manager.create(owner, pool=pool, ticket=ticket))
         except anyio.get_cancelled_exc_class():
             # The create carries on in its worker thread: it removes what it makes, or (made
             # already) we do. Nothing is left behind that no session and no pool knows of.

@@ -201,7 +201,7 @@ async def test_the_pool_grows_after_a_burst_of_sessions_and_shrinks_back_when_id
 
 
 async def test_pool_containers_start_in_parallel_up_to_the_concurrency_setting(settings):
-    async with backend(settings, pool_size=3, pool_create_concurrency=3) as b:
+    async with backend(settings, pool_size=3, create_concurrency=3) as b:
         await until(lambda: b._pool_fills == 3, timeout=5)
         await until(lambda: len(b._pool) == 3)
 
