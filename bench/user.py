@@ -7,6 +7,7 @@ from idle. ``pause`` (100 ms by default) is that think time; back-to-back calls 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -222,6 +223,10 @@ async def saturation(settings: Settings, plan: Plan, logs: Path) -> dict[str, An
                 tg.start_soon(session, i)
             with anyio.fail_after(600):
                 await ready.wait()
+            # The sessions' arrival grew the pool: let it finish refilling first (steady state).
+            n_max = max(levels)
+            with contextlib.suppress(TimeoutError):
+                await ServerLog(logs / "saturation.log").wait_for(re.compile(rf"pool: {n_max}/{n_max} warm containers ready"), timeout=240)
             if errors:
                 done.set()
             else:
@@ -345,7 +350,7 @@ async def density(settings: Settings, plan: Plan, logs: Path) -> dict[str, Any]:
             out["density_create_s"] = round(time.perf_counter() - start, 1)
             out["density_errors"] = len(errors)
             out["density_error_sample"] = errors[:3]
-            await anyio.sleep(3.0)  # settle: the last calls' processes exit
+            await anyio.sleep(10.0)  # settle: the last calls' processes exit, the engine calms down
 
             def measure() -> dict[str, Any]:
                 shims = _shims()
@@ -373,7 +378,25 @@ async def density(settings: Settings, plan: Plan, logs: Path) -> dict[str, Any]:
             out.update(await anyio.to_thread.run_sync(measure))
             out.update({k.replace("probe", "density_loaded"): v for k, v in (await _both("probe", lambda: _bash(client, "true"), lean)).items()})
             out["density_bench_process_rss_mb"] = rss_mb(os.getpid())  # holds the idle sandboxes' connections
-    if out.get("density_alone_p50_ms") and out.get("density_loaded_p50_ms"):
-        out["density_loaded_vs_alone"] = round(out["density_loaded_p50_ms"] / out["density_alone_p50_ms"], 3)
-        out["density_loaded_vs_alone_spaced"] = round(out["density_loaded_spaced_p50_ms"] / out["density_alone_spaced_p50_ms"], 3)
+
+            # Remove them, then measure alone again: the machine's load drifts (it is shared), so
+            # loaded is compared with the mean of the two unloaded figures around it.
+            manager = backend._manager
+            assert manager is not None
+
+            async def remove(sandbox: Any) -> None:
+                async with limiter:
+                    await sandbox.conn.aclose()
+                    await anyio.to_thread.run_sync(manager.remove, sandbox.record.id)
+
+            start = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for sandbox in made:
+                    tg.start_soon(remove, sandbox)
+            out["density_remove_s"] = round(time.perf_counter() - start, 1)
+        await anyio.sleep(5.0)
+        out.update({k.replace("probe", "density_after"): v for k, v in (await _both("probe", lambda: _bash(client, "true"), lean)).items()})
+    for suffix in ("", "_spaced"):
+        alone = (out[f"density_alone{suffix}_p50_ms"] + out[f"density_after{suffix}_p50_ms"]) / 2
+        out[f"density_loaded_vs_alone{suffix}"] = round(out[f"density_loaded{suffix}_p50_ms"] / alone, 3)
     return out
