@@ -27,7 +27,7 @@ from mcp_codeexec.config import load_settings
 from mcp_codeexec.errors import Unavailable
 from mcp_codeexec.sandboxes import SandboxManager, connect
 
-from . import scenarios
+from . import scenarios, user
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "latest.json"
@@ -59,6 +59,43 @@ TABLE: list[tuple[str, str, str, tuple[str, float] | None]] = [
     ("per_container_overhead_mb", "idle sandbox memory (cgroup)", "MB", None),
     ("progress_overhead_ms", "progress callback overhead, short call p50", "ms", None),
     ("progress_notifications", "progress notifications in a long call", "", None),
+    # what users feel (bench/user.py): floors and MCP warm calls in one run, back-to-back and spaced
+    ("floor_fork_exec_p50_ms", "floor: host fork+exec `bash -c true`, p50", "ms", None),
+    ("floor_fork_exec_spaced_p50_ms", "floor: host fork+exec, spaced, p50", "ms", None),
+    ("floor_agent_ping_p50_ms", "floor: agent no-op round trip (attach stream), p50", "ms", None),
+    ("floor_agent_ping_spaced_p50_ms", "floor: agent no-op round trip, spaced, p50", "ms", None),
+    ("floor_docker_exec_p50_ms", "floor: `docker exec bash -c true`, p50", "ms", None),
+    ("floor_docker_exec_spaced_p50_ms", "floor: `docker exec`, spaced, p50", "ms", None),
+    ("stdio_warm_p50_ms", "MCP stdio warm `true`, back-to-back, p50", "ms", ("<=", 1.5)),
+    ("stdio_warm_p99_ms", "MCP stdio warm `true`, back-to-back, p99", "ms", None),
+    ("stdio_warm_spaced_p50_ms", "MCP stdio warm `true`, spaced, p50", "ms", ("<=", 2.0)),
+    ("stdio_warm_spaced_p99_ms", "MCP stdio warm `true`, spaced, p99", "ms", None),
+    ("http_warm_p50_ms", "MCP HTTP warm `true`, back-to-back, p50", "ms", None),
+    ("http_warm_p99_ms", "MCP HTTP warm `true`, back-to-back, p99", "ms", None),
+    ("http_warm_spaced_p50_ms", "MCP HTTP warm `true`, spaced, p50", "ms", None),
+    ("http_warm_spaced_p99_ms", "MCP HTTP warm `true`, spaced, p99", "ms", None),
+    ("burst16_first_p50_ms", "burst: 16 new sessions at once, first result p50", "ms", None),
+    ("burst16_first_p99_ms", "burst: 16 new sessions at once, first result p99", "ms", None),
+    ("burst64_first_p50_ms", "burst: 64 new sessions at once (fresh server), first result p50", "ms", None),
+    ("burst64_first_p99_ms", "burst: 64 new sessions at once (fresh server), first result p99", "ms", ("<=", 1000)),
+    ("burst64_pool_refill_s", "pool grown to 64 after that burst, in", "s", None),
+    ("burst64_again_first_p50_ms", "burst: 64 more at once (pool grown), first result p50", "ms", None),
+    ("burst64_again_first_p99_ms", "burst: 64 more at once (pool grown), first result p99", "ms", ("<=", 1000)),
+    ("saturation1_calls_per_s", "saturation: 1 session, calls/s", "/s", None),
+    ("saturation1_p99_ms", "saturation: 1 session, p99", "ms", None),
+    ("saturation4_calls_per_s", "saturation: 4 sessions, calls/s", "/s", None),
+    ("saturation4_p99_ms", "saturation: 4 sessions, p99", "ms", None),
+    ("saturation16_calls_per_s", "saturation: 16 sessions, calls/s", "/s", None),
+    ("saturation16_p99_ms", "saturation: 16 sessions, p99", "ms", None),
+    ("saturation64_calls_per_s", "saturation: 64 sessions, calls/s", "/s", None),
+    ("saturation64_p99_ms", "saturation: 64 sessions, p99", "ms", None),
+    ("density_memory_per_sandbox_mib", "density: host memory per idle sandbox (cgroup + shim PSS)", "MiB", ("<=", 12)),
+    ("density_cgroup_mib_p50", "density: of which cgroup memory.current", "MiB", None),
+    ("density_disk_per_workspace_mib", "density: disk per empty workspace (allocated)", "MiB", ("<=", 8)),
+    ("density_alone_p50_ms", "density: one session's warm p50, alone", "ms", None),
+    ("density_loaded_p50_ms", "density: the same, while N sandboxes idle", "ms", None),
+    ("density_loaded_vs_alone", "density: loaded / alone (back-to-back p50)", "x", ("<=", 1.1)),
+    ("density_loaded_vs_alone_spaced", "density: loaded / alone (spaced p50)", "x", ("<=", 1.1)),
 ]
 
 
@@ -168,9 +205,16 @@ async def run_all(plan: scenarios.Plan, settings: Any, logs: Path, only: set[str
         ("baseline", lambda: anyio.to_thread.run_sync(scenarios.baseline_docker_exec, settings, plan)),
         ("first_call", lambda: scenarios.first_calls(settings, plan, logs)),
         ("concurrency", lambda: scenarios.concurrency(settings, plan, logs)),
+        ("floors", lambda: user.floors(settings, plan)),
+        ("mcp_warm", lambda: user.mcp_warm(settings, plan, logs)),
+        # heavy: only when asked for (--burst, --saturation, --density)
+        ("burst", lambda: user.bursts(settings, plan, logs)),
+        ("saturation", lambda: user.saturation(settings, plan, logs)),
+        ("density", lambda: user.density(settings, plan, logs)),
     ]
+    heavy = {"burst", "saturation", "density"}
     for name, step in steps:
-        if only and name not in only:
+        if (only and name not in only) or (name in heavy and name not in plan.heavy and not (only and name in only)):
             continue
         progress(f"{name} ...")
         started = time.perf_counter()
@@ -187,7 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--smoke", action="store_true", help="a tiny, fast run (CI): every key, few samples")
     parser.add_argument("--sessions", type=int, help="concurrent sessions (default 16)")
-    parser.add_argument("--only", help="comma-separated subset: warm,baseline,first_call,concurrency")
+    parser.add_argument("--only", help="comma-separated subset: warm,baseline,first_call,concurrency,floors,mcp_warm,"
+                        "burst,saturation,density")
+    parser.add_argument("--pause-ms", type=float, default=100.0, help="think time before each spaced call (default 100)")
+    parser.add_argument("--burst", action="store_true", help="also: N new sessions at once (N = 16, 64; --burst-sizes)")
+    parser.add_argument("--burst-sizes", help="comma-separated burst sizes (default 16,64)")
+    parser.add_argument("--saturation", action="store_true", help="also: calls/s and p99 at N = 1, 4, 16, 64 sessions")
+    parser.add_argument("--density", action="store_true", help="also: memory/disk per idle sandbox, latency beside --idle of them")
+    parser.add_argument("--idle", type=int, help="idle sandboxes held by --density (default 256)")
     parser.add_argument("--output", type=Path, help=f"where to write the JSON (default {RESULTS.relative_to(HERE.parent)}; "
                         "--smoke writes nothing unless given)")
     parser.add_argument("--update-readme", action="store_true", help="write the table into bench/README.md")
@@ -206,6 +257,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.sessions:
         plan = scenarios.Plan(**{**plan.__dict__, "concurrent_sessions": args.sessions})
     only = set(args.only.split(",")) if args.only else None
+    update: dict[str, Any] = {"pause_s": args.pause_ms / 1000,
+                              "heavy": frozenset(n for n in ("burst", "saturation", "density") if getattr(args, n))}
+    if args.burst_sizes:
+        update["burst_sizes"] = tuple(int(n) for n in args.burst_sizes.split(","))
+    if args.idle:
+        update["idle_sandboxes"] = args.idle
+    plan = scenarios.Plan(**{**plan.__dict__, **update})
 
     def say(message: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

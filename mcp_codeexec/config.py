@@ -132,7 +132,18 @@ class Settings(BaseSettings):
     network: bool = Field(default=False, description="Give sandboxes network access (explicit opt-in).")
     quota: Literal["auto", "loop", "none"] = "auto"
     container_ttl_seconds: float = 30 * 24 * 3600
-    pool_size: int = Field(default=1, ge=0, le=64)
+    pool_size: int = Field(default=1, ge=0, le=64, description="Warm containers kept ready when idle (0 = no pool).")
+    pool_max: int = Field(
+        default=64, ge=0, le=512,
+        description="The most warm containers the pool grows to after a burst of new sessions (also bounded by "
+        "free memory); it shrinks back to pool_size when idle.",
+    )
+    create_concurrency: int = Field(
+        default=4, ge=1, le=64, description="Sandbox containers started at once (pool and new sessions alike)."
+    )
+    pool_shrink_seconds: float = Field(
+        default=300.0, gt=0, description="A pool grown by a burst gives back its extra containers after this long without one."
+    )
     max_containers_per_principal: int = 16
     reap_interval_seconds: float = 300.0
     idle_stop_seconds: float = Field(default=900.0, description="Stop sandboxes idle this long (0 = never); files stay.")

@@ -364,10 +364,16 @@ class QuotaVolumes:
         # the ``<cid>.img`` symlink. The link is made first, so a crash leaves nothing unfindable.
         image = self.root / f"{IMAGE_PREFIX}{secrets.token_hex(16)}.img"
         os.symlink(image.name, link)
-        # ext4 metadata takes ~3%: size the image so the usable space is the promised size.
+        # ext4 metadata (inode tables, bitmaps, the journal) takes ~2%: size the image so the usable
+        # space is the promised size.
         with open(image, "wb") as fh:
-            fh.truncate(size_bytes + size_bytes // 25)
-        _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "root_owner=1000:1000,lazy_itable_init=1", str(image)])
+            fh.truncate(size_bytes + size_bytes // 50)
+        # A fresh sparse file reads as zeros, so nothing needs zeroing (lazy_*_init): an empty
+        # workspace costs ~0.3 MiB of host disk instead of ~67 MiB (mostly the zeroed 64 MiB journal).
+        # A 16 MiB journal bounds what a busy workspace's journal can ever allocate; the image never
+        # grows, so no reserved GDT blocks (^resize_inode).
+        _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^resize_inode", "-J", "size=16",
+              "-E", "root_owner=1000:1000,lazy_itable_init=1,lazy_journal_init=1", str(image)])
         self.ensure_mounted(cid)
         return Mount(WORKSPACE, str(mnt), type="bind")
 
@@ -382,7 +388,9 @@ class QuotaVolumes:
         mnt.mkdir(exist_ok=True)
         # discard: blocks freed inside the sandbox are punched out of the sparse image, so deleting
         # a big file gives the host its disk back (without it the image keeps its high-water mark).
-        _run(["mount", "-o", "loop,nosuid,nodev,discard", str(image.resolve()), str(mnt)])
+        # noinit_itable: the kernel does not zero the inode tables in the background either (the
+        # sparse image's unwritten blocks already read as zeros).
+        _run(["mount", "-o", "loop,nosuid,nodev,discard,noinit_itable", str(image.resolve()), str(mnt)])
         # mkfs.ext4's lost+found (root's, empty) would show in every workspace listing; fsck
         # recreates it should it ever need one.
         with contextlib.suppress(OSError):

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import mimetypes
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from anyio.abc import SocketStream, TaskGroup
 from docker.models.containers import Container
 
 from ..agent_client import AgentConnection, AgentGone
-from ..config import Settings
+from ..config import MiB, Settings
 from ..errors import (
     CodeExecError,
     ContainerExpired,
@@ -62,6 +63,17 @@ from .base import CallContext, CodeTools, ContainerInfo, Outcome, ProducedFile
 log = logging.getLogger(__name__)
 
 INPUT_DIR = "/workspace/inputs"
+# The pool follows demand: new sessions within POOL_BURST_WINDOW count as one burst, and the pool
+# grows to the largest recent burst (at most pool_max, and at most POOL_MEMORY_SHARE of the host's
+# available memory at POOL_CONTAINER_BYTES each: an idle warm container's cgroup + its shim, as the
+# bench measures it), then shrinks back to pool_size after pool_shrink_seconds without new sessions.
+POOL_BURST_WINDOW = 10.0
+POOL_CONTAINER_BYTES = 16 * MiB
+POOL_MEMORY_SHARE = 0.25
+POOL_RETRY_SECONDS = 10.0
+# While sessions are taking containers (a burst), refilling waits: its starts would take the CPU
+# the sessions' first calls (and their own starts) need right now.
+POOL_REFILL_QUIET = 0.5
 STDIO_SESSION = "local:process"  # the session key of a stdio (or in-process) server: see server.session_key_of
 _AGENT_ERRORS: dict[str, type[CodeExecError]] = {
     "invalid_tool_input": InvalidToolInput,
@@ -139,8 +151,16 @@ class DockerBackend:
         self._pool: list[Sandbox] = []
         self._pool_wanted = anyio.Event()
         self._pool_changed = anyio.Event()  # set (and replaced) when a fill attempt ends
-        self._pool_filling = False
-        self._pool_promised = 0  # sessions waiting for the container the filler is starting
+        self._pool_fills = 0  # pool containers being started
+        self._pool_promised = 0  # sessions waiting for a container the filler is starting
+        self._pool_demand: deque[float] = deque()  # when recent sessions asked for a new container
+        self._pool_peak = 0  # the largest recent burst
+        self._pool_peak_at = 0.0
+        self._pool_retry_at = 0.0  # after a failed start, the pool waits before trying again
+        self._pool_last_demand = 0.0
+        # Starts at once, pool and sessions alike: a burst's starts finish one after another
+        # instead of all at the end, and the engine is not thrashed.
+        self._create_limiter = anyio.CapacityLimiter(settings.create_concurrency)
         self._tg: TaskGroup | None = None
         self._stack = AsyncExitStack()
         self.pending_dir = settings.data_dir / "pending"
@@ -261,30 +281,80 @@ class DockerBackend:
                     log.warning("stopping idle sandbox %s: %s", cid, exc.message)
                 await _thread(self._manager.leases.release, cid)
 
+    def pool_target(self) -> int:
+        """How many warm containers the pool holds now: pool_size, or the last burst's size while it is recent."""
+        s = self.settings
+        if s.pool_size <= 0:
+            return 0
+        if time.monotonic() - self._pool_peak_at > s.pool_shrink_seconds:
+            self._pool_peak = 0
+        if self._pool_peak <= s.pool_size:
+            return s.pool_size
+        return max(s.pool_size, min(self._pool_peak, s.pool_max, pool_memory_cap()))
+
+    def _note_demand(self) -> None:
+        now = time.monotonic()
+        demand = self._pool_demand
+        demand.append(now)
+        while demand and now - demand[0] > POOL_BURST_WINDOW:
+            demand.popleft()
+        self._pool_peak = max(self._pool_peak if now - self._pool_peak_at <= self.settings.pool_shrink_seconds else 0, len(demand))
+        self._pool_peak_at = self._pool_last_demand = now
+        self._pool_wanted.set()
+
     async def _pool_filler(self) -> None:
-        self._pool_filling = True  # a session arriving meanwhile waits for this fill's outcome
-        if await self._first_session_resumes():
+        """Keeps the pool at its target: up to create_concurrency starts at once (they overlap
+        well: much of a start is waiting on dockerd and containerd), extra containers removed when
+        the target falls."""
+        assert self._tg is not None
+        self._pool_fills += 1  # a session arriving meanwhile waits for this check's outcome
+        try:
+            resumes = await self._first_session_resumes()
+        finally:
+            self._pool_fills -= 1
+        if resumes:
             # The stdio server's one session will resume a sandbox: a warm container would only be
             # made and removed again (clients that start a server per call would pay it every call).
             log.info("pool: not filled (the session resumes an idle sandbox)")
             self._pool_fill_ended()
             return
+        announced = False
         while True:
-            while len(self._pool) < self.settings.pool_size:
-                self._pool_filling = True
-                try:
-                    manager = await self._manager_or_raise()
-                    sandbox = await self._start_new(manager, owner="", pool=True)
-                except (CodeExecError, OSError) as exc:  # e.g. a full disk: retry later, never take the server down
-                    log.warning("pool: %s", getattr(exc, "message", None) or exc)
-                    self._pool_fill_ended()
-                    await anyio.sleep(10)
-                    continue
-                self._pool.append(sandbox)
-                self._pool_fill_ended()
-            log.info("pool: %d/%d warm containers ready", len(self._pool), self.settings.pool_size)
             self._pool_wanted = anyio.Event()
-            await self._pool_wanted.wait()
+            target = self.pool_target()
+            while len(self._pool) > target:
+                self._tg.start_soon(self._discard, self._pool.pop())
+            wait: float | None = None
+            now = time.monotonic()
+            quiet_at = self._pool_last_demand + POOL_REFILL_QUIET
+            if now < max(self._pool_retry_at, quiet_at) and len(self._pool) < target:
+                wait = max(self._pool_retry_at, quiet_at) - now
+            else:
+                while len(self._pool) + self._pool_fills < target and self._pool_fills < self.settings.create_concurrency:
+                    self._pool_fills += 1
+                    self._tg.start_soon(self._fill_one)
+            full = len(self._pool) >= target and self._pool_fills == 0
+            if full and not announced:
+                log.info("pool: %d/%d warm containers ready", len(self._pool), target)
+            announced = full
+            if target > self.settings.pool_size:  # wake up to shrink when the burst is over
+                shrink_at = self._pool_peak_at + self.settings.pool_shrink_seconds - now + 0.01
+                wait = shrink_at if wait is None else min(wait, shrink_at)
+            with anyio.move_on_after(wait if wait is not None else float("inf")):
+                await self._pool_wanted.wait()
+
+    async def _fill_one(self) -> None:
+        try:
+            manager = await self._manager_or_raise()
+            sandbox = await self._start_new(manager, owner="", pool=True)
+        except (CodeExecError, OSError) as exc:  # e.g. a full disk: retry later, never take the server down
+            log.warning("pool: %s", getattr(exc, "message", None) or exc)
+            self._pool_retry_at = time.monotonic() + POOL_RETRY_SECONDS
+        else:
+            self._pool.append(sandbox)
+        finally:
+            self._pool_fills -= 1
+            self._pool_fill_ended()
 
     async def _first_session_resumes(self) -> bool:
         if self.settings.transport != "stdio" or not self.settings.resume_sandbox:
@@ -310,7 +380,7 @@ class DockerBackend:
             await sandbox.conn.notify({"op": "claim"})
 
     def _pool_fill_ended(self) -> None:
-        self._pool_filling = False
+        self._pool_wanted.set()
         self._pool_changed.set()
         self._pool_changed = anyio.Event()
 
@@ -326,7 +396,7 @@ class DockerBackend:
                     return sandbox
                 assert self._tg is not None
                 self._tg.start_soon(self._discard, sandbox)  # died while waiting: never handed out
-            if waited or not self._pool_filling or self._pool_promised:
+            if waited or self._pool_fills <= self._pool_promised:
                 return None
             waited = True
             self._pool_promised += 1
@@ -371,7 +441,8 @@ class DockerBackend:
     async def _start_new(self, manager: SandboxManager, *, owner: str, pool: bool, skills: SkillSet | None = None) -> Sandbox:
         ticket = CreateTicket()
         try:
-            record, container = await _thread(lambda: manager.create(owner, pool=pool, ticket=ticket, skills=skills))
+            async with self._create_limiter:
+                record, container = await _thread(lambda: manager.create(owner, pool=pool, ticket=ticket, skills=skills))
         except anyio.get_cancelled_exc_class():
             # The create carries on in its worker thread: it removes what it makes, or (made
             # already) we do. Nothing is left behind that no session and no pool knows of.
@@ -395,6 +466,8 @@ class DockerBackend:
         skills = await _thread(_skill_set, self.settings, owner, wanted)
         # Pool containers carry the folder skills only: they fit only a sandbox that wants just those.
         poolable = [s.container_entry() for s in skills.skills] == [dict(e) for e in _folder_entries(self.settings)]
+        if self.settings.pool_size > 0:
+            self._note_demand()
         sandbox = await self._from_pool() if poolable else None
         if sandbox is not None:
             try:
@@ -853,3 +926,14 @@ class _FileReceiver:
         for pending in self.pending.values():
             pending.abort()
         self.pending.clear()
+
+
+def pool_memory_cap() -> int:
+    """The most warm containers POOL_MEMORY_SHARE of the host's available memory holds (Linux; a
+    large number where /proc/meminfo cannot be read)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            kib = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 1 << 16
+    return int(kib * 1024 * POOL_MEMORY_SHARE // POOL_CONTAINER_BYTES)

@@ -23,6 +23,13 @@ KEYS = [
     "concurrent_sessions", "concurrent_ok", "concurrent_p99_ms", "server_rss_mb", "per_container_overhead_mb",
     "progress_overhead_ms", "progress_notifications",
     "warm_repl_p50_ms", "warm_repl_p99_ms", "warm_repl_bash_p50_ms", "repl_state_cell_p50_ms",
+    # what users feel: the floors and spaced calls, same run
+    "floor_fork_exec_p50_ms", "floor_agent_ping_p50_ms", "floor_agent_ping_spaced_p50_ms", "floor_docker_exec_p50_ms",
+    "stdio_warm_p50_ms", "stdio_warm_spaced_p50_ms", "http_warm_p50_ms", "http_warm_spaced_p50_ms",
+]
+HEAVY_KEYS = [
+    "burst4_first_p99_ms", "burst4_again_first_p99_ms", "saturation1_calls_per_s", "saturation2_p99_ms",
+    "density_memory_per_sandbox_mib", "density_disk_per_workspace_mib", "density_loaded_vs_alone",
 ]
 
 
@@ -69,3 +76,11 @@ def test_the_bench_smoke_run_reports_every_key_and_leaves_no_container(docker_en
     assert results["concurrent_containers"] == results["concurrent_sessions"]
     if "progress_ok" in results:
         assert results["progress_ok"] is True
+
+
+def test_the_opt_in_burst_saturation_and_density_scenarios_run_in_smoke_form(docker_engine):
+    results = run_bench("--only", "burst,saturation,density")
+    missing = [k for k in HEAVY_KEYS if results.get(k) is None]
+    assert not missing, missing
+    assert results["burst4_errors"] == results["burst4_again_errors"] == results["density_errors"] == 0
+    assert results["saturation_errors"] == []

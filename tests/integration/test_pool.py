@@ -31,8 +31,9 @@ pytestmark = pytest.mark.anyio
 
 
 @asynccontextmanager
-async def backend(settings: Settings, pool_size: int) -> AsyncIterator[DockerBackend]:
-    s = settings.model_copy(update={"pool_size": pool_size})
+async def backend(settings: Settings, pool_size: int, **pool: object) -> AsyncIterator[DockerBackend]:
+    """A backend whose pool stays at ``pool_size`` unless ``pool`` (pool_max, ...) says otherwise."""
+    s = settings.model_copy(update={"pool_size": pool_size, "pool_max": pool_size, **pool})
     async with DockerBackend(s, FileStore(s.files_dir, 30)) as b:
         yield b
 
@@ -193,3 +194,39 @@ async def test_a_create_whose_caller_gave_up_or_whose_server_closed_leaves_nothi
     finally:
         client.close()
     assert not list(settings.volumes_dir.glob("*.img")) if settings.volumes_dir.exists() else True
+
+
+def running_containers(settings: Settings) -> int:
+    client = docker.from_env()
+    try:
+        return len(client.containers.list(filters={"label": f"{L_INSTALL}={installation_label(settings.data_dir)}"}))
+    finally:
+        client.close()
+
+
+async def test_the_pool_grows_after_a_burst_of_sessions_and_shrinks_back_when_idle(settings):
+    async with backend(settings, pool_size=1, pool_max=3, pool_shrink_seconds=6) as b:
+        await until(lambda: len(b._pool) == 1)
+        async with anyio.create_task_group() as tg:
+            for n in range(3):
+                tg.start_soon(b.sandbox_for, ctx(n), None)
+        assert b.pool_target() == 3
+        await until(lambda: len(b._pool) == 3)  # the next burst of 3 finds them warm
+        await until(lambda: b.pool_target() == 1 and len(b._pool) == 1, timeout=30)  # idle: back to pool_size
+        await until(lambda: running_containers(settings) == 3 + 1)  # the extra ones are removed, not leaked
+        for n in range(3):  # the sessions kept theirs
+            assert not (await b.sandbox_for(ctx(n), None)).conn.closed.is_set()
+
+
+async def test_pool_containers_start_in_parallel_up_to_the_concurrency_setting(settings):
+    async with backend(settings, pool_size=3, create_concurrency=3) as b:
+        await until(lambda: b._pool_fills == 3, timeout=5)
+        await until(lambda: len(b._pool) == 3)
+
+
+async def test_a_burst_grows_the_pool_no_further_than_free_memory_allows(settings, monkeypatch):
+    monkeypatch.setattr("mcp_codeexec.backends.docker.pool_memory_cap", lambda: 2)
+    async with backend(settings, pool_size=1, pool_max=8) as b:
+        for n in range(5):
+            b._note_demand()
+        assert b.pool_target() == 2
