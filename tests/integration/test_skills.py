@@ -74,6 +74,33 @@ async def test_a_folder_skill_is_named_in_initialize_and_its_scripts_make_a_char
         assert base64.b64decode(png.blob).startswith(b"\x89PNG")
 
 
+@pytest.mark.parametrize("transport", ["memory", "stdio"])
+async def test_the_skills_scripts_run_from_the_repl_and_their_files_come_back(transport, skilled):
+    """The same skill from code_execution: its scripts run with the cell's $OUTPUT_DIR, and the chart
+    and workbook come back as code_execution_output files."""
+    async with mcp_client(transport, skilled) as client:
+        code_tool = next(t for t in (await client.list_tools()).tools if t.name == "code_execution")
+        assert "chart-report (/skills/chart-report/SKILL.md)" in code_tool.description
+        result = await client.call_tool("code_execution", {"code": (
+            "import os, subprocess, sys\n"
+            "print(open('/skills/chart-report/SKILL.md').read().splitlines()[1])\n"
+            "for script in ('chart.py', 'sheet.py'):\n"
+            "    subprocess.run([sys.executable, f'/skills/chart-report/scripts/{script}', 'apples=3', 'pears=5'], check=True)\n"
+            "print(sorted(os.listdir(os.environ['OUTPUT_DIR'])))\n"
+        )})
+        sc = result.structured_content
+        assert_hosted_shape(sc, "code_execution")
+        assert sc["return_code"] == 0, sc
+        assert sc["stdout"].splitlines()[0] == "name: chart-report"
+        assert sc["stdout"].splitlines()[-1] == "['chart.png', 'report.xlsx']"
+        assert len(sc["content"]) == 2 and all(c["type"] == "code_execution_output" for c in sc["content"])
+        assert result.meta["container"]["skills"][0]["skill_id"] == "chart-report"
+        links = {c.name: c for c in result.content if c.type == "resource_link"}
+        assert sorted(links) == ["chart.png", "report.xlsx"]
+        png = (await client.read_resource(links["chart.png"].uri)).contents[0]
+        assert base64.b64decode(png.blob).startswith(b"\x89PNG")
+
+
 async def test_skills_are_read_only_and_no_host_path_shows_in_the_sandbox(skilled):
     async with mcp_client("memory", skilled) as client:
         result = await _bash(
