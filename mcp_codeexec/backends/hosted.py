@@ -413,12 +413,14 @@ class HostedBackend:
             raise InvalidToolInput(
                 "restart is not supported by the hosted backend (the hosted code_execution tool has no such input)"
             )
-        if tools is not None and tools.functions:
-            raise InvalidToolInput("tools called from code are not passed through to the hosted backend")
-        return await self._execute(CODE, {"code": request.code}, request.container_id, ctx)
+        # Tools the code may call are declared to the hosted tool; its pauses on them are answered
+        # here (``answer_code_pauses``) until the cell's result arrives: the client sees one result.
+        code_tools = tools if tools is not None and tools.functions else None
+        return await self._execute(CODE, {"code": request.code}, request.container_id, ctx, code_tools=code_tools)
 
     async def _execute(
-        self, tool: str, tool_input: dict[str, Any], container_override: str | None, ctx: CallContext
+        self, tool: str, tool_input: dict[str, Any], container_override: str | None, ctx: CallContext,
+        *, code_tools: CodeTools | None = None,
     ) -> Outcome:
         client = self._ensure_client()
         if container_override is not None:
@@ -439,7 +441,8 @@ class HostedBackend:
             turn: _Turn | None = None
             try:
                 turn = await self._with_progress(
-                    ctx, started, self._run_turn(client, tool, tool_input, container_id, uploads, skills=skills)
+                    ctx, started, self._run_turn(client, tool, tool_input, container_id, uploads, skills=skills,
+                                                        code_tools=code_tools)
                 )
                 if turn.container is not None:
                     self._remember(ctx, turn.container.id, container_override)
@@ -592,9 +595,13 @@ class HostedBackend:
         uploads: list[str],
         *,
         skills: list[dict[str, str]] | None = None,
+        code_tools: CodeTools | None = None,
     ) -> _Turn:
         params = self.request_params(tool, tool_input, container_id, uploads, skills)
-        user_message = params["messages"][0]
+        if code_tools is not None:
+            params["tools"] += ptc_tool_params(code_tools)
+            params.pop("tool_choice", None)  # the PTC docs: forcing a tool is not supported with them
+        history = [params["messages"][0]]
         assistant: list[dict[str, Any]] = []
         turn = _Turn()
         matched: str | None = None
@@ -603,7 +610,7 @@ class HostedBackend:
 
         for round_no in range(self.max_continuations + 1):
             if assistant:
-                params["messages"] = [user_message, {"role": "assistant", "content": list(assistant)}]
+                params["messages"] = [*history, {"role": "assistant", "content": list(assistant)}]
             try:
                 named = params.get("container")
                 data, request_id = await self._create(
@@ -616,41 +623,18 @@ class HostedBackend:
             turn.requests += 1
             if request_id:
                 turn.request_ids.append(request_id)
-            turn.model = data.get("model") or turn.model
-            turn.message_id = data.get("id") or turn.message_id
             _add_usage(turn.usage, data.get("usage"))
-            container = data.get("container")
-            if isinstance(container, dict) and container.get("id"):
-                expires = _parse_time(container.get("expires_at")) or (_now() + timedelta(days=30))
-                loaded = tuple(s for s in container.get("skills") or () if isinstance(s, dict))
-                turn.container = ContainerInfo(str(container["id"]), expires, loaded)
-                params["container"] = {"id": turn.container.id, "skills": skills} if skills else turn.container.id
-
-            for block in data.get("content") or []:
-                if not isinstance(block, dict):
-                    continue
-                assistant.append(block)
-                btype = block.get("type")
-                if btype == "server_tool_use":
-                    if matched is None:
-                        got_input = block.get("input") if isinstance(block.get("input"), dict) else {}
-                        if block.get("name") != tool or _strip_nulls(got_input) != expected:
-                            raise _Failure(
-                                Unavailable(
-                                    f"hosted model sent a different input: expected {tool} {_short(tool_input)}, "
-                                    f"got {block.get('name')} {_short(block.get('input'))}; the hosted tool may "
-                                    "have run the model's version. Nothing was substituted; retry the call."
-                                ),
-                                turn.container,
-                            )
-                        matched = block.get("id")
-                    else:
-                        turn.extra_tool_calls += 1
-                elif btype == f"{tool}_tool_result" and matched is not None and block.get("tool_use_id") == matched:
-                    if turn.content is None:
-                        turn.content = block.get("content") if isinstance(block.get("content"), dict) else {}
-                elif btype == "text" and block.get("text"):
-                    texts.append(str(block["text"]))
+            responses = [data]
+            if code_tools is not None:
+                responses = await answer_code_pauses(self, client, params, data, code_tools, turn)
+                if len(responses) > 1:
+                    # The paused turns and their tool_results are the history a continuation resends.
+                    history, assistant = list(params["messages"]), []
+            for n, data in enumerate(responses):
+                self._take_response(turn, data, params, skills)
+                # Only the last response's blocks are an unfinished assistant turn (the paused ones are in history).
+                into = assistant if n == len(responses) - 1 else []
+                matched = self._take_blocks(turn, tool, tool_input, expected, data, into, texts, matched)
 
             if turn.content is not None:
                 return turn
@@ -672,6 +656,52 @@ class HostedBackend:
             ),
             turn.container,
         )
+
+    @staticmethod
+    def _take_response(turn: _Turn, data: dict[str, Any], params: dict[str, Any], skills: list[dict[str, str]] | None) -> None:
+        """What a response says of the turn: model, message id, the container (continuations name it)."""
+        turn.model = data.get("model") or turn.model
+        turn.message_id = data.get("id") or turn.message_id
+        container = data.get("container")
+        if isinstance(container, dict) and container.get("id"):
+            expires = _parse_time(container.get("expires_at")) or (_now() + timedelta(days=30))
+            loaded = tuple(s for s in container.get("skills") or () if isinstance(s, dict))
+            turn.container = ContainerInfo(str(container["id"]), expires, loaded)
+            params["container"] = {"id": turn.container.id, "skills": skills} if skills else turn.container.id
+
+    @staticmethod
+    def _take_blocks(
+        turn: _Turn, tool: str, tool_input: dict[str, Any], expected: Any, data: dict[str, Any],
+        assistant: list[dict[str, Any]], texts: list[str], matched: str | None,
+    ) -> str | None:
+        """A response's content blocks: the server_tool_use that must match our input, its result,
+        the model's text. Returns the matched server_tool_use id."""
+        for block in data.get("content") or []:
+            if not isinstance(block, dict):
+                continue
+            assistant.append(block)
+            btype = block.get("type")
+            if btype == "server_tool_use":
+                if matched is None:
+                    got_input = block.get("input") if isinstance(block.get("input"), dict) else {}
+                    if block.get("name") != tool or _strip_nulls(got_input) != expected:
+                        raise _Failure(
+                            Unavailable(
+                                f"hosted model sent a different input: expected {tool} {_short(tool_input)}, "
+                                f"got {block.get('name')} {_short(block.get('input'))}; the hosted tool may "
+                                "have run the model's version. Nothing was substituted; retry the call."
+                            ),
+                            turn.container,
+                        )
+                    matched = block.get("id")
+                else:
+                    turn.extra_tool_calls += 1
+            elif btype == f"{tool}_tool_result" and matched is not None and block.get("tool_use_id") == matched:
+                if turn.content is None:
+                    turn.content = block.get("content") if isinstance(block.get("content"), dict) else {}
+            elif btype == "text" and block.get("text"):
+                texts.append(str(block["text"]))
+        return matched
 
     async def _create(
         self, client: anthropic.AsyncAnthropic, params: dict[str, Any], *, container_id: str | None

@@ -168,18 +168,10 @@ async def test_the_code_tool_version_setting_and_a_hosted_repl_error_block(tmp_p
     assert api.requests_to("messages")[0].json["tools"][0]["type"] == "code_execution_20260521"
 
 
-async def test_restart_and_code_tools_are_refused_by_the_hosted_backend(api, backend):
-    from mcp_codeexec.backends.base import CodeTools, ToolFunction
-
+async def test_restart_is_refused_by_the_hosted_backend(api, backend):
+    # (Tools called from code are passed through: tests/unit/test_hosted_ptc.py.)
     with pytest.raises(InvalidToolInput, match="restart"):
         await backend.code(CodeInput(code="1", restart=True), ctx())
-
-    async def call(name: str, arguments: dict) -> tuple[str, bool]:
-        return "", False
-
-    tools = CodeTools([ToolFunction("echo", "Echo.", {"type": "object"})], call)
-    with pytest.raises(InvalidToolInput, match="tools"):
-        await backend.code(CodeInput(code="1"), ctx(), tools)
     assert api.requests_to("messages") == []
 
 

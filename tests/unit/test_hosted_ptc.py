@@ -159,3 +159,30 @@ def test_only_tool_use_blocks_made_by_the_code_are_pending_code_calls() -> None:
     ]
     assert [c["name"] for c in pending_code_calls(content)] == ["from_code"]
     assert ptc_tool_params(None) == []
+
+
+async def test_an_mcp_code_execution_call_on_the_hosted_backend_is_answered_through_its_pauses(
+    backend: HostedBackend, api: fa.FakeAnthropic, registry: ToolRegistry
+) -> None:
+    """The whole road: HostedBackend.code declares the registry's tools, answers each pause on
+    them, and returns the one code_execution result the MCP client sees."""
+    from mcp_codeexec.backends.base import CallContext
+    from mcp_codeexec.schemas import CodeInput
+    from tests.support.oracle import assert_hosted_shape
+
+    script = fa.PTCScript(
+        code="print(await t__add({'a': 2, 'b': 3}))",
+        pauses=[[("t__add", {"a": 2, "b": 3})], [("t__fails", {})]],
+        finish=summary,
+    )
+    api.fallback = script
+    outcome = await backend.code(CodeInput(code=script.code), CallContext(principal="local", session_key="s"),
+                                 registry.for_principal("local"))
+    block = outcome.block.model_dump(mode="json", exclude_none=True)
+    assert_hosted_shape(block, "code_execution")
+    assert json.loads(block["stdout"]) == [['{"result": 5}', False], ["Error executing tool fails", True]]
+    assert len(api.message_requests) == 3
+    first = api.message_requests[0]
+    assert "tool_choice" not in first
+    assert {t["name"] for t in first["tools"] if "allowed_callers" in t} >= {"t__add", "t__fails"}
+    assert outcome.container is not None and outcome.container.id == fa.DEFAULT_CONTAINER
