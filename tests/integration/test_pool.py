@@ -125,10 +125,10 @@ async def test_a_session_arriving_while_the_pool_fills_takes_the_container_being
 async def test_a_pool_start_that_fails_is_retried_later_and_sessions_still_get_containers(settings, monkeypatch):
     create = SandboxManager.create
 
-    def full_disk_for_the_pool(self, owner, *, pool=False, ticket=None):
+    def full_disk_for_the_pool(self, owner, *, pool=False, **kwargs):
         if pool:
             raise OSError(28, "No space left on device")
-        return create(self, owner, pool=pool, ticket=ticket)
+        return create(self, owner, pool=pool, **kwargs)
 
     monkeypatch.setattr(SandboxManager, "create", full_disk_for_the_pool)
     async with backend(settings, pool_size=1) as b:
@@ -179,8 +179,15 @@ async def test_a_claimed_pool_container_survives_the_next_servers_reap_with_its_
 
 
 @pytest.mark.parametrize("pool", [False, True], ids=["session-create", "pool-refill"])
-async def test_a_create_whose_caller_gave_up_or_whose_server_closed_leaves_nothing(settings, pool):
+async def test_a_create_whose_caller_gave_up_or_whose_server_closed_leaves_nothing(settings, pool, monkeypatch):
     """The create runs on in its worker thread after the await was cancelled: it must remove what it made."""
+    run = SandboxManager._run
+
+    def slow_run(self, *args, **kwargs):  # the container starts after the caller gave up, however fast the machine
+        time.sleep(1.0)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(SandboxManager, "_run", slow_run)
     async with backend(settings, pool_size=1 if pool else 0) as b:
         if not pool:
             with anyio.move_on_after(0.3):  # mid-create: workspace made, container starting
