@@ -372,7 +372,9 @@ class QuotaVolumes:
         # workspace costs ~0.3 MiB of host disk instead of ~67 MiB (mostly the zeroed 64 MiB journal).
         # A 16 MiB journal bounds what a busy workspace's journal can ever allocate; the image never
         # grows, so no reserved GDT blocks (^resize_inode).
-        _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^resize_inode", "-J", "size=16",
+        # (Below 1 GiB mkfs's own journal is already smaller, and a 16 MiB one may not fit at all.)
+        journal = ["-J", "size=16"] if size_bytes >= 2**30 else []
+        _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^resize_inode", *journal,
               "-E", "root_owner=1000:1000,lazy_itable_init=1,lazy_journal_init=1", str(image)])
         self.ensure_mounted(cid)
         return Mount(WORKSPACE, str(mnt), type="bind")
