@@ -52,7 +52,7 @@ async def main() -> None:
 
         # Bash sees the interpreter's files but not its variables; the interpreter lives on.
         await sb.code("df.to_json('temps.json')")
-        print("bash:", (await sb.bash("ls temps.json; echo ${df:-no df in bash}")).stdout.split())
+        print("bash:", (await sb.bash("test -f temps.json && echo temps.json; echo ${df:-no df in bash}")).stdout.split())
         print("still there:", (await sb.code("len(df)")).stdout.strip())
 
         # Host functions the code can call: async globals taking one dict, returning text.
