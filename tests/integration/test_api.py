@@ -16,7 +16,7 @@ pytestmark = pytest.mark.anyio
 def container_exists(cid: str) -> bool:
     client = docker.from_env()
     try:
-        return bool(client.containers.list(all=True, filters={"name": f"mcp-codeexec-{cid}"}))
+        return bool(client.containers.list(ignore_removed=True, all=True, filters={"name": f"mcp-codeexec-{cid}"}))
     finally:
         client.close()
 

@@ -46,7 +46,7 @@ async def bash(client, command: str, **extra):
 
 
 def our_containers(settings) -> list:
-    return docker.from_env().containers.list(all=True, filters={"label": f"{L_INSTALL}={installation_label(settings.data_dir)}"})
+    return docker.from_env().containers.list(ignore_removed=True, all=True, filters={"label": f"{L_INSTALL}={installation_label(settings.data_dir)}"})
 
 
 def stdio_server_pids() -> set[int]:

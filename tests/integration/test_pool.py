@@ -62,7 +62,7 @@ def pool_containers(settings: Settings, *, all_: bool = False) -> list[str]:
     client = docker.from_env()
     try:
         labels = [f"{L_INSTALL}={installation_label(settings.data_dir)}", f"{L_POOL}=1"]
-        return [c.labels[L_ID] for c in client.containers.list(all=all_, filters={"label": labels})]
+        return [c.labels[L_ID] for c in client.containers.list(ignore_removed=True, all=all_, filters={"label": labels})]
     finally:
         client.close()
 
@@ -197,7 +197,7 @@ async def test_a_create_whose_caller_gave_up_or_whose_server_closed_leaves_nothi
     try:
         labels = [f"{L_INSTALL}={installation_label(settings.data_dir)}"]
         await anyio.sleep(5)  # time for a create thread still running to finish (the drain should have waited)
-        assert client.containers.list(all=True, filters={"label": labels}) == []
+        assert client.containers.list(ignore_removed=True, all=True, filters={"label": labels}) == []
     finally:
         client.close()
     assert not list(settings.volumes_dir.glob("*.img")) if settings.volumes_dir.exists() else True
@@ -206,7 +206,7 @@ async def test_a_create_whose_caller_gave_up_or_whose_server_closed_leaves_nothi
 def running_containers(settings: Settings) -> int:
     client = docker.from_env()
     try:
-        return len(client.containers.list(filters={"label": f"{L_INSTALL}={installation_label(settings.data_dir)}"}))
+        return len(client.containers.list(ignore_removed=True, filters={"label": f"{L_INSTALL}={installation_label(settings.data_dir)}"}))
     finally:
         client.close()
 

@@ -198,9 +198,9 @@ async def test_pool_leftovers_of_a_dead_server_are_reaped(tmp_path, docker_engin
     ))
     try:
         with anyio.fail_after(60):
-            while not client.containers.list(filters={"label": [f"{L_INSTALL}={install}", f"{L_POOL}=1"]}):
+            while not client.containers.list(ignore_removed=True, filters={"label": [f"{L_INSTALL}={install}", f"{L_POOL}=1"]}):
                 await anyio.sleep(0.3)
-        (pooled,) = client.containers.list(filters={"label": [f"{L_INSTALL}={install}", f"{L_POOL}=1"]})
+        (pooled,) = client.containers.list(ignore_removed=True, filters={"label": [f"{L_INSTALL}={install}", f"{L_POOL}=1"]})
         assert pooled.labels[L_SERVER].split(":")[1] == str(proc.pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
@@ -261,7 +261,7 @@ async def test_fifty_create_kill_cycles_leave_no_orphans(tmp_path, docker_engine
         await anyio.sleep(1.2)
         manager.reap()
         install = installation_label(settings.data_dir)
-        assert client.containers.list(all=True, filters={"label": f"{L_INSTALL}={install}"}) == []
+        assert client.containers.list(ignore_removed=True, all=True, filters={"label": f"{L_INSTALL}={install}"}) == []
         assert not settings.volumes_dir.exists() or [p.name for p in settings.volumes_dir.iterdir()] == []
         assert mounts_under(settings.data_dir) == []
         assert loops_backed_by(settings.data_dir) == []

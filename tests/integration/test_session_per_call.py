@@ -43,7 +43,7 @@ asyncio.run(main())
 def containers_of(settings: Settings) -> list[str]:
     client = docker.from_env()
     try:
-        return [c.name for c in client.containers.list(all=True, filters={"label": f"{L_INSTALL}={installation_label(settings.data_dir)}"})]
+        return [c.name for c in client.containers.list(ignore_removed=True, all=True, filters={"label": f"{L_INSTALL}={installation_label(settings.data_dir)}"})]
     finally:
         client.close()
 

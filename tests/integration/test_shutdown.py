@@ -31,7 +31,7 @@ SIGNALS = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
 def containers_of(settings: Settings) -> list[str]:
     client = docker.from_env()
     try:
-        found = client.containers.list(all=True, filters={"label": f"{L_INSTALL}={installation_label(settings.data_dir)}"})
+        found = client.containers.list(ignore_removed=True, all=True, filters={"label": f"{L_INSTALL}={installation_label(settings.data_dir)}"})
         return [c.name for c in found]
     finally:
         client.close()
