@@ -14,17 +14,28 @@ conf = json.load(open(path)) if os.path.exists(path) else {}
 if runsc:
     conf.setdefault("runtimes", {})["runsc"] = {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}
 conf.setdefault("live-restore", True)
+# Checkpoint/restore (`docker checkpoint`, runsc idle checkpoints) is an experimental engine feature.
+conf["experimental"] = True
 json.dump(conf, open(path, "w"), indent=2)
 PY
 }
 
+needs_start=1
 if docker info >/dev/null 2>&1; then
-  if [ "$want_runsc" = 1 ] && ! docker info --format '{{json .Runtimes}}' | grep -q runsc; then
+  needs_start=0
+  if [ "$(docker version --format '{{.Server.Experimental}}')" != true ]; then
+    # `experimental` is not reloadable: restart the engine (live-restore keeps containers running).
+    write_conf
+    pkill -TERM -x dockerd || true
+    for _ in $(seq 60); do pgrep -x dockerd >/dev/null || break; sleep 1; done
+    needs_start=1
+  elif [ "$want_runsc" = 1 ] && ! docker info --format '{{json .Runtimes}}' | grep -q runsc; then
     write_conf
     pkill -HUP dockerd || true
     sleep 2
   fi
-else
+fi
+if [ "$needs_start" = 1 ]; then
   write_conf
   # A dockerd killed with the session that started it leaves its pid file behind.
   if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
