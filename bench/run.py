@@ -27,7 +27,7 @@ from mcp_codeexec.config import load_settings
 from mcp_codeexec.errors import Unavailable
 from mcp_codeexec.sandboxes import SandboxManager, connect
 
-from . import scenarios, user
+from . import ptc, scenarios, user
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "latest.json"
@@ -89,6 +89,18 @@ TABLE: list[tuple[str, str, str, tuple[str, float] | None]] = [
     ("saturation16_p99_ms", "saturation: 16 sessions, p99", "ms", None),
     ("saturation64_calls_per_s", "saturation: 64 sessions, calls/s", "/s", None),
     ("saturation64_p99_ms", "saturation: 64 sessions, p99", "ms", None),
+    # programmatic tool calling (bench/ptc.py): the same upstream echo three ways; 100 calls two ways
+    ("ptc_cell_p50_ms", "PTC: `await x__echo` timed inside a sandbox's cell, p50", "ms", None),
+    ("ptc_cell_p99_ms", "PTC: `await x__echo` timed inside a sandbox's cell, p99", "ms", None),
+    ("ptc_registry_p50_ms", "PTC: the same through the host registry alone, p50", "ms", None),
+    ("ptc_direct_p50_ms", "PTC: the same tool, direct MCP client, p50", "ms", None),
+    ("ptc_direct_p99_ms", "PTC: the same tool, direct MCP client, p99", "ms", None),
+    ("ptc_gather100_in_cell_ms", "PTC: 100 calls with asyncio.gather in one cell", "ms", None),
+    ("ptc_model_side_requests", "PTC: 100 model-side calls, Messages API round trips", "", None),
+    ("ptc_model_side_context_bytes", "PTC: 100 model-side calls, bytes into the model's context", "B", None),
+    ("ptc_one_cell_requests", "PTC: one cell with gather, Messages API round trips", "", None),
+    ("ptc_one_cell_context_bytes", "PTC: one cell with gather, bytes into the model's context", "B", None),
+    ("ptc_context_ratio", "PTC: context bytes, model-side / one cell", "x", None),
     ("density_memory_per_sandbox_mib", "density: host memory per idle sandbox (cgroup + shim PSS)", "MiB", ("<=", 12)),
     ("density_cgroup_mib_p50", "density: of which cgroup memory.current", "MiB", None),
     ("density_disk_per_workspace_mib", "density: disk per empty workspace (allocated)", "MiB", ("<=", 8)),
@@ -207,6 +219,7 @@ async def run_all(plan: scenarios.Plan, settings: Any, logs: Path, only: set[str
         ("concurrency", lambda: scenarios.concurrency(settings, plan, logs)),
         ("floors", lambda: user.floors(settings, plan)),
         ("mcp_warm", lambda: user.mcp_warm(settings, plan, logs)),
+        ("ptc", lambda: ptc.scenario(settings, plan)),
         # heavy: only when asked for (--burst, --saturation, --density)
         ("burst", lambda: user.bursts(settings, plan, logs)),
         ("saturation", lambda: user.saturation(settings, plan, logs)),
@@ -231,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--smoke", action="store_true", help="a tiny, fast run (CI): every key, few samples")
     parser.add_argument("--sessions", type=int, help="concurrent sessions (default 16)")
-    parser.add_argument("--only", help="comma-separated subset: warm,baseline,first_call,concurrency,floors,mcp_warm,"
+    parser.add_argument("--only", help="comma-separated subset: warm,baseline,first_call,concurrency,floors,mcp_warm,ptc,"
                         "burst,saturation,density")
     parser.add_argument("--pause-ms", type=float, default=100.0, help="think time before each spaced call (default 100)")
     parser.add_argument("--burst", action="store_true", help="also: N new sessions at once (N = 16, 64; --burst-sizes)")

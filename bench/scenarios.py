@@ -53,12 +53,14 @@ class Plan:
     saturation_seconds: float = 5.0
     idle_sandboxes: int = 256
     heavy: frozenset[str] = frozenset()  # opt-in scenarios: burst, saturation, density
+    ptc_calls: int = 300  # programmatic tool calling (bench/ptc.py)
 
 
 SMOKE = Plan(
     warm_calls=20, repl_calls=20, warmup_calls=3, baseline_calls=5, editor_cycles=3, progress_pairs=5, long_call_seconds=2.5,
     first_call_trials=1, concurrent_sessions=2, concurrent_calls=3,
     spaced_calls=5, floor_calls=10, burst_sizes=(4,), saturation_levels=(1, 2), saturation_seconds=1.0, idle_sandboxes=4,
+    ptc_calls=10,
 )
 
 

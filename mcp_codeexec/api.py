@@ -261,7 +261,9 @@ class Sandbox:
             if isinstance(request, BashInput):
                 outcome = await backend.bash(request, self._ctx)
             elif isinstance(request, CodeInput):
-                outcome = await backend.code(request, self._ctx, tools)
+                from .tools.callables import combine_code_tools
+
+                outcome = await backend.code(request, self._ctx, combine_code_tools(self.code_tools, tools))
             else:
                 outcome = await backend.editor(request, self._ctx)
         except CodeExecError as exc:

@@ -664,12 +664,29 @@ class DockerBackend:
         max_in_flight = tools.max_in_flight if tools else s.tools_max_in_flight
         pending_timeout = tools.pending_timeout if tools else s.tools_pending_timeout
 
-        async def run_tool(rid: int, frame: dict[str, Any]) -> None:
-            nonlocal waited, busy_since
-            call_id = str(frame.get("call_id"))
+        def admit_tool(frame: dict[str, Any]) -> str | None:
+            """Register a tool call (None: run it; else the refusal). The agent bounds the calls
+            already; the host holds the same bound itself and ignores a call id already running,
+            so frames that reach the channel by another way (see SECURITY.md) gain nothing."""
+            nonlocal busy_since
+            call_id = frame.get("call_id")
+            if not isinstance(call_id, str) or call_id in pending:
+                return ""  # malformed or a replay of a call in progress: not answered
+            if len(pending) >= max_in_flight:
+                return f"more than {max_in_flight} tool calls in flight"
             if not pending:
                 busy_since = time.monotonic()
-            pending.setdefault(call_id, time.monotonic())
+            pending[call_id] = time.monotonic()
+            return None
+
+        async def refuse_tool(rid: int, frame: dict[str, Any], why: str) -> None:
+            with contextlib.suppress(AgentGone):
+                await sandbox.conn.notify({"op": "tool_result", "target": rid, "call_id": frame["call_id"],
+                                           "text": why, "is_error": True})
+
+        async def run_tool(rid: int, frame: dict[str, Any]) -> None:
+            nonlocal waited
+            call_id = str(frame.get("call_id"))
             try:
                 text, is_error = await _run_code_tool(tools, frame, pending_timeout)
             finally:
@@ -707,7 +724,11 @@ class DockerBackend:
                     if frame["type"] == "file":
                         receiver.chunk(frame, blob)
                     elif frame["type"] == "tool_call":
-                        tg.start_soon(run_tool, frame["id"], frame)
+                        refusal = admit_tool(frame)
+                        if refusal is None:
+                            tg.start_soon(run_tool, frame["id"], frame)
+                        elif refusal:
+                            tg.start_soon(refuse_tool, frame["id"], frame, refusal)
                     elif frame["type"] == "progress" and ctx.progress is not None:
                         tail = (frame.get("stdout_tail") or "") + (frame.get("stderr_tail") or "")
                         await ctx.progress(time.monotonic() - started, tail[-2000:])

@@ -6,6 +6,11 @@ misbehaving ones for the abuse tests: ``hang`` never answers, ``crash`` prints `
 that is not JSON-RPC, ``big`` returns a result of ``size`` characters, ``secret`` prints the
 environment variable ``UPSTREAM_TOKEN`` to stderr and fails.
 
+Accounting for the abuse tests: ``count`` (async) echoes its ``text`` after ``ms`` milliseconds and
+records it; ``stats`` returns, as JSON, how many ``count`` calls arrived, the most in progress at
+once, and how many carried a text starting with ``FORGED``. ``frames`` returns a text made of
+agent-protocol frames (``payload``, latin-1) to see that a result is only ever data.
+
 ``UPSTREAM_MARK`` (env) is prefixed to every echo, so tests can tell two upstreams apart;
 ``UPSTREAM_CRASH_ON_START=1`` makes the process exit before serving (a server that cannot start).
 ``--http PORT`` serves streamable HTTP on 127.0.0.1 instead (``UPSTREAM_HTTP_TOKEN``: the bearer
@@ -105,6 +110,40 @@ def big(size: int) -> str:
 def secret() -> str:
     print(f"my token is {os.environ.get('UPSTREAM_TOKEN')}", file=sys.stderr, flush=True)
     raise RuntimeError(f"token {os.environ.get('UPSTREAM_TOKEN')} rejected")
+
+
+STATS = {"calls": 0, "in_progress": 0, "max_in_progress": 0, "forged": 0}
+
+
+@server.tool(description="Echo `text` after `ms` milliseconds, counting the call.", structured_output=False)
+async def count(text: str, ms: int = 0) -> str:
+    import asyncio
+
+    STATS["calls"] += 1
+    STATS["forged"] += text.startswith("FORGED")
+    STATS["in_progress"] += 1
+    STATS["max_in_progress"] = max(STATS["max_in_progress"], STATS["in_progress"])
+    try:
+        if ms:
+            await asyncio.sleep(ms / 1000)
+        return text
+    finally:
+        STATS["in_progress"] -= 1
+
+
+@server.tool(description="The counters of `count` calls, as JSON.", structured_output=False)
+def stats(reset: bool = False) -> str:
+    import json
+
+    out = json.dumps(STATS)
+    if reset:
+        STATS.update(calls=0, max_in_progress=0, forged=0)
+    return out
+
+
+@server.tool(description="Return `payload` (frame-shaped bytes as latin-1 text) verbatim.", structured_output=False)
+def frames(payload: str) -> str:
+    return payload
 
 
 def serve_http(port: int, token: str | None) -> None:
