@@ -6,6 +6,12 @@ breaks (the stdio process exits or misbehaves, a call finds the connection close
 reconnects after a back-off (0.5 s doubling to 30 s, reset by a good connection). While it is down
 a call waits a little for it (``READY_WAIT``) and otherwise gets an error result that says why.
 
+While connected it follows the upstream's tool list: ``notifications/tools/list_changed`` (on a
+2026-07-28 connection through a ``subscriptions/listen`` stream, on older ones as a plain
+notification) re-lists the tools, so names, schemas and the allow-list applied to them are those of
+the latest listing; the registry reads them on every call, so the next cell's functions and
+``list_tools()`` follow.
+
 Everything shown outside (errors, logs) goes through the config's ``Redactor``: the upstream's
 ``env`` and ``headers`` values never leave this module.
 """
@@ -21,12 +27,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import mcp_types as types
 from jsonschema import SchemaError
 from jsonschema.exceptions import best_match
 from jsonschema.validators import validator_for
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.client.subscriptions import ListenNotSupportedError, SubscriptionLost
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
@@ -40,6 +48,7 @@ READY_WAIT = 10.0
 """Seconds a call waits for an upstream that is (re)connecting before it is answered 'down'."""
 CONNECT_TIMEOUT = 30.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
+LIST_CHANGED = "notifications/tools/list_changed"
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,9 @@ class Upstream:
         self.failure: str | None = None
         """Why the upstream is down (None while connected or before the first attempt ends)."""
         self.connections = 0
+        self.relists = 0
+        """Tool listings taken after a list_changed (not counting those of each connection)."""
+        self._changed = anyio.Event()
         self._client: Client | None = None
         self._broken = anyio.Event()
         self._ready = anyio.Event()
@@ -118,7 +130,10 @@ class Upstream:
                     self._attempted.set()
                     delay = BACKOFF_FIRST
                     log.info("upstream %s connected (%d allowed tools)", self.name, len(self.tools))
-                    await self._broken.wait()
+                    async with anyio.create_task_group() as followers:
+                        followers.start_soon(self._follow_changes, client)
+                        await self._broken.wait()
+                        followers.cancel_scope.cancel()
             except Exception as exc:  # noqa: BLE001 - any failure of an upstream is its down-state, said in calls
                 self.failure = self._describe(exc)
             finally:
@@ -149,15 +164,57 @@ class Upstream:
             transport = bounded_stdio(
                 cfg.command, cfg.args, cfg.env, cfg.cwd, max_line_bytes=self.max_message_bytes, status=self._status
             )
-            async with Client(transport, mode="auto") as client:
+            async with Client(transport, mode="auto", message_handler=self._on_message) as client:
                 yield client
         else:
             assert cfg.url is not None
             async with (
                 create_mcp_http_client(headers=dict(cfg.headers) or None) as http,
-                Client(streamable_http_client(cfg.url, http_client=http), mode="auto") as client,
+                Client(streamable_http_client(cfg.url, http_client=http), mode="auto",
+                       message_handler=self._on_message) as client,
             ):
                 yield client
+
+    # --- following the tool list ---------------------------------------------------------------
+
+    async def _on_message(self, message: Any) -> None:
+        """Handshake-era connections: ``notifications/tools/list_changed`` arrives here."""
+        inner = getattr(message, "root", message)
+        if isinstance(inner, types.ToolListChangedNotification) or getattr(inner, "method", None) == LIST_CHANGED:
+            self._changed.set()
+        await anyio.lowlevel.checkpoint()
+
+    async def _follow_changes(self, client: Client) -> None:
+        """Re-list the tools on each change the upstream announces, for this connection's life."""
+        try:
+            async with client.listen(tools_list_changed=True) as subscription:
+                if subscription.honored is not None and subscription.honored.tools_list_changed:
+                    async for _event in subscription:
+                        await self._relist(client)
+                    return
+        except ListenNotSupportedError:
+            pass  # an older protocol: the plain notification (``_on_message``) says when
+        except (MCPError, SubscriptionLost, TimeoutError) as exc:
+            log.info("upstream %s offers no tool-change stream (%s); its tools are re-listed on reconnect",
+                     self.name, self._redact(_exc_text(exc)))
+            return
+        while True:
+            await self._changed.wait()
+            self._changed = anyio.Event()
+            await self._relist(client)
+
+    async def _relist(self, client: Client) -> None:
+        before = set(self.tools)
+        try:
+            with anyio.fail_after(self.connect_timeout):
+                await self._load_tools(client)
+        except (MCPError, TimeoutError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            log.warning("upstream %s announced new tools but re-listing failed: %s", self.name, self._redact(_exc_text(exc)))
+            return
+        self.relists += 1
+        added, removed = sorted(set(self.tools) - before), sorted(before - set(self.tools))
+        log.info("upstream %s tools changed: %d allowed (added %s, removed %s)", self.name, len(self.tools),
+                 added or "none", removed or "none")
 
     async def _load_tools(self, client: Client) -> None:
         listed: list[types.Tool] = []

@@ -105,3 +105,54 @@ class _null:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+async def test_an_upstream_that_adds_a_tool_at_runtime_is_followed_with_its_allow_list(tmp_path: Path, docker_engine: None) -> None:
+    config = tools_config(
+        tmp_path, t={"command": sys.executable, "args": [UPSTREAM], "allowed_tools": ["grow", "echo", "shout"]},
+    )
+    settings = make_settings(tmp_path, tools_config=str(config))
+
+    async def listed(client) -> str:
+        return {t.name: t for t in (await client.list_tools()).tools}[CODE].description or ""
+
+    async def until_listed(client, present: str, absent: str | None = None) -> str:
+        import anyio
+
+        with anyio.fail_after(20):  # the re-list follows the notification asynchronously
+            while True:
+                description = await listed(client)
+                if present in description and (absent is None or absent not in description):
+                    return description
+                await anyio.sleep(0.1)
+
+    try:
+        async with mcp_client("stdio", settings) as client:
+            assert "t__shout" not in await listed(client)
+            grown = await code(client, "print(await t__grow({'name': 'shout'}), await t__grow({'name': 'hidden'}))")
+            assert grown["stdout"] == "added added\n", grown
+            description = await until_listed(client, "t__shout({text: string})")
+            assert "t__hidden" not in description  # the allow-list applies to the new listing too
+            block = await code(client, (
+                "names = sorted(f['name'] for f in list_tools())\n"
+                "schema = next(f for f in list_tools() if f['name'] == 't__shout')['input_schema']\n"
+                "print(names, schema['required'])\n"
+                "print(await t__shout({'text': 'hi'}))\n"
+            ))
+            assert block["return_code"] == 0, block["stderr"]
+            assert block["stdout"] == "['t__echo', 't__grow', 't__shout'] ['text']\nHI\n"
+            # A changed schema is the one arguments are checked against.
+            changed = await code(client, "await t__grow({'name': 'shout', 'remove': True})\n"
+                                         "print(await t__grow({'name': 'shout', 'required': 'word'}))")
+            assert changed["stdout"] == "added\n", changed
+            await until_listed(client, "t__shout({word: string})")
+            old = await code(client, "await t__shout({'text': 'hi'})")
+            assert old["return_code"] != 0 and "'word' is a required property" in old["stderr"], old["stderr"]
+            assert (await code(client, "print(await t__shout({'word': 'ok'}))"))["stdout"] == "OK\n"
+            # A removed tool is gone from the next cell.
+            await code(client, "await t__grow({'name': 'shout', 'remove': True})")
+            await until_listed(client, "t__echo", absent="t__shout")
+            gone = await code(client, "await t__shout({'word': 'x'})")
+            assert gone["return_code"] != 0 and "NameError" in gone["stderr"]
+    finally:
+        remove_installation(settings)

@@ -9,7 +9,9 @@ environment variable ``UPSTREAM_TOKEN`` to stderr and fails.
 Accounting for the abuse tests: ``count`` (async) echoes its ``text`` after ``ms`` milliseconds and
 records it; ``stats`` returns, as JSON, how many ``count`` calls arrived, the most in progress at
 once, and how many carried a text starting with ``FORGED``. ``frames`` returns a text made of
-agent-protocol frames (``payload``, latin-1) to see that a result is only ever data.
+agent-protocol frames (``payload``, latin-1) to see that a result is only ever data. ``grow``
+adds a tool at runtime (``name``: it upper-cases its ``text``; ``required``: that argument's
+name) or, with ``remove``, removes one, then announces ``notifications/tools/list_changed``.
 
 ``UPSTREAM_MARK`` (env) is prefixed to every echo, so tests can tell two upstreams apart;
 ``UPSTREAM_CRASH_ON_START=1`` makes the process exit before serving (a server that cannot start).
@@ -19,11 +21,12 @@ token it requires).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from pydantic import BaseModel
 
 if os.environ.get("UPSTREAM_CRASH_ON_START") == "1":
@@ -146,6 +149,27 @@ def frames(payload: str) -> str:
     return payload
 
 
+@server.tool(description="Add (or remove) a tool at runtime and announce the change.", structured_output=False)
+async def grow(name: str, ctx: Context, required: str = "text", remove: bool = False) -> str:
+    if remove:
+        server.remove_tool(name)
+    else:
+        def shout(**kwargs: str) -> str:
+            return str(kwargs.get(required, "")).upper()
+
+        import inspect
+
+        shout.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter(required, inspect.Parameter.KEYWORD_ONLY, annotation=str)], return_annotation=str
+        )
+        server.add_tool(shout, name=name, description=f"Upper-case `{required}` (added at runtime).",
+                        structured_output=False)
+    await ctx.notify_tools_changed()
+    with contextlib.suppress(Exception):  # handshake-era clients get the plain notification
+        await ctx.request_context.session.send_tool_list_changed()
+    return "removed" if remove else "added"
+
+
 def serve_http(port: int, token: str | None) -> None:
     """Streamable HTTP on 127.0.0.1:port/mcp; with ``token``, requests without
     ``Authorization: Bearer <token>`` are answered 401."""
@@ -162,7 +186,8 @@ def serve_http(port: int, token: str | None) -> None:
                 return
         await app(scope, receive, send)
 
-    uvicorn.run(guarded, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    # A client's subscriptions/listen stream stays open: shutdown must not wait for it forever.
+    uvicorn.run(guarded, host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
 
 
 if __name__ == "__main__":
