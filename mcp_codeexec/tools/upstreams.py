@@ -68,6 +68,9 @@ class CallFailed(Exception):
 
 
 class Upstream:
+    connect_mode = "auto"
+    """``mcp.Client``'s protocol negotiation: discover a 2026-07-28 server, else the initialize handshake."""
+
     def __init__(
         self,
         name: str,
@@ -164,13 +167,13 @@ class Upstream:
             transport = bounded_stdio(
                 cfg.command, cfg.args, cfg.env, cfg.cwd, max_line_bytes=self.max_message_bytes, status=self._status
             )
-            async with Client(transport, mode="auto", message_handler=self._on_message) as client:
+            async with Client(transport, mode=self.connect_mode, message_handler=self._on_message) as client:
                 yield client
         else:
             assert cfg.url is not None
             async with (
                 create_mcp_http_client(headers=dict(cfg.headers) or None) as http,
-                Client(streamable_http_client(cfg.url, http_client=http), mode="auto",
+                Client(streamable_http_client(cfg.url, http_client=http), mode=self.connect_mode,
                        message_handler=self._on_message) as client,
             ):
                 yield client

@@ -308,6 +308,35 @@ async def test_an_http_upstream_that_goes_away_is_reconnected_when_it_is_back() 
         await reg.__aexit__(None, None, None)
 
 
+# --- the upstream's tool list changes ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_tool_added_or_removed_at_runtime_is_followed_on_both_protocol_eras(mode: str, monkeypatch) -> None:
+    """2026-07-28 connections hear of it through subscriptions/listen, handshake-era ones through
+    the plain notifications/tools/list_changed."""
+    from mcp_codeexec.tools.upstreams import Upstream
+
+    monkeypatch.setattr(Upstream, "connect_mode", mode)
+    async with registry({"t": stdio(allowed_tools=["grow", "echo", "shout"])}) as reg:
+        names = lambda: [f.name for f in reg.functions_for("local")]  # noqa: E731
+        assert names() == ["t__echo", "t__grow"]
+        assert await reg.call("local", "t__grow", {"name": "shout"}) == ("added", False)
+        assert await reg.call("local", "t__grow", {"name": "hidden"}) == ("added", False)
+        with anyio.fail_after(10):
+            while "t__shout" not in names():
+                await anyio.sleep(0.05)
+        assert names() == ["t__echo", "t__grow", "t__shout"]  # t__hidden: not on the allow-list
+        assert await reg.call("local", "t__shout", {"text": "hi"}) == ("HI", False)
+        text, is_error = await reg.call("local", "t__hidden", {"text": "hi"})
+        assert is_error and "not on the allowed_tools list" in text
+        assert await reg.call("local", "t__grow", {"name": "shout", "remove": True}) == ("removed", False)
+        with anyio.fail_after(10):
+            while "t__shout" in names():
+                await anyio.sleep(0.05)
+        assert reg.upstreams["t"].connections == 1  # followed on the same session, not by reconnecting
+
+
 # --- a third-party upstream from npm -------------------------------------------------------------
 
 
