@@ -324,3 +324,47 @@ async def test_oversized_arguments_and_results_are_refused_with_a_clear_error_in
     assert huge["return_code"] == 1 and "is larger than" in huge["stderr"], huge["stderr"][-500:]
     just_right = await box.ok(f"print(len(await t__big({{'size': {MAX_BYTES - 100}}})))")
     assert just_right == f"{MAX_BYTES - 100}\n"
+
+
+async def test_frames_carrying_the_live_request_id_are_held_to_the_bound_and_replays_ignored_by_the_host(
+    tmp_path: Path, docker_engine: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What gVisor's open /proc/1/fd allows at worst (SECURITY.md): ``tool_call`` frames with the
+    running cell's id arrive on the host channel beside the agent's. Injected here at the host's
+    frame dispatch: a replay of the cell's real call (same call id) and 50 forged calls at once."""
+    from mcp_codeexec.backends.docker import DockerBackend
+
+    original = DockerBackend._call
+    injected: list[int] = []
+
+    async def forging_call(self: Any, sandbox: Any, message: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        on_frame = kwargs.get("on_frame")
+        if message.get("op") == "python" and on_frame is not None:
+            async def forging(frame: dict[str, Any], blob: bytes) -> None:
+                await on_frame(frame, blob)
+                if frame["type"] == "tool_call" and not injected:
+                    injected.append(frame["id"])
+                    await on_frame(dict(frame), blob)  # a replay: the same call id again
+                    for n in range(50):
+                        await on_frame({**frame, "call_id": f"forged{n}",
+                                        "input": {"text": f"{FORGED_TEXT}-{n}", "ms": 300}}, blob)
+            kwargs["on_frame"] = forging
+        return await original(self, sandbox, message, **kwargs)
+
+    monkeypatch.setattr(DockerBackend, "_call", forging_call)
+    config = tmp_path / "tools.json"
+    config.write_text(json.dumps({"mcpServers": {"t": {"command": sys.executable, "args": [UPSTREAM],
+                                                       "allowed_tools": ["count", "stats"]}}}))
+    settings = adversarial_settings(tmp_path, tools_config=str(config), tools_max_in_flight=IN_FLIGHT)
+    try:
+        async with mcp_client("memory", settings) as client:
+            box = Session(client)
+            out = await box.ok("print(await t__count({'text': 'real', 'ms': 300}))\nimport asyncio\nawait asyncio.sleep(0.5)")
+            assert out == "real\n"
+            stats = await box.stats()
+    finally:
+        remove_installation(settings)
+    assert injected, "no tool_call frame was seen"
+    assert stats["calls"] - stats["forged"] == 1, stats  # the replay did not run the call again
+    assert stats["forged"] <= IN_FLIGHT - 1, stats  # the rest were refused unrun by the host's own bound
+    assert stats["max_in_progress"] <= IN_FLIGHT, stats
