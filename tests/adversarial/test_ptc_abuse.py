@@ -34,8 +34,9 @@ IN_FLIGHT = 16
 MAX_BYTES = 64 * 1024
 SEQUENTIAL = 2_000 if GVISOR else 10_000
 """Calls of the sequential case. Under gVisor each call crosses the Sentry four times (REPL →
-agent → attach stream and back) and runs at ~80 calls/s on CI's 2 cores, so 10,000 would take
-over two minutes there; 2,000 show the same thing (nothing accumulates per call) in ~25 s."""
+agent → attach stream and back) and ran at 43-79 calls/s on this 2-core machine (vs ~350 under
+runc), so 10,000 would take two to four minutes there; 2,000 show the same thing (every result
+right, nothing accumulates per call) in 25-50 s."""
 
 
 @dataclass
