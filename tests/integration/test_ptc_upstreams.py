@@ -62,3 +62,10 @@ async def test_failures_raise_inside_the_code_with_clear_messages(settings, regi
     # not defined in the REPL at all (or, if the REPL forwards unknown names, refused by the registry)
     assert ("NameError: name 't__crash' is not defined" in disallowed.block.stderr
             or "t__crash (t/crash) is not on the allowed_tools list of server 't'" in disallowed.block.stderr)
+
+
+async def test_the_sandboxs_own_tools_reach_its_public_code_method(settings, registry: ToolRegistry) -> None:
+    async with Sandbox(settings, tools=registry.for_principal("local")) as sb:
+        block = await sb.code("print(await t__echo({'text': 'hi'}), [f['name'] for f in list_tools()][:1])")
+    assert block.return_code == 0, block.stderr
+    assert block.stdout == "hi ['t__add']\n"
