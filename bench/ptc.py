@@ -80,10 +80,9 @@ async def in_cell(settings: Any, calls: int, warmup: int = 20) -> dict[str, Any]
         "assert got == [str(i) for i in range(100)]\n"
         "print(json.dumps({'samples': samples, 'gather': gather}))\n"
     )
-    async with ToolRegistry(_config()) as registry:
-        async with Sandbox(settings, tools=registry.for_principal("local")) as sb:
-            block = await sb.code("pass")  # the interpreter starts here, not in the timed cell
-            block = await sb.code(code)
+    async with ToolRegistry(_config()) as registry, Sandbox(settings, tools=registry.for_principal("local")) as sb:
+        block = await sb.code("pass")  # the interpreter starts here, not in the timed cell
+        block = await sb.code(code)
     if block.return_code != 0:
         raise PtcBenchError(f"the bench cell failed: {block.stderr[-2000:]}")
     data = json.loads(block.stdout.strip().splitlines()[-1])

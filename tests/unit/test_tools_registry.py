@@ -319,7 +319,7 @@ async def test_a_tool_added_or_removed_at_runtime_is_followed_on_both_protocol_e
 
     monkeypatch.setattr(Upstream, "connect_mode", mode)
     async with registry({"t": stdio(allowed_tools=["grow", "echo", "shout"])}) as reg:
-        names = lambda: [f.name for f in reg.functions_for("local")]  # noqa: E731
+        names = lambda: [f.name for f in reg.functions_for("local")]
         assert names() == ["t__echo", "t__grow"]
         assert await reg.call("local", "t__grow", {"name": "shout"}) == ("added", False)
         assert await reg.call("local", "t__grow", {"name": "hidden"}) == ("added", False)
