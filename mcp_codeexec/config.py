@@ -152,6 +152,11 @@ class Settings(BaseSettings):
         description="Stop a sandbox whose Python interpreter holds state only after it was idle this long (0 = never); "
         "stopping loses the interpreter's variables.",
     )
+    checkpoint_idle: bool = Field(
+        default=True,
+        description="Under runsc, an idle sandbox whose Python interpreter holds state is checkpointed with its memory "
+        "at the idle stop and restored, variables intact, on its next call (needs dockerd experimental mode).",
+    )
     file_retention_days: float = 30.0
     auto_build_image: bool = Field(default=True, description="`serve` builds the sandbox image when it is missing.")
     image_base: str = Field(

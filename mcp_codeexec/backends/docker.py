@@ -24,6 +24,7 @@ from anyio.abc import SocketStream, TaskGroup
 from docker.models.containers import Container
 
 from ..agent_client import AgentConnection, AgentGone
+from ..checkpoint import Checkpointer, CheckpointFailed
 from ..config import MiB, Settings
 from ..errors import (
     CodeExecError,
@@ -37,6 +38,7 @@ from ..errors import (
 )
 from ..files import FileStore, PendingFile
 from ..sandboxes import (
+    NAME_PREFIX,
     POOL_KEEPALIVE_SECONDS,
     POOL_OWNER,
     CreateTicket,
@@ -164,6 +166,7 @@ class DockerBackend:
         self._tg: TaskGroup | None = None
         self._stack = AsyncExitStack()
         self.pending_dir = settings.data_dir / "pending"
+        self._checkpoints: Checkpointer | None = None  # idle checkpoints with memory (runsc), see checkpoint.py
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -214,11 +217,30 @@ class DockerBackend:
 
     def idle_limit(self, sandbox: Sandbox) -> float:
         """Seconds idle before a stop: longer while its Python interpreter holds state (a stop loses it)."""
+        if sandbox.repl_alive and self.checkpointing:
+            return self.settings.idle_stop_seconds  # its checkpoint keeps the interpreter's state
         if sandbox.repl_alive and self.settings.repl_idle_stop_seconds > 0 and self.settings.idle_stop_seconds > 0:
             return max(self.settings.idle_stop_seconds, self.settings.repl_idle_stop_seconds)
         if sandbox.repl_alive and self.settings.repl_idle_stop_seconds <= 0:
             return 0.0
         return self.settings.idle_stop_seconds
+
+    @property
+    def checkpointing(self) -> bool:
+        return self._checkpoints is not None and self._checkpoints.enabled
+
+    async def _checkpoint(self, sandbox: Sandbox) -> bool:
+        """Checkpoint an idle sandbox whose interpreter holds state (the engine stops it); False: not done."""
+        if not (sandbox.repl_alive and self._checkpoints is not None and self._checkpoints.enabled):
+            return False
+        try:
+            stats = await _thread(self._checkpoints.create, NAME_PREFIX + sandbox.record.id)
+        except CheckpointFailed as exc:
+            log.warning("sandbox %s: idle checkpoint failed (%s); stopping it, its interpreter is lost", sandbox.record.id, exc)
+            return False
+        log.info("sandbox %s: checkpointed with its memory in %.2f s (%s bytes)", sandbox.record.id, stats.seconds,
+                 stats.size_bytes if stats.size_bytes is not None else "?")
+        return True
 
     async def _save_state(self, sandbox: Sandbox, reason: str | None = None) -> None:
         """Ask the agent to copy the shell state onto the workspace (it lives on tmpfs while running);
@@ -234,6 +256,7 @@ class DockerBackend:
         if self._manager is None:
             client = await _thread(connect)
             manager = SandboxManager(self.settings, client)
+            manager.checkpoints = self._checkpoints = await _thread(Checkpointer.for_engine, client, self.settings)
             await _thread(manager.resolve_image)
             removed = await _thread(manager.reap)
             if removed:
@@ -271,12 +294,15 @@ class DockerBackend:
                 if sandbox.inflight or now - sandbox.last_used < limit or self._sandboxes.get(cid) is not sandbox:
                     continue
                 del self._sandboxes[cid]
-                await self._save_state(sandbox, reason=f"idle for {now - sandbox.last_used:.0f} s")
-                if sandbox.repl_alive:
+                # The reason is read only by a fresh interpreter: after a checkpoint, one that failed to restore.
+                restore_note = "; its checkpoint could not be restored" if sandbox.repl_alive and self.checkpointing else ""
+                await self._save_state(sandbox, reason=f"idle for {now - sandbox.last_used:.0f} s{restore_note}")
+                if sandbox.repl_alive and not self.checkpointing:
                     await _thread(write_repl_marker, self.settings.data_dir, cid, False, self.settings.idle_stop_seconds)
                 await sandbox.conn.aclose()
                 try:
-                    await _thread(self._manager.stop, cid)
+                    if not await self._checkpoint(sandbox):
+                        await _thread(self._manager.stop, cid)
                 except Unavailable as exc:
                     log.warning("stopping idle sandbox %s: %s", cid, exc.message)
                 await _thread(self._manager.leases.release, cid)

@@ -1,0 +1,109 @@
+"""Idle checkpoints with memory under gVisor (issue 12 item 5): an idle runsc sandbox whose Python
+interpreter holds state is checkpointed and stopped; its next call (bash, editor or code) restores
+it with the interpreter's variables; a restore that fails starts it afresh, files intact, and says
+so. These tests force runsc whatever MCP_CODEEXEC_RUNTIME says (so they run in both CI passes)."""
+
+from __future__ import annotations
+
+import os
+
+import anyio
+import docker
+import pytest
+
+from mcp_codeexec.checkpoint import DOCKER_CONTAINERS, Checkpointer, runsc_root
+from mcp_codeexec.sandboxes import NAME_PREFIX
+from tests.conftest import IN_CI
+from tests.integration.conftest import make_settings
+from tests.support.oracle import assert_hosted_shape
+from tests.support.servers import mcp_client, remove_installation
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def checkpoint_settings(tmp_path, docker_engine):
+    client = docker.from_env()
+    info = client.info()
+    problems = []
+    if "runsc" not in (info.get("Runtimes") or {}):
+        problems.append("the Docker engine has no runsc runtime")
+    if not info.get("ExperimentalBuild"):
+        problems.append("the engine runs without experimental features (.ci/start-docker.sh turns them on)")
+    if runsc_root() is None:
+        problems.append("this test cannot write runsc's state directory (run as root on the engine host)")
+    if problems:
+        if IN_CI:
+            pytest.fail("CI checkpoints runsc sandboxes: " + "; ".join(problems))
+        pytest.skip("; ".join(problems))
+    settings = make_settings(tmp_path, runtime="runsc", idle_stop_seconds=1.0, reap_interval_seconds=0.3)
+    yield settings
+    remove_installation(settings)
+
+
+async def call(client, tool: str, **arguments):
+    result = await client.call_tool(tool, arguments)
+    assert not result.is_error, result.structured_content
+    assert_hosted_shape(result.structured_content, tool)
+    return result
+
+
+def checkpoints(cid: str) -> list[str]:
+    client = docker.from_env()
+    return Checkpointer(client, enabled=False).names(client.containers.get(NAME_PREFIX + cid).id)
+
+
+async def checkpointed(cid: str) -> list[str]:
+    """Wait for the reaper to checkpoint the idle sandbox; its checkpoint names."""
+    container = docker.from_env().containers.get(NAME_PREFIX + cid)
+    with anyio.fail_after(60):
+        while True:
+            container.reload()
+            names = checkpoints(cid)
+            if container.status == "exited" and names:
+                return names
+            assert container.status in ("running", "paused"), container.status  # never stopped without one
+            await anyio.sleep(0.2)
+
+
+async def test_an_idle_runsc_sandbox_comes_back_from_its_checkpoint_with_its_variables_each_time(checkpoint_settings):
+    async with mcp_client("memory", checkpoint_settings) as client:
+        first = await call(client, "code_execution", code="x = 41\nimport json\ndef twice(v):\n    return 2 * v\n"
+                                                            "open('/workspace/kept.txt', 'w').write('files too')")
+        cid = first.meta["container"]["id"]
+        # 1: bash wakes it; the interpreter was not restarted (no stderr line), the file is there.
+        await checkpointed(cid)
+        woke = await call(client, "bash_code_execution", command="cat /workspace/kept.txt")
+        assert woke.structured_content["stdout"] == "files too" and woke.meta["container"]["id"] == cid
+        again = await call(client, "code_execution", code="x += 1\nprint(x, twice(x), json.dumps([x]))")
+        assert again.structured_content["stdout"] == "42 84 [42]\n" and again.structured_content["stderr"] == ""
+        assert checkpoints(cid) == []  # a used checkpoint is deleted
+        # 2: a restored sandbox is checkpointed again (runsc 2022 needs the repair); the editor wakes it.
+        await checkpointed(cid)
+        viewed = await call(client, "text_editor_code_execution", command="view", path="/workspace/kept.txt")
+        assert "files too" in viewed.structured_content["content"]
+        assert (await call(client, "code_execution", code="print(x)")).structured_content["stdout"] == "42\n"
+        # 3: and a cell wakes it directly.
+        await checkpointed(cid)
+        third = await call(client, "code_execution", code="x += 1\nprint(x)")
+        assert third.structured_content["stdout"] == "43\n" and third.structured_content["stderr"] == ""
+
+
+async def test_a_checkpoint_that_fails_to_restore_starts_the_sandbox_afresh_with_its_files_and_says_so(checkpoint_settings):
+    async with mcp_client("memory", checkpoint_settings) as client:
+        first = await call(client, "code_execution", code="x = 1\nopen('/workspace/kept.txt', 'w').write('kept')")
+        cid = first.meta["container"]["id"]
+        [name] = await checkpointed(cid)
+        container_id = docker.from_env().containers.get(NAME_PREFIX + cid).id
+        image = DOCKER_CONTAINERS / container_id / "checkpoints" / name / "checkpoint.img"
+        assert image.is_file() and image.stat().st_size > 0
+        image.write_bytes(os.urandom(4096))  # a corrupt checkpoint: runsc cannot restore it
+        after = await call(client, "code_execution", code="print('x' in globals(), open('/workspace/kept.txt').read())")
+        sc = after.structured_content
+        assert sc["stdout"] == "False kept\n" and after.meta["container"]["id"] == cid
+        assert sc["stderr"].startswith("[the Python interpreter was restarted: the container was stopped (idle for ")
+        assert "its checkpoint could not be restored" in sc["stderr"]
+        assert checkpoints(cid) == []
+        shell = await call(client, "bash_code_execution", command="cat /workspace/kept.txt")
+        assert shell.structured_content["stdout"] == "kept"
+
