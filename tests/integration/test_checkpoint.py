@@ -5,7 +5,11 @@ so. These tests force runsc whatever MCP_CODEEXEC_RUNTIME says (so they run in b
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import anyio
 import docker
@@ -19,6 +23,7 @@ from tests.support.oracle import assert_hosted_shape
 from tests.support.servers import mcp_client, remove_installation
 
 pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -107,3 +112,16 @@ async def test_a_checkpoint_that_fails_to_restore_starts_the_sandbox_afresh_with
         shell = await call(client, "bash_code_execution", command="cat /workspace/kept.txt")
         assert shell.structured_content["stdout"] == "kept"
 
+
+
+def test_the_checkpoint_bench_smoke_run_reports_every_figure_and_leaves_no_container(checkpoint_settings):
+    proc = subprocess.run([sys.executable, "-m", "bench.checkpoint", "--smoke", "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=280, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("checkpoint_0mib_s", "checkpoint_0mib_mib", "restore_first_result_0mib_ms", "cold_first_result_ms",
+                "warm_cell_ms"):
+        assert isinstance(results[key], (int, float)) and results[key] > 0, (key, results)
+    left = docker.from_env().containers.list(all=True, filters={"label": f"io.mcp-codeexec.install={results['installation']}"},
+                                             ignore_removed=True)
+    assert left == []
