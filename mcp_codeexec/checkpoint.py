@@ -21,10 +21,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,7 @@ DOCKER_CONTAINERS = Path("/var/lib/docker/containers")  # default checkpoint loc
 _RETRY_ERRORS = ("already exists", "already in use", "failed precondition")
 RESTORE_TRIES = 20
 RETRY_PAUSE = 0.25
-EXIT_WAIT = 10.0
+EXIT_WAIT = 60.0  # a loaded machine can take its time to stop the sandbox after the image is written
 
 _DockerFailure = (docker.errors.DockerException, requests.exceptions.RequestException, ConnectionError)
 
@@ -163,6 +165,13 @@ class Checkpointer:
         names = self.names(container_id)
         if not names:
             return False
+        if _started_ns(self.client, container_id) > int(names[-1].removeprefix(PREFIX)):
+            # It ran again since (started by something that did not restore it): that memory image
+            # is older than its files now. Never restore it.
+            log.warning("sandbox container %s: discarding checkpoint %s, older than the container's last start",
+                        container_id[:12], names[-1])
+            self.discard(container_id)
+            return False
         error = ""
         try:
             for _ in range(RESTORE_TRIES):
@@ -241,6 +250,22 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _started_ns(client: docker.DockerClient, container_id: str) -> int:
+    """When the container was last started (ns since the epoch; 0 if never or unknown)."""
+    try:
+        raw = client.api.inspect_container(container_id)["State"].get("StartedAt") or ""
+    except _DockerFailure:
+        return 0
+    # "2026-12-01T23:29:27.420387731Z": Python parses at most microseconds.
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", raw)
+    if not match:
+        return 0
+    base = datetime.fromisoformat(match[1] + ("+00:00" if match[3] == "Z" else match[3]))
+    if base.year < 1970:
+        return 0  # "0001-01-01T00:00:00Z": never started
+    return int(base.timestamp()) * 10**9 + int((match[2] or "0")[:9].ljust(9, "0"))
 
 
 def _size(container_id: str, name: str) -> int | None:

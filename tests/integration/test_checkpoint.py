@@ -125,3 +125,30 @@ def test_the_checkpoint_bench_smoke_run_reports_every_figure_and_leaves_no_conta
     left = docker.from_env().containers.list(all=True, filters={"label": f"io.mcp-codeexec.install={results['installation']}"},
                                              ignore_removed=True)
     assert left == []
+
+
+async def test_a_checkpoint_older_than_the_containers_last_start_is_never_restored(checkpoint_settings):
+    async with mcp_client("memory", checkpoint_settings) as client:
+        first = await call(client, "code_execution", code="x = 1")
+        cid = first.meta["container"]["id"]
+        await checkpointed(cid)
+        container = docker.from_env().containers.get(NAME_PREFIX + cid)
+        # Something else starts it plainly (its files may then change) and stops it again.
+        with anyio.fail_after(30):
+            while True:
+                try:
+                    container.start()
+                    break
+                except docker.errors.APIError:  # the engine is still cleaning up after the checkpoint
+                    await anyio.sleep(0.3)
+        await call(client, "bash_code_execution", command="echo newer > /workspace/late.txt", container_id=cid)
+        container.stop(timeout=2)
+        assert checkpoints(cid)  # still there: the engine keeps it with the container
+        cell = "print('x' in globals(), open('/workspace/late.txt').read())"
+        after = await client.call_tool("code_execution", {"code": cell})
+        if after.is_error:  # the call on the stream the stop closed; the next one reconnects
+            assert after.structured_content["error_code"] == "unavailable"
+            after = await call(client, "code_execution", code=cell)
+        assert after.structured_content["stdout"] == "False newer\n\n"
+        assert after.structured_content["stderr"].startswith("[the Python interpreter was restarted")
+        assert checkpoints(cid) == []
