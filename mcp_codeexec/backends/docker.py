@@ -555,7 +555,8 @@ class DockerBackend:
             sandbox = None
             if cid is not None:
                 try:
-                    sandbox = await self._reattach(cid, ctx.principal)
+                    async with self._lock(cid):  # not halfway through its idle stop (a checkpoint takes seconds)
+                        sandbox = await self._reattach(cid, ctx.principal)
                 except ContainerExpired:
                     # The session's own container was removed or expired: like the hosted tool,
                     # the session continues in a fresh one (an explicit container_id still errors).
