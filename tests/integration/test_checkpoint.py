@@ -20,7 +20,7 @@ from mcp_codeexec.sandboxes import NAME_PREFIX
 from tests.conftest import IN_CI
 from tests.integration.conftest import make_settings
 from tests.support.oracle import assert_hosted_shape
-from tests.support.servers import mcp_client, remove_installation
+from tests.support.servers import mcp_client, remove_installation, server_env
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +78,10 @@ async def test_an_idle_runsc_sandbox_comes_back_from_its_checkpoint_with_its_var
         cid = first.meta["container"]["id"]
         # 1: bash wakes it; the interpreter was not restarted (no stderr line), the file is there.
         await checkpointed(cid)
+        listed = await anyio.run_process([sys.executable, "-m", "mcp_codeexec", "containers", "ls", "--json"],
+                                         env=server_env(checkpoint_settings))
+        [row] = [r for r in json.loads(listed.stdout) if r["id"] == cid]
+        assert row["status"] == "exited" and row["checkpointed"] is True
         woke = await call(client, "bash_code_execution", command="cat /workspace/kept.txt")
         assert woke.structured_content["stdout"] == "files too" and woke.meta["container"]["id"] == cid
         again = await call(client, "code_execution", code="x += 1\nprint(x, twice(x), json.dumps([x]))")
