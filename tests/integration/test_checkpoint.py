@@ -156,3 +156,13 @@ async def test_a_checkpoint_older_than_the_containers_last_start_is_never_restor
         assert after.structured_content["stdout"] == "False newer\n\n"
         assert after.structured_content["stderr"].startswith("[the Python interpreter was restarted")
         assert checkpoints(cid) == []
+
+
+async def test_a_sandbox_checkpointed_by_one_server_is_restored_by_the_next(checkpoint_settings):
+    async with mcp_client("memory", checkpoint_settings) as client:
+        first = await call(client, "code_execution", code="kept = {'a': [1, 2, 3]}")
+        cid = first.meta["container"]["id"]
+        await checkpointed(cid)
+    async with mcp_client("memory", checkpoint_settings) as client:
+        again = await call(client, "code_execution", code="print(kept['a'])", container_id=cid)
+        assert again.structured_content["stdout"] == "[1, 2, 3]\n" and again.structured_content["stderr"] == ""
