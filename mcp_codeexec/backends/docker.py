@@ -231,7 +231,7 @@ class DockerBackend:
 
     async def _checkpoint(self, sandbox: Sandbox) -> bool:
         """Checkpoint an idle sandbox whose interpreter holds state (the engine stops it); False: not done."""
-        if not (sandbox.repl_alive and self._checkpoints is not None and self._checkpoints.enabled):
+        if not (sandbox.repl_alive and self.checkpointing and self._checkpoints is not None):
             return False
         try:
             stats = await _thread(self._checkpoints.create, NAME_PREFIX + sandbox.record.id)
@@ -295,7 +295,7 @@ class DockerBackend:
                     continue
                 del self._sandboxes[cid]
                 # The reason is read only by a fresh interpreter: after a checkpoint, one that failed to restore.
-                restore_note = "; its checkpoint could not be restored" if sandbox.repl_alive and self.checkpointing else ""
+                restore_note = "; no memory checkpoint could be restored" if sandbox.repl_alive and self.checkpointing else ""
                 await self._save_state(sandbox, reason=f"idle for {now - sandbox.last_used:.0f} s{restore_note}")
                 if sandbox.repl_alive and not self.checkpointing:
                     await _thread(write_repl_marker, self.settings.data_dir, cid, False, self.settings.idle_stop_seconds)
