@@ -133,6 +133,18 @@ class Checkpointer:
             except _DockerFailure as exc:
                 log.warning("sandbox container %s: cannot delete checkpoint %s: %s", container_id[:12], name, exc)
 
+    def memory_bytes(self, container_id: str) -> int | None:
+        """The container's memory use less its page cache: about the size its checkpoint would be."""
+        try:
+            stats = self.client.api.stats(container_id, stream=False, one_shot=True).get("memory_stats") or {}
+        except _DockerFailure:
+            return None
+        usage = stats.get("usage")
+        if not isinstance(usage, int):
+            return None
+        detail = stats.get("stats") or {}
+        return usage - int(detail.get("total_inactive_file", detail.get("inactive_file", 0)) or 0)
+
     def create(self, container_id: str) -> CheckpointStats:
         """Checkpoint the running container (id or name) with its memory; the engine stops it. Raises
         CheckpointFailed (the container may then still run: the caller stops it the ordinary way)."""

@@ -100,6 +100,8 @@ class Sandbox:
     inflight: int = 0
     repl_alive: bool = False
     """The container's Python interpreter holds state (as of the last code_execution call)."""
+    too_big_to_checkpoint: bool = False
+    """It used more than ``checkpoint_max_bytes`` at its idle stop: kept running instead."""
     terminal: anyio.Lock = field(default_factory=anyio.Lock)
     """Bash calls wait here, not in the agent's queue: the host-side deadline of a call must not
     count the time it waited behind earlier calls (the agent runs one bash call at a time)."""
@@ -217,7 +219,7 @@ class DockerBackend:
 
     def idle_limit(self, sandbox: Sandbox) -> float:
         """Seconds idle before a stop: longer while its Python interpreter holds state (a stop loses it)."""
-        if sandbox.repl_alive and self.checkpointing:
+        if self._checkpointable(sandbox):
             return self.settings.idle_stop_seconds  # its checkpoint keeps the interpreter's state
         if sandbox.repl_alive and self.settings.repl_idle_stop_seconds > 0 and self.settings.idle_stop_seconds > 0:
             return max(self.settings.idle_stop_seconds, self.settings.repl_idle_stop_seconds)
@@ -229,9 +231,24 @@ class DockerBackend:
     def checkpointing(self) -> bool:
         return self._checkpoints is not None and self._checkpoints.enabled
 
+    def _checkpointable(self, sandbox: Sandbox) -> bool:
+        return sandbox.repl_alive and self.checkpointing and not sandbox.too_big_to_checkpoint
+
+    async def _too_big_to_checkpoint(self, sandbox: Sandbox) -> bool:
+        """Check (once per idle stop) that its checkpoint stays within ``checkpoint_max_bytes``."""
+        if not self._checkpointable(sandbox) or self._checkpoints is None:
+            return False
+        used = await _thread(self._checkpoints.memory_bytes, NAME_PREFIX + sandbox.record.id)
+        if used is None or used <= self.settings.checkpoint_max_bytes:
+            return False
+        log.info("sandbox %s: uses %d MiB, more than checkpoint_max_bytes: kept running (repl_idle_stop_seconds)",
+                 sandbox.record.id, used // MiB)
+        sandbox.too_big_to_checkpoint = True
+        return True
+
     async def _checkpoint(self, sandbox: Sandbox) -> bool:
         """Checkpoint an idle sandbox whose interpreter holds state (the engine stops it); False: not done."""
-        if not (sandbox.repl_alive and self.checkpointing and self._checkpoints is not None):
+        if not self._checkpointable(sandbox) or self._checkpoints is None:
             return False
         try:
             stats = await _thread(self._checkpoints.create, NAME_PREFIX + sandbox.record.id)
@@ -293,11 +310,14 @@ class DockerBackend:
             async with self._lock(cid):
                 if sandbox.inflight or now - sandbox.last_used < limit or self._sandboxes.get(cid) is not sandbox:
                     continue
+                if await self._too_big_to_checkpoint(sandbox):
+                    continue  # its idle limit is now repl_idle_stop_seconds
                 del self._sandboxes[cid]
                 # The reason is read only by a fresh interpreter: after a checkpoint, one that failed to restore.
-                restore_note = "; no memory checkpoint could be restored" if sandbox.repl_alive and self.checkpointing else ""
+                checkpointing = self._checkpointable(sandbox)
+                restore_note = "; no memory checkpoint could be restored" if checkpointing else ""
                 await self._save_state(sandbox, reason=f"idle for {now - sandbox.last_used:.0f} s{restore_note}")
-                if sandbox.repl_alive and not self.checkpointing:
+                if sandbox.repl_alive and not checkpointing:
                     await _thread(write_repl_marker, self.settings.data_dir, cid, False, self.settings.idle_stop_seconds)
                 await sandbox.conn.aclose()
                 try:

@@ -166,3 +166,13 @@ async def test_a_sandbox_checkpointed_by_one_server_is_restored_by_the_next(chec
     async with mcp_client("memory", checkpoint_settings) as client:
         again = await call(client, "code_execution", code="print(kept['a'])", container_id=cid)
         assert again.structured_content["stdout"] == "[1, 2, 3]\n" and again.structured_content["stderr"] == ""
+
+
+async def test_a_sandbox_using_more_memory_than_the_checkpoint_cap_keeps_running_instead(checkpoint_settings):
+    settings = checkpoint_settings.model_copy(update={"checkpoint_max_bytes": 1, "repl_idle_stop_seconds": 3600.0})
+    async with mcp_client("memory", settings) as client:
+        first = await call(client, "code_execution", code="kept = 'alive'")
+        cid = first.meta["container"]["id"]
+        await anyio.sleep(3)  # ten reaper rounds past the idle limit
+        assert docker.from_env().containers.get(NAME_PREFIX + cid).status == "running" and checkpoints(cid) == []
+        assert (await call(client, "code_execution", code="print(kept)")).structured_content["stdout"] == "alive\n"
