@@ -152,6 +152,16 @@ class Settings(BaseSettings):
         description="Stop a sandbox whose Python interpreter holds state only after it was idle this long (0 = never); "
         "stopping loses the interpreter's variables.",
     )
+    checkpoint_idle: bool = Field(
+        default=True,
+        description="Under runsc, an idle sandbox whose Python interpreter holds state is checkpointed with its memory "
+        "at the idle stop and restored, variables intact, on its next call (needs dockerd experimental mode).",
+    )
+    checkpoint_max_bytes: int = Field(
+        default=2 * GiB, ge=0,
+        description="A sandbox using more memory than this is not checkpointed (its image would be as large, on the "
+        "engine's disk): it keeps running up to repl_idle_stop_seconds instead.",
+    )
     file_retention_days: float = 30.0
     auto_build_image: bool = Field(default=True, description="`serve` builds the sandbox image when it is missing.")
     image_base: str = Field(

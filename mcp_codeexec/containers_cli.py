@@ -121,7 +121,16 @@ def _repl(manager: Any, record: Any) -> dict[str, Any]:
     marker = read_repl_marker(manager.settings.data_dir, record.id) or {}
     alive = bool(marker.get("alive")) and record.status == "running"
     limit = marker.get("idle_stop_seconds") if alive else manager.settings.idle_stop_seconds
-    return {"repl_state": alive, "idle_stop_seconds": limit}
+    return {"repl_state": alive, "idle_stop_seconds": limit, "checkpointed": _checkpointed(manager, record)}
+
+
+def _checkpointed(manager: Any, record: Any) -> bool:
+    """A stopped sandbox holding an idle checkpoint (its next call restores the interpreter's state)."""
+    if record.status == "running" or not record.docker_id:
+        return False
+    from .checkpoint import Checkpointer
+
+    return bool(Checkpointer(manager.client, enabled=False).names(record.docker_id))
 
 
 def _describe_detached(manager: Any, cid: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -209,7 +218,7 @@ def _ls(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> int:
         table.append((
             d["id"], d["owner"], _human_duration(d["age_seconds"]),
             "expired" if d["expired"] else _human_duration(d["expires_in_seconds"]),
-            d["status"] + (" +repl" if d.get("repl_state") else ""), d["runtime"] or "-", _human_bytes(d["disk_used_bytes"]) + limit,
+            d["status"] + (" +repl" if d.get("repl_state") else "") + (" +checkpoint" if d.get("checkpointed") else ""), d["runtime"] or "-", _human_bytes(d["disk_used_bytes"]) + limit,
         ))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:

@@ -479,26 +479,23 @@ def check_runtime(p: Probe, settings: Settings, timeout: float) -> tuple[Check, 
 
 
 def check_checkpoint(info: Mapping[str, Any], settings: Settings) -> Check:
-    """Can an idle sandbox be checkpointed with its memory (the REPL's variables) and restored?
+    """Is an idle sandbox checkpointed with its memory (the REPL's variables) and restored?
 
-    ``docker checkpoint`` needs dockerd's experimental mode, and a runtime that checkpoints: runsc
-    (``runsc checkpoint``; it works directly on this project's runsc sandboxes) or runc with CRIU.
-    Where it is unavailable a sandbox whose interpreter holds state is kept running for
-    ``repl_idle_stop_seconds`` instead of the normal idle stop."""
+    Under runsc with dockerd's experimental mode, an idle sandbox whose interpreter holds state is
+    checkpointed at the idle stop and restored on its next call (see ``checkpoint.py``). Elsewhere
+    it is kept running for ``repl_idle_stop_seconds`` instead of the normal idle stop."""
+    from .checkpoint import unavailable_reason
+
     runtime = settings.runtime or info.get("DefaultRuntime", "runc")
-    fallback = (f"a sandbox whose Python interpreter holds state is kept running up to "
-                f"{settings.repl_idle_stop_seconds:g} s idle (repl_idle_stop_seconds) instead")
-    reasons = []
-    if not info.get("ExperimentalBuild"):
-        reasons.append("the engine runs without experimental features (`docker checkpoint` needs dockerd --experimental)")
-    if runtime != "runsc" and shutil.which("criu") is None:
-        reasons.append(f"the {runtime} runtime needs CRIU, which is not installed")
-    data = {"available": not reasons, "runtime": runtime, "experimental": bool(info.get("ExperimentalBuild"))}
-    if reasons:
-        return Check("checkpoint", "OK", "REPL checkpointing unavailable: " + "; ".join(reasons) + "; " + fallback,
-                     data=data)
-    return Check("checkpoint", "OK", f"the engine can checkpoint {runtime} containers; this version still uses the "
-                 f"longer idle limit: {fallback}", data=data)
+    reason = unavailable_reason(info, settings)
+    data = {"available": reason is None, "runtime": runtime, "experimental": bool(info.get("ExperimentalBuild"))}
+    if reason:
+        fallback = (f"a sandbox whose Python interpreter holds state is kept running up to "
+                    f"{settings.repl_idle_stop_seconds:g} s idle (repl_idle_stop_seconds) instead")
+        return Check("checkpoint", "OK", f"REPL checkpointing unavailable: {reason}; {fallback}", data=data)
+    return Check("checkpoint", "OK", f"an idle {runtime} sandbox holding REPL state is checkpointed with its memory "
+                 f"after {settings.idle_stop_seconds:g} s (idle_stop_seconds) and restored, variables intact, "
+                 "on its next call", data=data)
 
 
 def check_quota(settings: Settings, engine_up: bool) -> Check:

@@ -38,6 +38,7 @@ from .image import DERIVED_LABEL, derived_tag, image_tag, is_bare_name
 from .mounts import ResolvedMount, StagedMounts, decode, encode, resolve_all
 
 if TYPE_CHECKING:
+    from .checkpoint import Checkpointer
     from .skills import SkillSet
 
 log = logging.getLogger(__name__)
@@ -482,6 +483,7 @@ class SandboxManager:
         self._creates = threading.Condition()
         self._active_creates = 0
         self._skills_images: dict[str, str] = {}
+        self.checkpoints: Checkpointer | None = None  # set by the backend: restores idle checkpoints
 
     @property
     def mounts(self) -> list[ResolvedMount]:
@@ -747,7 +749,10 @@ class SandboxManager:
                 if record.quota == "loop":
                     self.volumes.ensure_mounted(cid)
                 self._host_mounts(cid, container.labels)  # staging points a host reboot dropped
-                container.start()
+                if self.checkpoints is not None:
+                    self.checkpoints.start(container.id)  # from its idle checkpoint, memory and all, if it has one
+                else:
+                    container.start()
                 container.reload()
             return record_of(container, self.owners), container
 

@@ -24,6 +24,7 @@ from anyio.abc import SocketStream, TaskGroup
 from docker.models.containers import Container
 
 from ..agent_client import AgentConnection, AgentGone
+from ..checkpoint import Checkpointer, CheckpointFailed
 from ..config import MiB, Settings
 from ..errors import (
     CodeExecError,
@@ -37,6 +38,7 @@ from ..errors import (
 )
 from ..files import FileStore, PendingFile
 from ..sandboxes import (
+    NAME_PREFIX,
     POOL_KEEPALIVE_SECONDS,
     POOL_OWNER,
     CreateTicket,
@@ -98,6 +100,8 @@ class Sandbox:
     inflight: int = 0
     repl_alive: bool = False
     """The container's Python interpreter holds state (as of the last code_execution call)."""
+    too_big_to_checkpoint: bool = False
+    """It used more than ``checkpoint_max_bytes`` at its idle stop: kept running instead."""
     terminal: anyio.Lock = field(default_factory=anyio.Lock)
     """Bash calls wait here, not in the agent's queue: the host-side deadline of a call must not
     count the time it waited behind earlier calls (the agent runs one bash call at a time)."""
@@ -164,6 +168,7 @@ class DockerBackend:
         self._tg: TaskGroup | None = None
         self._stack = AsyncExitStack()
         self.pending_dir = settings.data_dir / "pending"
+        self._checkpoints: Checkpointer | None = None  # idle checkpoints with memory (runsc), see checkpoint.py
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -214,11 +219,45 @@ class DockerBackend:
 
     def idle_limit(self, sandbox: Sandbox) -> float:
         """Seconds idle before a stop: longer while its Python interpreter holds state (a stop loses it)."""
+        if self._checkpointable(sandbox):
+            return self.settings.idle_stop_seconds  # its checkpoint keeps the interpreter's state
         if sandbox.repl_alive and self.settings.repl_idle_stop_seconds > 0 and self.settings.idle_stop_seconds > 0:
             return max(self.settings.idle_stop_seconds, self.settings.repl_idle_stop_seconds)
         if sandbox.repl_alive and self.settings.repl_idle_stop_seconds <= 0:
             return 0.0
         return self.settings.idle_stop_seconds
+
+    @property
+    def checkpointing(self) -> bool:
+        return self._checkpoints is not None and self._checkpoints.enabled
+
+    def _checkpointable(self, sandbox: Sandbox) -> bool:
+        return sandbox.repl_alive and self.checkpointing and not sandbox.too_big_to_checkpoint
+
+    async def _too_big_to_checkpoint(self, sandbox: Sandbox) -> bool:
+        """Check (once per idle stop) that its checkpoint stays within ``checkpoint_max_bytes``."""
+        if not self._checkpointable(sandbox) or self._checkpoints is None:
+            return False
+        used = await _thread(self._checkpoints.memory_bytes, NAME_PREFIX + sandbox.record.id)
+        if used is None or used <= self.settings.checkpoint_max_bytes:
+            return False
+        log.info("sandbox %s: uses %d MiB, more than checkpoint_max_bytes: kept running (repl_idle_stop_seconds)",
+                 sandbox.record.id, used // MiB)
+        sandbox.too_big_to_checkpoint = True
+        return True
+
+    async def _checkpoint(self, sandbox: Sandbox) -> bool:
+        """Checkpoint an idle sandbox whose interpreter holds state (the engine stops it); False: not done."""
+        if not self._checkpointable(sandbox) or self._checkpoints is None:
+            return False
+        try:
+            stats = await _thread(self._checkpoints.create, NAME_PREFIX + sandbox.record.id)
+        except CheckpointFailed as exc:
+            log.warning("sandbox %s: idle checkpoint failed (%s); stopping it, its interpreter is lost", sandbox.record.id, exc)
+            return False
+        log.info("sandbox %s: checkpointed with its memory in %.2f s (%s bytes)", sandbox.record.id, stats.seconds,
+                 stats.size_bytes if stats.size_bytes is not None else "?")
+        return True
 
     async def _save_state(self, sandbox: Sandbox, reason: str | None = None) -> None:
         """Ask the agent to copy the shell state onto the workspace (it lives on tmpfs while running);
@@ -234,6 +273,7 @@ class DockerBackend:
         if self._manager is None:
             client = await _thread(connect)
             manager = SandboxManager(self.settings, client)
+            manager.checkpoints = self._checkpoints = await _thread(Checkpointer.for_engine, client, self.settings)
             await _thread(manager.resolve_image)
             removed = await _thread(manager.reap)
             if removed:
@@ -270,13 +310,19 @@ class DockerBackend:
             async with self._lock(cid):
                 if sandbox.inflight or now - sandbox.last_used < limit or self._sandboxes.get(cid) is not sandbox:
                     continue
+                if await self._too_big_to_checkpoint(sandbox):
+                    continue  # its idle limit is now repl_idle_stop_seconds
                 del self._sandboxes[cid]
-                await self._save_state(sandbox, reason=f"idle for {now - sandbox.last_used:.0f} s")
-                if sandbox.repl_alive:
+                # The reason is read only by a fresh interpreter: after a checkpoint, one that failed to restore.
+                checkpointing = self._checkpointable(sandbox)
+                restore_note = "; no memory checkpoint could be restored" if checkpointing else ""
+                await self._save_state(sandbox, reason=f"idle for {now - sandbox.last_used:.0f} s{restore_note}")
+                if sandbox.repl_alive and not checkpointing:
                     await _thread(write_repl_marker, self.settings.data_dir, cid, False, self.settings.idle_stop_seconds)
                 await sandbox.conn.aclose()
                 try:
-                    await _thread(self._manager.stop, cid)
+                    if not await self._checkpoint(sandbox):
+                        await _thread(self._manager.stop, cid)
                 except Unavailable as exc:
                     log.warning("stopping idle sandbox %s: %s", cid, exc.message)
                 await _thread(self._manager.leases.release, cid)
@@ -529,7 +575,8 @@ class DockerBackend:
             sandbox = None
             if cid is not None:
                 try:
-                    sandbox = await self._reattach(cid, ctx.principal)
+                    async with self._lock(cid):  # not halfway through its idle stop (a checkpoint takes seconds)
+                        sandbox = await self._reattach(cid, ctx.principal)
                 except ContainerExpired:
                     # The session's own container was removed or expired: like the hosted tool,
                     # the session continues in a fresh one (an explicit container_id still errors).

@@ -30,7 +30,8 @@ def status(cid: str) -> str:
 
 
 async def test_a_container_with_repl_state_outlives_the_normal_idle_stop_and_ls_says_so(tmp_path, docker_engine):
-    settings = make_settings(tmp_path, idle_stop_seconds=1.0, repl_idle_stop_seconds=3600.0, reap_interval_seconds=0.3)
+    settings = make_settings(tmp_path, idle_stop_seconds=1.0, repl_idle_stop_seconds=3600.0, reap_interval_seconds=0.3,
+                             checkpoint_idle=False)  # the behaviour without checkpoints (runc; under runsc: off)
     try:
         async with mcp_client("memory", settings) as client:
             first = await code(client, "kept = 'alive'")
@@ -50,7 +51,8 @@ async def test_a_container_with_repl_state_outlives_the_normal_idle_stop_and_ls_
 
 
 async def test_an_idle_stop_that_loses_the_interpreter_is_reported_in_the_next_calls_stderr(tmp_path, docker_engine):
-    settings = make_settings(tmp_path, idle_stop_seconds=1.0, repl_idle_stop_seconds=1.0, reap_interval_seconds=0.3)
+    settings = make_settings(tmp_path, idle_stop_seconds=1.0, repl_idle_stop_seconds=1.0, reap_interval_seconds=0.3,
+                             checkpoint_idle=False)
     try:
         async with mcp_client("memory", settings) as client:
             first = await code(client, "kept = 'alive'")

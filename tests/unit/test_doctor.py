@@ -215,6 +215,23 @@ def test_checkpoint_says_why_it_is_unavailable_and_what_happens_instead(tmp_path
     settings = load_settings(data_dir=str(tmp_path), runtime="runsc", repl_idle_stop_seconds=3600)
     check = doctor.check_checkpoint({"ExperimentalBuild": False, "DefaultRuntime": "runc"}, settings)
     assert check.status == "OK" and check.data == {"available": False, "runtime": "runsc", "experimental": False}
-    assert "dockerd --experimental" in check.message and "3600 s idle" in check.message
+    assert "experimental: true" in check.message and "3600 s idle" in check.message
+    runc = doctor.check_checkpoint({"ExperimentalBuild": True, "DefaultRuntime": "runc"},
+                                   load_settings(data_dir=str(tmp_path), runtime="runc"))
+    assert runc.data["available"] is False and "the runc runtime does not checkpoint" in runc.message
+    off = doctor.check_checkpoint({"ExperimentalBuild": True}, load_settings(data_dir=str(tmp_path), runtime="runsc",
+                                                                             checkpoint_idle=False))
+    assert off.data["available"] is False and "checkpoint_idle = false" in off.message
+
+
+def test_checkpoint_is_available_under_runsc_with_experimental_mode_and_runscs_state_writable(tmp_path, monkeypatch) -> None:
+    from mcp_codeexec import checkpoint
+    from mcp_codeexec.config import load_settings
+
+    settings = load_settings(data_dir=str(tmp_path), runtime="runsc", idle_stop_seconds=300)
+    monkeypatch.setattr(checkpoint, "RUNSC_ROOTS", (tmp_path,))
     ready = doctor.check_checkpoint({"ExperimentalBuild": True}, settings)
-    assert ready.data["available"] is True
+    assert ready.data["available"] is True and "checkpointed with its memory after 300 s" in ready.message
+    monkeypatch.setattr(checkpoint, "RUNSC_ROOTS", (tmp_path / "absent",))
+    blocked = doctor.check_checkpoint({"ExperimentalBuild": True}, settings)
+    assert blocked.data["available"] is False and "runsc's state directory" in blocked.message
