@@ -291,6 +291,33 @@ class Sandbox:
             self._container_id = outcome.container.id
         return outcome
 
+    # --- services (not hosted; see services.py) -------------------------------------------------
+
+    async def _services(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        from . import services
+
+        request = services.validate({**arguments, "container_id": self._container_id})
+        result, _ = await services.run(self.backend, request, self._ctx, self.settings)
+        return result
+
+    async def start_service(self, name: str, command: str) -> dict[str, Any]:
+        """Start ``command`` (bash) as a service: it keeps running after this call, until
+        ``stop_service`` or the container's end. Returns its entry (name, pid, status, ...).
+        Failures raise ``errors.CodeExecError`` (e.g. ``InvalidToolInput`` past ``services_max``)."""
+        return (await self._services({"action": "start", "name": name, "command": command}))["service"]
+
+    async def services(self) -> list[dict[str, Any]]:
+        """Every service: name, pid, command, status (running/exited), exit_code, uptime_seconds."""
+        return (await self._services({"action": "list"}))["services"]
+
+    async def service_logs(self, name: str, tail: int | None = None) -> str:
+        """The newest ``tail`` bytes (default 20,000) of the service's output, stdout and stderr together."""
+        return (await self._services({"action": "logs", "name": name, "tail": tail}))["output"]
+
+    async def stop_service(self, name: str) -> dict[str, Any]:
+        """SIGTERM every process of the service, SIGKILL after 2 s; returns its last entry."""
+        return (await self._services({"action": "stop", "name": name}))["service"]
+
     # --- files --------------------------------------------------------------------------------
 
     async def upload(self, data: str | Path | bytes, filename: str | None = None) -> str:

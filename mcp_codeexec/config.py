@@ -90,6 +90,20 @@ class Settings(BaseSettings):
         description="Wall-clock seconds one code_execution cell may run before it is interrupted (detection_timeout).",
     )
 
+    # --- services: processes that outlive a call (opt-in; see mcp_codeexec/services.py)
+    services: bool = Field(
+        default=False, description="Publish the `services` tool (start/list/logs/stop processes that outlive a call)."
+    )
+    services_max: int = Field(default=4, ge=1, le=64, description="Services one sandbox may run at once.")
+    services_log_bytes: int = Field(
+        default=256 * 1024, ge=1024, le=16 * MiB, description="Output bytes kept per service (a ring buffer: the newest)."
+    )
+    services_max_memory_bytes: int = Field(
+        default=0, ge=0,
+        description="The services' own memory cap (their RSS summed; over it the largest is stopped). "
+        "0: only the sandbox's memory limit, which holds them in any case.",
+    )
+
     # --- tools the sandbox code may call (programmatic tool calling)
     tools_config: Path | None = Field(
         default=None, description="Upstream MCP servers the sandbox code may call: a file in the mcpServers JSON format."

@@ -42,6 +42,7 @@ from .schemas import (
 )
 from .shutdown import Shutdown
 from .skills import Catalog, Skill, SkillInvalid, catalog_for
+from . import services
 from .tools.listing import render_listing
 from .tools.registry import ToolRegistry, registry_from_settings
 
@@ -155,7 +156,10 @@ def tool_definitions(settings: Settings) -> list[types.Tool]:
         annotations=types.ToolAnnotations(title="Run Python in a persistent interpreter", open_world_hint=settings.network),
     )
     by_name = {BASH: bash, EDITOR: editor, CODE: code}
-    return [by_name[name] for name in ALL_TOOLS if name in settings.tools]
+    published = [by_name[name] for name in ALL_TOOLS if name in settings.tools]
+    if settings.services:  # not a hosted tool: opt-in (services.py)
+        published.append(services.tool_definition(settings))
+    return published
 
 
 @dataclass
@@ -533,6 +537,13 @@ def create_server(
         return types.ListToolsResult(tools=listed)
 
     async def handle_call_tool(ctx: ServerRequestContext[AppState], params: types.CallToolRequestParams) -> types.CallToolResult:
+        if params.name == services.SERVICES and settings.services:
+            principal = principal_of(ctx)
+            svc_ctx = CallContext(principal=principal, session_key=session_key_of(ctx, principal))
+            if shutdown.closing:
+                return services.error_result(Unavailable(f"{shutdown.reason or 'the server is shutting down'}; retry the call when it is back"))
+            with shutdown.call():
+                return await services.call(ctx.lifespan_context.backend, params.arguments or {}, svc_ctx, settings)
         if params.name not in settings.tools:
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {_valid_unicode(params.name)}")
         principal = principal_of(ctx)

@@ -98,6 +98,8 @@ class Sandbox:
     inflight: int = 0
     repl_alive: bool = False
     """The container's Python interpreter holds state (as of the last code_execution call)."""
+    services_alive: bool = False
+    """Services (the `services` tool) were running as of the last services call: idle stops wait longer."""
     terminal: anyio.Lock = field(default_factory=anyio.Lock)
     """Bash calls wait here, not in the agent's queue: the host-side deadline of a call must not
     count the time it waited behind earlier calls (the agent runs one bash call at a time)."""
@@ -214,9 +216,10 @@ class DockerBackend:
 
     def idle_limit(self, sandbox: Sandbox) -> float:
         """Seconds idle before a stop: longer while its Python interpreter holds state (a stop loses it)."""
-        if sandbox.repl_alive and self.settings.repl_idle_stop_seconds > 0 and self.settings.idle_stop_seconds > 0:
+        held = sandbox.repl_alive or sandbox.services_alive  # a stop loses the interpreter / the services
+        if held and self.settings.repl_idle_stop_seconds > 0 and self.settings.idle_stop_seconds > 0:
             return max(self.settings.idle_stop_seconds, self.settings.repl_idle_stop_seconds)
-        if sandbox.repl_alive and self.settings.repl_idle_stop_seconds <= 0:
+        if held and self.settings.repl_idle_stop_seconds <= 0:
             return 0.0
         return self.settings.idle_stop_seconds
 
@@ -606,6 +609,14 @@ class DockerBackend:
             error.container = sandbox.info
             raise error
         return reply["result"]
+
+    async def agent_request(
+        self, ctx: CallContext, container_id: str | None, message: dict[str, Any], *, timeout: float = 30.0
+    ) -> tuple[dict[str, Any], Sandbox]:
+        """One agent op in the caller's sandbox (the session's, or ``container_id``): the hook for
+        extensions beyond the hosted tools (services.py)."""
+        sandbox = await self.sandbox_for(ctx, container_id)
+        return await self._call(sandbox, message, timeout=timeout), sandbox
 
     async def bash(self, request: BashInput, ctx: CallContext) -> Outcome:
         sandbox = await self.sandbox_for(ctx, request.container_id)
