@@ -35,7 +35,7 @@ import threading
 import time
 import traceback
 
-AGENT_VERSION = "1.1.0"
+AGENT_VERSION = "1.2.0"
 
 # -- framing: a copy of mcp_codeexec/protocol.py -------------------------------------------------
 HEADER = struct.Struct(">II")
