@@ -104,6 +104,12 @@ class Settings(BaseSettings):
         "0: only the sandbox's memory limit, which holds them in any case.",
     )
 
+    # --- snapshots of workspaces (snapshots.py)
+    max_snapshots_per_principal: int = Field(default=16, ge=0, description="Workspace snapshots each principal may keep.")
+    max_snapshot_disk_bytes_per_principal: int = Field(
+        default=50 * GiB, ge=0, description="Host disk a principal's snapshots may take (allocated blocks)."
+    )
+
     # --- tools the sandbox code may call (programmatic tool calling)
     tools_config: Path | None = Field(
         default=None, description="Upstream MCP servers the sandbox code may call: a file in the mcpServers JSON format."

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -355,7 +355,10 @@ class QuotaVolumes:
         were named by token) and ``<cid>.mnt``."""
         return self.root / f"{cid}.img", self.root / f"{cid}.mnt"
 
-    def create(self, cid: str, size_bytes: int) -> Mount:
+    def create(self, cid: str, size_bytes: int, fill: Callable[[Path], None] | None = None) -> Mount:
+        """``fill``: writes the new image file instead of mkfs (a snapshot or a fork: snapshots.py)."""
+        if fill is not None and self.mode != "loop":
+            raise Unavailable("snapshots and forks need loop-mounted workspaces (quota = loop: root beside a local engine)")
         if self.mode != "loop":
             return Mount(WORKSPACE, f"{NAME_PREFIX}{cid}", type="volume", labels={L_MANAGED: "1", L_ID: cid, L_INSTALL: self.install})
         link, mnt = self.paths(cid)
@@ -364,6 +367,14 @@ class QuotaVolumes:
         # the ``<cid>.img`` symlink. The link is made first, so a crash leaves nothing unfindable.
         image = self.root / f"{IMAGE_PREFIX}{secrets.token_hex(16)}.img"
         os.symlink(image.name, link)
+        if fill is not None:
+            try:
+                fill(image)
+                self.ensure_mounted(cid)
+            except BaseException:
+                self.remove(cid)
+                raise
+            return Mount(WORKSPACE, str(mnt), type="bind")
         # ext4 metadata (inode tables, bitmaps, the journal) takes ~2.2% of a 5 GiB image: 3% of
         # padding keeps the usable space at least the promised size (the image is sparse, so the
         # padding costs no disk until metadata is written).
@@ -556,7 +567,8 @@ class SandboxManager:
         )
 
     def create(self, owner: str, *, pool: bool = False, ticket: CreateTicket | None = None,
-               skills: SkillSet | None = None) -> tuple[SandboxRecord, Container]:
+               skills: SkillSet | None = None,
+               workspace_from: Callable[[Path], None] | None = None) -> tuple[SandboxRecord, Container]:
         """Make a sandbox. A create whose caller gave up (``ticket``) or whose server is shutting
         down (``closing``) removes what it made: no create outlives its server unowned."""
         s = self.settings
@@ -572,7 +584,7 @@ class SandboxManager:
         try:
             if self.closing.is_set():
                 raise Unavailable("the server is shutting down")
-            workspace = self.volumes.create(cid, s.disk_bytes)
+            workspace = self.volumes.create(cid, s.disk_bytes, workspace_from)
             try:
                 container = self._run(cid, labels, workspace, image, pool=pool)
                 if self.closing.is_set() or (ticket is not None and not ticket.deliver(cid)):
