@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     )
 
     # --- snapshots of workspaces (snapshots.py)
+    snapshots: bool = Field(
+        default=False, description="Publish the `snapshots` tool (save / list / remove / start / fork workspaces)."
+    )
     max_snapshots_per_principal: int = Field(default=16, ge=0, description="Workspace snapshots each principal may keep.")
     max_snapshot_disk_bytes_per_principal: int = Field(
         default=50 * GiB, ge=0, description="Host disk a principal's snapshots may take (allocated blocks)."

@@ -42,7 +42,7 @@ from .schemas import (
 )
 from .shutdown import Shutdown
 from .skills import Catalog, Skill, SkillInvalid, catalog_for
-from . import services
+from . import services, snapshots
 from .tools.listing import render_listing
 from .tools.registry import ToolRegistry, registry_from_settings
 
@@ -159,6 +159,8 @@ def tool_definitions(settings: Settings) -> list[types.Tool]:
     published = [by_name[name] for name in ALL_TOOLS if name in settings.tools]
     if settings.services:  # not a hosted tool: opt-in (services.py)
         published.append(services.tool_definition(settings))
+    if settings.snapshots:  # not a hosted tool: opt-in (snapshots.py)
+        published.append(snapshots.tool_definition(settings))
     return published
 
 
@@ -537,13 +539,15 @@ def create_server(
         return types.ListToolsResult(tools=listed)
 
     async def handle_call_tool(ctx: ServerRequestContext[AppState], params: types.CallToolRequestParams) -> types.CallToolResult:
-        if params.name == services.SERVICES and settings.services:
+        extension = {services.SERVICES: settings.services and services.call,
+                     snapshots.SNAPSHOTS: settings.snapshots and snapshots.call}.get(params.name)
+        if extension:  # the opt-in, non-hosted tools
             principal = principal_of(ctx)
-            svc_ctx = CallContext(principal=principal, session_key=session_key_of(ctx, principal))
+            ext_ctx = CallContext(principal=principal, session_key=session_key_of(ctx, principal))
             if shutdown.closing:
                 return services.error_result(Unavailable(f"{shutdown.reason or 'the server is shutting down'}; retry the call when it is back"))
             with shutdown.call():
-                return await services.call(ctx.lifespan_context.backend, params.arguments or {}, svc_ctx, settings)
+                return await extension(ctx.lifespan_context.backend, params.arguments or {}, ext_ctx, settings)
         if params.name not in settings.tools:
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {_valid_unicode(params.name)}")
         principal = principal_of(ctx)

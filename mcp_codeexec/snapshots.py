@@ -173,3 +173,112 @@ def fork(manager: Any, cid: str, owner: str) -> str:
     """A new sandbox whose workspace is a consistent copy of sandbox ``cid``'s (running or not)."""
     record, _ = manager.create(owner, workspace_from=lambda dst: quiesced_copy(manager, cid, dst))
     return record.id
+
+
+def check_room(manager: Any, owner: str) -> None:
+    """A principal's new sandboxes from snapshots and forks count against ``max_containers_per_principal``."""
+    from .errors import TooManyRequests
+
+    if owner == "local":
+        return
+    limit = manager.settings.max_containers_per_principal
+    owned = sum(1 for record, _ in manager.list() if record.install == manager.install and record.owner == owner)
+    if owned >= limit:
+        raise TooManyRequests(f"at most {limit} containers per principal (remove one first)")
+
+
+# --------------------------------------------------------------------------- the MCP tool (opt-in)
+
+SNAPSHOTS = "snapshots"
+
+
+def tool_definition(settings: Settings) -> Any:
+    import mcp_types as types
+
+    return types.Tool(
+        name=SNAPSHOTS,
+        title="Snapshot or fork the sandbox's workspace",
+        description=(
+            "Save the code-execution container's /workspace as a named snapshot, start new containers from "
+            "snapshots, or fork the current container. action=save (name; replace: true to overwrite); "
+            "list; remove (name); start (name) and fork: make a new container with a copy of the files and "
+            "return its container_id — pass that as container_id to bash_code_execution, "
+            "text_editor_code_execution or code_execution to work in it. Files (and the shell's working "
+            "directory and exports) are copied; running processes and Python variables are not. "
+            f"At most {settings.max_snapshots_per_principal} snapshots per client."
+        ),
+        input_schema={
+            "type": "object",
+            "properties": {
+                "action": {"type": "string", "enum": ["save", "list", "remove", "start", "fork"]},
+                "name": {"type": "string", "description": "The snapshot's name (letters, digits, _ . -)."},
+                "replace": {"type": "boolean", "description": "save: overwrite a snapshot of that name."},
+                "container_id": {"type": "string", "description": "save/fork: a container other than the session's."},
+            },
+            "required": ["action"],
+            "additionalProperties": False,
+        },
+        annotations=types.ToolAnnotations(title="Snapshot or fork the sandbox's workspace", open_world_hint=False),
+    )
+
+
+async def run(backend: Any, arguments: dict[str, Any], ctx: Any) -> tuple[dict[str, Any], str]:
+    """(structured result, text) of one ``snapshots`` call; CodeExecError on failure."""
+    import anyio.to_thread
+
+    args = {k: v for k, v in arguments.items() if v not in (None, "", [])}
+    action = args.pop("action", None)
+    name, replace, container_id = args.pop("name", None), bool(args.pop("replace", False)), args.pop("container_id", None)
+    if args or action not in ("save", "list", "remove", "start", "fork"):
+        raise InvalidToolInput(f"invalid input for {SNAPSHOTS}: action is one of save, list, remove, start, fork"
+                               + (f"; unknown fields {sorted(args)}" if args else ""))
+    if action in ("save", "remove", "start") and not isinstance(name, str):
+        raise InvalidToolInput(f"snapshots {action}: `name` is required")
+    hook = getattr(backend, "sandbox_manager", None)
+    if hook is None:
+        raise Unavailable("snapshots need the docker backend (the hosted tool has none)")
+    manager = await hook()
+    store = SnapshotStore(manager.settings)
+    owner = ctx.principal
+
+    def call(fn: Any) -> Any:
+        return anyio.to_thread.run_sync(fn, abandon_on_cancel=False)
+
+    if action == "list":
+        snaps = await call(lambda: store.list(owner))
+        items = [s.as_dict() for s in snaps]
+        text = "\n".join(f"{s['name']}: from {s['source']}, {s['disk_bytes']} bytes on disk" for s in items) or "no snapshots"
+        return {"snapshots": items}, text
+    if action == "remove":
+        await call(lambda: store.remove(name, owner))
+        return {"removed": name}, f"removed snapshot {name}"
+    if action == "start":
+        await call(lambda: store.get(name, owner))
+        await call(lambda: check_room(manager, owner))
+        cid = await call(lambda: store.start(manager, name, owner))
+        return {"container_id": cid, "snapshot": name}, f"started {cid} from snapshot {name}"
+    sandbox = await backend.sandbox_for(ctx, container_id)  # the session's (or the named, if the caller's)
+    source = sandbox.record.id
+    if action == "save":
+        snap = await call(lambda: store.save(manager, source, name, owner, replace=replace))
+        return {"snapshot": snap.as_dict()}, f"saved {source} as snapshot {name} ({snap.disk_bytes} bytes on disk)"
+    await call(lambda: check_room(manager, owner))
+    cid = await call(lambda: fork(manager, source, owner))
+    return {"container_id": cid, "source": source}, f"forked {source} into {cid}"
+
+
+async def call(backend: Any, arguments: dict[str, Any], ctx: Any, settings: Settings) -> Any:
+    import mcp_types as types
+
+    from .services import error_result
+
+    try:
+        structured, text = await run(backend, arguments, ctx)
+    except CodeExecError as exc:
+        result = error_result(exc)
+        result.structured_content["type"] = "snapshots_error"
+        return result
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)],
+        structured_content={"type": "snapshots_result", **structured}, is_error=False,
+    )

@@ -610,6 +610,10 @@ class DockerBackend:
             raise error
         return reply["result"]
 
+    async def sandbox_manager(self) -> SandboxManager:
+        """The engine-side manager (snapshots.py forks and snapshots through it)."""
+        return await self._manager_or_raise()
+
     async def agent_request(
         self, ctx: CallContext, container_id: str | None, message: dict[str, Any], *, timeout: float = 30.0
     ) -> tuple[dict[str, Any], Sandbox]:

@@ -156,3 +156,59 @@ def test_the_cli_saves_lists_starts_forks_and_removes_snapshots(loop_settings):
     assert all(manager.find(cid)[0].owner == "local" for cid in (started, forked))
     assert cli("snapshots", "rm", "cli-snap") == "removed cli-snap\n"
     assert cli("snapshots", "ls") == "no snapshots\n"
+
+
+async def test_mcp_clients_fork_and_snapshot_their_sandbox_and_work_in_the_copy_by_container_id(loop_settings):
+    from tests.support.servers import mcp_client
+
+    settings = loop_settings.model_copy(update={"snapshots": True})
+    async with mcp_client("memory", settings) as client:
+        assert "snapshots" in [t.name for t in (await client.list_tools()).tools]
+        first = await client.call_tool("bash_code_execution", {"command": FILL + " && " + HASHES})
+        parent = first.meta["container"]["id"]
+        forked = await client.call_tool("snapshots", {"action": "fork"})
+        assert not forked.is_error, forked.content
+        child = forked.structured_content["container_id"]
+        assert child != parent and forked.structured_content["source"] == parent
+        again = await client.call_tool("bash_code_execution", {"command": HASHES, "container_id": child})
+        assert again.structured_content["stdout"] == first.structured_content["stdout"]
+        assert again.meta["container"]["id"] == child
+
+        saved = await client.call_tool("snapshots", {"action": "save", "name": "mcp-snap"})
+        assert saved.structured_content["snapshot"]["source"] == parent
+        listed = await client.call_tool("snapshots", {"action": "list"})
+        assert [s["name"] for s in listed.structured_content["snapshots"]] == ["mcp-snap"]
+        started = await client.call_tool("snapshots", {"action": "start", "name": "mcp-snap"})
+        third = started.structured_content["container_id"]
+        ran = await client.call_tool("bash_code_execution", {"command": HASHES, "container_id": third})
+        assert ran.structured_content["stdout"] == first.structured_content["stdout"]
+        bad = await client.call_tool("snapshots", {"action": "start", "name": "missing"})
+        assert bad.is_error and bad.structured_content["error_code"] == "invalid_tool_input"
+        removed = await client.call_tool("snapshots", {"action": "remove", "name": "mcp-snap"})
+        assert removed.structured_content == {"type": "snapshots_result", "removed": "mcp-snap"}
+
+
+def test_one_http_principal_cannot_see_start_or_remove_anothers_snapshot_nor_fork_its_sandbox(loop_settings):
+    import anyio
+
+    from tests.support.servers import http_server, mcp_client
+
+    settings = loop_settings.model_copy(update={"snapshots": True})
+
+    async def scenario(base: str) -> None:
+        async with mcp_client("http", settings, base_url=base, token="tok-alice-0123456789abcdef") as alice:
+            made = await alice.call_tool("bash_code_execution", {"command": "echo secret > s.txt"})
+            alice_cid = made.meta["container"]["id"]
+            assert not (await alice.call_tool("snapshots", {"action": "save", "name": "alice-snap"})).is_error
+        async with mcp_client("http", settings, base_url=base, token="tok-bob-0123456789abcdef00") as bob:
+            assert (await bob.call_tool("snapshots", {"action": "list"})).structured_content["snapshots"] == []
+            for arguments in ({"action": "start", "name": "alice-snap"}, {"action": "remove", "name": "alice-snap"},
+                              {"action": "fork", "container_id": alice_cid},
+                              {"action": "save", "name": "steal", "container_id": alice_cid}):
+                result = await bob.call_tool("snapshots", arguments)
+                assert result.is_error, arguments
+                assert "alice" not in result.content[0].text.replace("alice-snap", ""), result.content
+
+    with http_server(settings, token="alice:tok-alice-0123456789abcdef,bob:tok-bob-0123456789abcdef00") as base:
+        anyio.run(scenario, base)
+    assert [s.name for s in SnapshotStore(settings).list()] == ["alice-snap"]
