@@ -52,7 +52,8 @@ async def test_a_fork_has_the_parents_files_by_hash_and_its_own_id_owner_record_
         async with Sandbox(loop_settings, container_id=child_id, keep=False) as child:
             assert (await child.bash(HASHES)).stdout == before
             assert "blob.bin" in before and "note.txt" in before
-            kept = await child.bash("pwd; echo $FROM_PARENT; readlink /workspace/data/link; stat -c %a /workspace/data/deep")
+            kept = await child.bash("pwd; echo $FROM_PARENT; readlink /workspace/data/link; "
+                                     "python3 -c 'import os; print(oct(os.stat(\"/workspace/data/deep\").st_mode)[-3:])'")
             assert kept.stdout == "/workspace/data\nyes\nblob.bin\n700\n"  # cwd, exports, links, modes
             await child.bash("echo child-only > /workspace/data/child.txt")
             assert (await parent.bash("test -e /workspace/data/child.txt; echo $?")).stdout == "1\n"  # own copy
