@@ -146,6 +146,11 @@ class Settings(BaseSettings):
         description="Host folders every sandbox gets: HOST[:SANDBOX_PATH][:ro|rw], read-only unless rw "
         "(default path /workspace/<folder name>).",
     )
+    named_mounts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host folders MCP clients may choose by name per sandbox: NAME=HOST[:SANDBOX_PATH][:ro|rw] "
+        "(selected with _meta 'io.mcp-codeexec/mounts'; see mount_choice.py).",
+    )
     runtime: Literal["runc", "runsc"] | None = None
     cpus: float = 1.0
     memory_bytes: int = 5 * GiB
@@ -205,7 +210,8 @@ class Settings(BaseSettings):
 
     config_file: Path | None = Field(default=None, exclude=True)
 
-    @field_validator("auth_tokens", "allowed_origins", "tools", "skills", "images", "allowed_mount_roots", "mounts", mode="before")
+    @field_validator("auth_tokens", "allowed_origins", "tools", "skills", "images", "allowed_mount_roots", "mounts",
+                     "named_mounts", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.startswith("["):
@@ -229,6 +235,13 @@ class Settings(BaseSettings):
         if self.mounts:
             try:
                 resolve_all(self.mounts, self.allowed_mount_roots, self.data_dir, self.runtime)
+            except MountError as exc:
+                raise ValueError(str(exc)) from None
+        if self.named_mounts:
+            from .mount_choice import check_named
+
+            try:
+                check_named(self)
             except MountError as exc:
                 raise ValueError(str(exc)) from None
         if self.images and self.image and ":" not in self.image and "/" not in self.image and self.image not in self.images:

@@ -182,6 +182,8 @@ class SandboxRecord:
     server: str
     skills: tuple[dict[str, str], ...] = ()
     image: str = ""
+    mounts: str = ""
+    """The host folders it was made with (the mounts label, encoded)."""
 
     @property
     def expired(self) -> bool:
@@ -208,6 +210,7 @@ def record_of(container: Container, owners: OwnerRegistry) -> SandboxRecord:
         server=labels.get(L_SERVER, ""),
         skills=_skills_label(labels.get(L_SKILLS)),
         image=labels.get(L_SKILLS_IMAGE, ""),
+        mounts=labels.get(L_MOUNTS, ""),
     )
 
 
@@ -568,7 +571,8 @@ class SandboxManager:
 
     def create(self, owner: str, *, pool: bool = False, ticket: CreateTicket | None = None,
                skills: SkillSet | None = None,
-               workspace_from: Callable[[Path], None] | None = None) -> tuple[SandboxRecord, Container]:
+               workspace_from: Callable[[Path], None] | None = None,
+               extra_mounts: list[ResolvedMount] | None = None) -> tuple[SandboxRecord, Container]:
         """Make a sandbox. A create whose caller gave up (``ticket``) or whose server is shutting
         down (``closing``) removes what it made: no create outlives its server unowned."""
         s = self.settings
@@ -576,7 +580,8 @@ class SandboxManager:
         image = self.skills_image(skills)
         cid = new_container_id()
         now = time.time()
-        mounts = encode(self.mounts) if self.mounts else ""
+        chosen = [*self.mounts, *(extra_mounts or [])]  # the operator's, plus named ones a client chose
+        mounts = encode(chosen) if chosen else ""
         labels = self._labels(cid, now, now + s.container_ttl_seconds, "" if pool else owner, pool, mounts)
         labels.update(_skill_labels(skills.entries(), image))
         with self._creates:

@@ -42,7 +42,7 @@ from .schemas import (
 )
 from .shutdown import Shutdown
 from .skills import Catalog, Skill, SkillInvalid, catalog_for
-from . import services, snapshots
+from . import mount_choice, services, snapshots
 from .tools.listing import render_listing
 from .tools.registry import ToolRegistry, registry_from_settings
 
@@ -543,7 +543,8 @@ def create_server(
                      snapshots.SNAPSHOTS: settings.snapshots and snapshots.call}.get(params.name)
         if extension:  # the opt-in, non-hosted tools
             principal = principal_of(ctx)
-            ext_ctx = CallContext(principal=principal, session_key=session_key_of(ctx, principal))
+            ext_ctx = CallContext(principal=principal, session_key=session_key_of(ctx, principal),
+                                  mounts=mount_choice.raw_selection(params.meta))
             if shutdown.closing:
                 return services.error_result(Unavailable(f"{shutdown.reason or 'the server is shutting down'}; retry the call when it is back"))
             with shutdown.call():
@@ -557,7 +558,8 @@ def create_server(
             await ctx.session.report_progress(round(elapsed, 1), None, message or f"running for {elapsed:.0f} s")
 
         call_ctx = CallContext(principal=principal, session_key=session_key_of(ctx, principal), progress=progress,
-                               paced=ctx.request is not None and principal != "local")
+                               paced=ctx.request is not None and principal != "local",
+                               mounts=mount_choice.raw_selection(params.meta))
         state = ctx.lifespan_context
         if not shutdown.closing:
             with shutdown.call():

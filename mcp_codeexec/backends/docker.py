@@ -23,6 +23,7 @@ import anyio.to_thread
 from anyio.abc import SocketStream, TaskGroup
 from docker.models.containers import Container
 
+from .. import mount_choice
 from ..agent_client import AgentConnection, AgentGone
 from ..config import MiB, Settings
 from ..errors import (
@@ -441,11 +442,13 @@ class DockerBackend:
             raise Unavailable(f"the sandbox {record.id} did not start its agent") from None
         return Sandbox(record, conn, owner)
 
-    async def _start_new(self, manager: SandboxManager, *, owner: str, pool: bool, skills: SkillSet | None = None) -> Sandbox:
+    async def _start_new(self, manager: SandboxManager, *, owner: str, pool: bool, skills: SkillSet | None = None,
+                         extra_mounts: list[Any] | None = None) -> Sandbox:
         ticket = CreateTicket()
         try:
             async with self._create_limiter:
-                record, container = await _thread(lambda: manager.create(owner, pool=pool, ticket=ticket, skills=skills))
+                record, container = await _thread(lambda: manager.create(owner, pool=pool, ticket=ticket, skills=skills,
+                                                                         extra_mounts=extra_mounts))
         except anyio.get_cancelled_exc_class():
             # The create carries on in its worker thread: it removes what it makes, or (made
             # already) we do. Nothing is left behind that no session and no pool knows of.
@@ -461,7 +464,7 @@ class DockerBackend:
                 await _thread(manager.remove, record.id)
             raise
 
-    async def _new_for(self, owner: str, wanted: tuple[Any, ...] | None = None) -> Sandbox:
+    async def _new_for(self, owner: str, wanted: tuple[Any, ...] | None = None, mounts: Any = None) -> Sandbox:
         owned = sum(1 for s in self._sandboxes.values() if s.owner == owner)
         if owner != "local" and owned >= self.settings.max_containers_per_principal:
             raise TooManyRequests(f"at most {self.settings.max_containers_per_principal} containers per principal")
@@ -469,6 +472,9 @@ class DockerBackend:
         skills = await _thread(_skill_set, self.settings, owner, wanted)
         # Pool containers carry the folder skills only: they fit only a sandbox that wants just those.
         poolable = [s.container_entry() for s in skills.skills] == [dict(e) for e in _folder_entries(self.settings)]
+        names = mount_choice.selection(mounts)
+        extra = await _thread(mount_choice.resolve_selected, self.settings, names) if names else None
+        poolable = poolable and not extra  # pool containers have the operator's mounts only
         if self.settings.pool_size > 0:
             self._note_demand()
         sandbox = await self._from_pool() if poolable else None
@@ -483,7 +489,7 @@ class DockerBackend:
             sandbox.record = dataclasses.replace(sandbox.record, owner=owner, pool=False)
             await self._tell_claimed(sandbox)
             return sandbox
-        return await self._start_new(manager, owner=owner, pool=False, skills=skills)
+        return await self._start_new(manager, owner=owner, pool=False, skills=skills, extra_mounts=extra)
 
     async def _reattach(self, cid: str, owner: str) -> Sandbox:
         manager = await self._manager_or_raise()
@@ -542,7 +548,7 @@ class DockerBackend:
             if sandbox is not None:
                 await _check_skills(self.settings, sandbox, ctx)
             if sandbox is None:
-                sandbox = await self._new_for(ctx.principal, ctx.skills)
+                sandbox = await self._new_for(ctx.principal, ctx.skills, ctx.mounts)
             self._sandboxes[sandbox.record.id] = sandbox
             self._sessions[ctx.session_key] = sandbox.record.id
             await self._lease(sandbox.record.id)
@@ -881,7 +887,13 @@ def _folder_entries(settings: Settings) -> list[dict[str, str]]:
 
 
 async def _check_skills(settings: Settings, sandbox: Sandbox, ctx: CallContext) -> None:
-    """A container keeps the skills it was created with: selecting others for it is refused."""
+    """A container keeps the skills (and named mounts) it was created with: selecting others is refused."""
+    if ctx.mounts is not None:
+        try:
+            await _thread(mount_choice.check_existing, settings, sandbox.record.mounts, ctx.mounts, sandbox.record.id)
+        except InvalidToolInput as err:
+            err.container = sandbox.info
+            raise
     if ctx.skills is None:
         return
     wanted = (await _thread(_skill_set, settings, ctx.principal, ctx.skills)).entries()
