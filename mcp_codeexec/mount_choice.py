@@ -79,6 +79,16 @@ def resolve_selected(settings: Any, names: tuple[str, ...]) -> list[ResolvedMoun
     return both[len(settings.mounts):]
 
 
+def matches(settings: Any, have_encoded: str, value: Any) -> bool:
+    """Whether a sandbox made with ``have_encoded`` mounts has every folder ``value`` selects
+    (an unknown or malformed selection answers True: the call that uses it reports the error)."""
+    try:
+        check_existing(settings, have_encoded, value, "")
+    except InvalidToolInput as exc:
+        return "created without" not in str(exc)
+    return True
+
+
 def check_existing(settings: Any, have_encoded: str, value: Any, cid: str) -> None:
     """An existing sandbox keeps the folders it was made with: selecting others is refused."""
     from .mounts import decode

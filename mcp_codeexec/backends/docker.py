@@ -544,7 +544,7 @@ class DockerBackend:
                     # the session continues in a fresh one (an explicit container_id still errors).
                     log.warning("session container %s is gone; starting a fresh one", cid)
             elif ctx.session_key == STDIO_SESSION and ctx.principal == "local" and self.settings.resume_sandbox:
-                sandbox = await self._resume(ctx.principal)
+                sandbox = await self._resume(ctx.principal, ctx.mounts)
             if sandbox is not None:
                 await _check_skills(self.settings, sandbox, ctx)
             if sandbox is None:
@@ -562,7 +562,7 @@ class DockerBackend:
             except OSError as exc:
                 log.warning("sandbox %s: cannot take its lease: %s", cid, exc)
 
-    async def _resume(self, principal: str) -> Sandbox | None:
+    async def _resume(self, principal: str, mounts: Any = None) -> Sandbox | None:
         """A new stdio session continues in the local user's most recently used sandbox that no
         live server is using: clients that start a server per tool call (langchain-mcp-adapters'
         default) keep their files, shell state and container. ``resume_sandbox = false`` (``serve
@@ -575,6 +575,10 @@ class DockerBackend:
                 sandbox = await self._reattach(cid, principal)
             except (ContainerExpired, Unavailable) as exc:
                 log.info("not resuming sandbox %s: %s", cid, exc.message)
+                await _thread(manager.leases.release, cid)
+                continue
+            if not await _thread(mount_choice.matches, self.settings, sandbox.record.mounts, mounts):
+                await sandbox.conn.aclose()  # made with other named mounts: not this session's to resume
                 await _thread(manager.leases.release, cid)
                 continue
             log.info("resuming sandbox %s (the most recent one no server is using)", cid)

@@ -24,7 +24,7 @@ def declared(tmp_path: Path, docker_engine: None):
         (root / name).mkdir(parents=True)
         (root / name / "hello.txt").write_text(f"from {name}\n")
     s = make_settings(tmp_path, allowed_mount_roots=[str(root)],
-                      named_mounts=[f"src={root / 'src'}", f"data={root / 'data'}:/mnt/data"], resume_sandbox=False)
+                      named_mounts=[f"src={root / 'src'}", f"data={root / 'data'}:/mnt/data"])
     yield s
     remove_installation(s)
 
@@ -45,10 +45,12 @@ async def test_a_session_gets_the_named_mounts_its_first_call_selects_and_keeps_
         assert "fixed when it is created" in later.content[0].text
         ro = await bash(client, "echo x > /workspace/src/new.txt")
         assert ro.structured_content["return_code"] != 0  # read-only unless the operator said rw
-    async with mcp_client("memory", declared) as other:
+        made = first.meta["container"]["id"]
+    async with mcp_client("memory", declared) as other:  # a new stdio session would resume `made`: not without data
         both = await bash(other, "cat /workspace/src/hello.txt /mnt/data/hello.txt", meta={KEY: ["src", "data"]})
         assert both.structured_content["stdout"] == "from src\nfrom data\n"
-    async with mcp_client("memory", declared) as plain:
+        assert both.meta["container"]["id"] != made
+    async with mcp_client("memory", declared.model_copy(update={"resume_sandbox": False})) as plain:
         none = await bash(plain, "test -e /workspace/src || test -e /mnt/data; echo $?")
         assert none.structured_content["stdout"] == "1\n"  # nothing selected: no host folder
 
