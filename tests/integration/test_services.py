@@ -120,3 +120,27 @@ async def test_the_python_api_starts_lists_reads_and_stops_services_within_the_c
             if c["status"] == "exited":
                 break
         assert c["exit_code"] == 3 and third["name"] == "c"
+
+
+async def test_a_sandbox_with_a_running_service_outlives_the_normal_idle_stop(tmp_path, docker_engine):
+    import anyio
+    import docker
+
+    from mcp_codeexec.sandboxes import NAME_PREFIX
+
+    settings = make_settings(tmp_path, services=True, idle_stop_seconds=1.0, repl_idle_stop_seconds=3600.0,
+                             reap_interval_seconds=0.3)
+    engine = docker.from_env()
+    try:
+        async with mcp_client("memory", settings) as client:
+            started = await services(client, action="start", name="job", command="sleep 600")
+            cid = started.meta["container"]["id"]
+            await anyio.sleep(3)  # ten reaper rounds past the normal idle limit
+            assert engine.containers.get(NAME_PREFIX + cid).status == "running"
+            await services(client, action="stop", name="job")  # no service left: the normal limit again
+            with anyio.fail_after(30):
+                while engine.containers.get(NAME_PREFIX + cid).status != "exited":
+                    await anyio.sleep(0.2)
+    finally:
+        engine.close()
+        remove_installation(settings)
