@@ -53,7 +53,7 @@ class Snapshot:
     size_bytes: int
     """The image's apparent size (the workspace's capacity plus ext4 metadata)."""
     disk_bytes: int
-    """Host disk the snapshot takes (allocated blocks; 0 extra while shared by a reflink)."""
+    """Host disk the snapshot's image has allocated (blocks shared by a reflink are counted in full)."""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
