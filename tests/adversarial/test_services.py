@@ -90,3 +90,31 @@ async def test_a_service_cannot_be_started_by_code_in_the_sandbox_only_through_t
     probe = await sb.bash("ls -l /proc/1/fd 2>&1 | head -3; cat /proc/1/environ 2>&1 | head -c 100; echo")
     assert "Permission denied" in probe.stdout or "cannot" in probe.stdout
     assert await sb.services() == []
+
+
+def test_one_http_principal_cannot_list_read_or_stop_anothers_services(tmp_path, docker_engine):
+    from tests.support.servers import http_server, mcp_client, remove_installation
+
+    settings = make_settings(tmp_path, services=True)
+    alice_token, bob_token = "tok-alice-svc-0123456789ab", "tok-bob-svc-0123456789abcd"
+
+    async def scenario(base: str) -> None:
+        async with mcp_client("http", settings, base_url=base, token=alice_token) as alice:
+            started = await alice.call_tool("services", {"action": "start", "name": "secret", "command": "echo alice-output; sleep 600"})
+            assert not started.is_error, started.content
+            cid = started.meta["container"]["id"]
+        async with mcp_client("http", settings, base_url=base, token=bob_token) as bob:
+            assert (await bob.call_tool("services", {"action": "list"})).structured_content["services"] == []
+            for arguments in ({"action": "list", "container_id": cid}, {"action": "logs", "name": "secret", "container_id": cid},
+                              {"action": "stop", "name": "secret", "container_id": cid}):
+                result = await bob.call_tool("services", arguments)
+                assert result.is_error and "alice-output" not in str(result.structured_content), arguments
+        async with mcp_client("http", settings, base_url=base, token=alice_token) as alice:
+            [entry] = (await alice.call_tool("services", {"action": "list", "container_id": cid})).structured_content["services"]
+            assert entry["status"] == "running"
+
+    try:
+        with http_server(settings, token=f"alice:{alice_token},bob:{bob_token}") as base:
+            anyio.run(scenario, base)
+    finally:
+        remove_installation(settings)
