@@ -4,8 +4,9 @@ A workspace is an ext4 image file (``<data>/volumes/ws_<token>.img``, loop-mount
 ``loop``). A snapshot is a copy of that file under ``<data>/snapshots/<name>.img`` with a JSON
 record beside it; a sandbox started from a snapshot, or forked from a running sandbox, gets a
 copy as its own new workspace image and is otherwise a new sandbox: its own id, owner record,
-lifetime, limits (memory, CPUs, pids from the settings) and container. Its workspace keeps the
-source's size (the image is copied whole, not resized). Files are copied, processes are not: the
+lifetime, limits (memory, CPUs, pids and disk from the settings) and container. Its workspace is
+grown to the configured ``disk_bytes`` when that is larger than the source's (``resize2fs``,
+offline), never shrunk (a smaller limit than the source's keeps the source's size). Files are copied, processes are not: the
 new sandbox's shell starts in the saved working directory with the saved exports (the shell state
 is on the workspace), its Python interpreter is fresh (the first code_execution call says the
 earlier interpreter's state is not there), and no service runs in it.
@@ -66,6 +67,20 @@ def _copy(src: Path, dst: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             dst.unlink()
         raise Unavailable(f"copying a workspace image failed: {proc.stderr.strip()}")
+
+
+def _grow(image: Path, disk_bytes: int) -> None:
+    """Give a copied workspace the new sandbox's own disk limit when that is larger than the
+    source's (an ext4 image grows offline; it is never shrunk: the files might not fit)."""
+    want = disk_bytes + disk_bytes * 3 // 100  # the padding QuotaVolumes.create gives a new image
+    if image.stat().st_size >= want:
+        return
+    with open(image, "r+b") as fh:
+        fh.truncate(want)
+    for argv in (["e2fsck", "-fp", str(image)], ["resize2fs", str(image)]):
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        if proc.returncode not in (0, 1):  # e2fsck 1: errors corrected
+            raise Unavailable(f"{argv[0]} on a copied workspace failed: {(proc.stderr or proc.stdout).strip()}")
 
 
 def _freeze(mnt: Path, on: bool) -> None:
@@ -165,13 +180,21 @@ class SnapshotStore:
         """A new sandbox whose workspace is a copy of snapshot ``name``; returns its id."""
         snap = self.get(name, owner)
         image, _ = self._paths(snap.name)
-        record, _ = manager.create(owner, workspace_from=lambda dst: _copy(image, dst))
+        def fill(dst: Path) -> None:
+            _copy(image, dst)
+            _grow(dst, manager.settings.disk_bytes)
+
+        record, _ = manager.create(owner, workspace_from=fill)
         return record.id
 
 
 def fork(manager: Any, cid: str, owner: str) -> str:
     """A new sandbox whose workspace is a consistent copy of sandbox ``cid``'s (running or not)."""
-    record, _ = manager.create(owner, workspace_from=lambda dst: quiesced_copy(manager, cid, dst))
+    def fill(dst: Path) -> None:
+        quiesced_copy(manager, cid, dst)
+        _grow(dst, manager.settings.disk_bytes)
+
+    record, _ = manager.create(owner, workspace_from=fill)
     return record.id
 
 

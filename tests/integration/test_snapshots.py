@@ -213,3 +213,22 @@ def test_one_http_principal_cannot_see_start_or_remove_anothers_snapshot_nor_for
     with http_server(settings, token="alice:tok-alice-0123456789abcdef,bob:tok-bob-0123456789abcdef00") as base:
         anyio.run(scenario, base)
     assert [s.name for s in SnapshotStore(settings).list()] == ["alice-snap"]
+
+
+async def test_a_sandbox_started_from_a_smaller_snapshot_gets_its_own_larger_disk_limit(tmp_path, docker_engine):
+    small = make_settings(tmp_path, disk_bytes=64 * 1024**2)
+    big = small.model_copy(update={"disk_bytes": 256 * 1024**2})
+    try:
+        if SandboxManager(small, connect()).volumes.mode != "loop":
+            pytest.skip("snapshots need loop workspaces")
+        async with Sandbox(small) as sb:
+            await sb.bash("echo kept > /workspace/k.txt")
+            await sb.snapshot("small")
+            size_small = int((await sb.bash("df -B1 --output=size /workspace | tail -1")).stdout)
+        async with Sandbox(big, snapshot="small") as grown:
+            ran = await grown.bash("cat /workspace/k.txt; df -B1 --output=size /workspace | tail -1")
+            text, size = ran.stdout.split()
+            assert text == "kept" and int(size) > 3 * size_small, (size_small, size)
+            assert (await grown.bash("head -c 150000000 /dev/zero > /workspace/f && echo ok")).stdout == "ok\n"
+    finally:
+        remove_installation(small)
