@@ -2428,10 +2428,6 @@ class Services:
         if svc is not None and self._status(svc) is not None:
             self.terminal.reaper.forget(svc.pid)
 
-    def alive(self) -> bool:
-        with self.lock:
-            return any(self._members().get(s.pid) for s in self.items.values())
-
     def _info(self, svc: Service, members: dict) -> dict:
         status = self._status(svc)
         live = members.get(svc.pid, [])
