@@ -112,12 +112,16 @@ class Sandbox:
         principal: str = LOCAL_PRINCIPAL,
         tools: Mapping[str, Callable[..., Any]] | CodeTools | None = None,
         skills: list[Any] | None = None,
+        snapshot: str | None = None,
         **overrides: Any,
     ) -> None:
         # A Sandbox uses exactly one container: a warm pool would only start containers for nobody.
         overrides.setdefault("pool_size", 0)
         self.settings = settings_with(settings, overrides)
         self.principal = principal
+        self.snapshot_name = snapshot
+        """Start from this workspace snapshot (``Sandbox.snapshot``, ``snapshots save``): a new
+        sandbox with a copy of its files."""
         self.keep = keep if keep is not None else container_id is not None
         self._container_id = container_id
         self._backend = backend
@@ -199,6 +203,12 @@ class Sandbox:
         sandbox_for = getattr(self._backend, "sandbox_for", None)
         if sandbox_for is None:
             return
+        if self.snapshot_name is not None and self._container_id is None:
+            from .snapshots import SnapshotStore
+
+            name, principal = self.snapshot_name, self.principal
+            self._container_id = await anyio.to_thread.run_sync(
+                lambda: SnapshotStore(self.settings).start(self._manager(), name, principal))
         sandbox = await sandbox_for(self._ctx, self._container_id)
         self._container_id = sandbox.record.id
 
@@ -292,6 +302,64 @@ class Sandbox:
         if outcome.container is not None and self._container_id is None:
             self._container_id = outcome.container.id
         return outcome
+
+    # --- snapshots and forks (snapshots.py) ----------------------------------------------------
+
+    def _manager(self) -> Any:
+        from .sandboxes import SandboxManager, connect
+
+        return SandboxManager(self.settings, connect(timeout=30))
+
+    async def snapshot(self, name: str, *, replace: bool = False) -> dict[str, Any]:
+        """Save this sandbox's workspace as snapshot ``name`` (a consistent copy: the filesystem is
+        frozen while it is copied); ``Sandbox(snapshot=name)`` starts new sandboxes from it."""
+        from .snapshots import SnapshotStore
+
+        cid = self._require_container()
+        snap = await anyio.to_thread.run_sync(
+            lambda: SnapshotStore(self.settings).save(self._manager(), cid, name, self.principal, replace=replace))
+        return snap.as_dict()
+
+    async def fork(self) -> str:
+        """A new sandbox with a copy of this one's workspace (its own id, owner record and limits);
+        returns its container id. It is kept: attach with ``Sandbox(container_id=...)`` (``keep=False``
+        to remove it at the end of that block)."""
+        from .snapshots import fork
+
+        cid = self._require_container()
+        return await anyio.to_thread.run_sync(lambda: fork(self._manager(), cid, self.principal))
+
+    def _require_container(self) -> str:
+        if self._container_id is None:
+            raise RuntimeError("use the Sandbox inside `async with` (its container is made there)")
+        return self._container_id
+
+    # --- services (not hosted; see services.py) -------------------------------------------------
+
+    async def _services(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        from . import services
+
+        request = services.validate({**arguments, "container_id": self._container_id})
+        result, _ = await services.run(self.backend, request, self._ctx, self.settings)
+        return result
+
+    async def start_service(self, name: str, command: str) -> dict[str, Any]:
+        """Start ``command`` (bash) as a service: it keeps running after this call, until
+        ``stop_service`` or the container's end. Returns its entry (name, pid, status, ...).
+        Failures raise ``errors.CodeExecError`` (e.g. ``InvalidToolInput`` past ``services_max``)."""
+        return (await self._services({"action": "start", "name": name, "command": command}))["service"]
+
+    async def services(self) -> list[dict[str, Any]]:
+        """Every service: name, pid, command, status (running/exited), exit_code, uptime_seconds."""
+        return (await self._services({"action": "list"}))["services"]
+
+    async def service_logs(self, name: str, tail: int | None = None) -> str:
+        """The newest ``tail`` bytes (default 20,000) of the service's output, stdout and stderr together."""
+        return (await self._services({"action": "logs", "name": name, "tail": tail}))["output"]
+
+    async def stop_service(self, name: str) -> dict[str, Any]:
+        """SIGTERM every process of the service, SIGKILL after 2 s; returns its last entry."""
+        return (await self._services({"action": "stop", "name": name}))["service"]
 
     # --- files --------------------------------------------------------------------------------
 

@@ -29,6 +29,8 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         "hosted_model": getattr(args, "model", None),
         "legacy_tool": True if getattr(args, "legacy_tool", False) else None,
         "resume_sandbox": False if getattr(args, "fresh", False) else None,
+        "services": True if getattr(args, "services", False) else None,
+        "snapshots": True if getattr(args, "snapshots", False) else None,
         "tools": getattr(args, "tools", None),
         "code_cell_timeout": getattr(args, "cell_timeout", None),
         "tools_config": getattr(args, "tools_config", None),
@@ -141,11 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-auth", action="store_true", help="HTTP without bearer tokens (loopback only)")
     serve.add_argument("--fresh", action="store_true",
                        help="stdio: start in a fresh sandbox instead of resuming the most recent idle one")
+    serve.add_argument("--services", action="store_true",
+                       help="publish the `services` tool: processes that outlive a call (not a hosted tool)")
+    serve.add_argument("--snapshots", action="store_true",
+                       help="publish the `snapshots` tool: save, start from and fork workspaces (not a hosted tool)")
     _add_server_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
     get_settings: Callable[[], Settings] = load_settings
-    for module_name in ("image", "files_cli", "containers_cli", "doctor", "parity", "config_cli"):
+    for module_name in ("image", "files_cli", "containers_cli", "snapshots_cli", "doctor", "parity", "config_cli"):
         register = _optional_register(module_name)
         if register is not None:
             if module_name == "image":

@@ -90,6 +90,29 @@ class Settings(BaseSettings):
         description="Wall-clock seconds one code_execution cell may run before it is interrupted (detection_timeout).",
     )
 
+    # --- services: processes that outlive a call (opt-in; see mcp_codeexec/services.py)
+    services: bool = Field(
+        default=False, description="Publish the `services` tool (start/list/logs/stop processes that outlive a call)."
+    )
+    services_max: int = Field(default=4, ge=1, le=64, description="Services one sandbox may run at once.")
+    services_log_bytes: int = Field(
+        default=256 * 1024, ge=1024, le=16 * MiB, description="Output bytes kept per service (a ring buffer: the newest)."
+    )
+    services_max_memory_bytes: int = Field(
+        default=0, ge=0,
+        description="The services' own memory cap (their RSS summed; over it the largest is stopped). "
+        "0: only the sandbox's memory limit, which holds them in any case.",
+    )
+
+    # --- snapshots of workspaces (snapshots.py)
+    snapshots: bool = Field(
+        default=False, description="Publish the `snapshots` tool (save / list / remove / start / fork workspaces)."
+    )
+    max_snapshots_per_principal: int = Field(default=16, ge=0, description="Workspace snapshots each principal may keep.")
+    max_snapshot_disk_bytes_per_principal: int = Field(
+        default=50 * GiB, ge=0, description="Host disk a principal's snapshots may take (allocated blocks)."
+    )
+
     # --- tools the sandbox code may call (programmatic tool calling)
     tools_config: Path | None = Field(
         default=None, description="Upstream MCP servers the sandbox code may call: a file in the mcpServers JSON format."
@@ -122,6 +145,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Host folders every sandbox gets: HOST[:SANDBOX_PATH][:ro|rw], read-only unless rw "
         "(default path /workspace/<folder name>).",
+    )
+    named_mounts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host folders MCP clients may choose by name per sandbox: NAME=HOST[:SANDBOX_PATH][:ro|rw] "
+        "(selected with _meta 'io.mcp-codeexec/mounts'; see mount_choice.py).",
     )
     runtime: Literal["runc", "runsc"] | None = None
     cpus: float = 1.0
@@ -192,7 +220,8 @@ class Settings(BaseSettings):
 
     config_file: Path | None = Field(default=None, exclude=True)
 
-    @field_validator("auth_tokens", "allowed_origins", "tools", "skills", "images", "allowed_mount_roots", "mounts", mode="before")
+    @field_validator("auth_tokens", "allowed_origins", "tools", "skills", "images", "allowed_mount_roots", "mounts",
+                     "named_mounts", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.startswith("["):
@@ -216,6 +245,13 @@ class Settings(BaseSettings):
         if self.mounts:
             try:
                 resolve_all(self.mounts, self.allowed_mount_roots, self.data_dir, self.runtime)
+            except MountError as exc:
+                raise ValueError(str(exc)) from None
+        if self.named_mounts:
+            from .mount_choice import check_named
+
+            try:
+                check_named(self)
             except MountError as exc:
                 raise ValueError(str(exc)) from None
         if self.images and self.image and ":" not in self.image and "/" not in self.image and self.image not in self.images:

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -183,6 +183,8 @@ class SandboxRecord:
     server: str
     skills: tuple[dict[str, str], ...] = ()
     image: str = ""
+    mounts: str = ""
+    """The host folders it was made with (the mounts label, encoded)."""
 
     @property
     def expired(self) -> bool:
@@ -209,6 +211,7 @@ def record_of(container: Container, owners: OwnerRegistry) -> SandboxRecord:
         server=labels.get(L_SERVER, ""),
         skills=_skills_label(labels.get(L_SKILLS)),
         image=labels.get(L_SKILLS_IMAGE, ""),
+        mounts=labels.get(L_MOUNTS, ""),
     )
 
 
@@ -356,7 +359,10 @@ class QuotaVolumes:
         were named by token) and ``<cid>.mnt``."""
         return self.root / f"{cid}.img", self.root / f"{cid}.mnt"
 
-    def create(self, cid: str, size_bytes: int) -> Mount:
+    def create(self, cid: str, size_bytes: int, fill: Callable[[Path], None] | None = None) -> Mount:
+        """``fill``: writes the new image file instead of mkfs (a snapshot or a fork: snapshots.py)."""
+        if fill is not None and self.mode != "loop":
+            raise Unavailable("snapshots and forks need loop-mounted workspaces (quota = loop: root beside a local engine)")
         if self.mode != "loop":
             return Mount(WORKSPACE, f"{NAME_PREFIX}{cid}", type="volume", labels={L_MANAGED: "1", L_ID: cid, L_INSTALL: self.install})
         link, mnt = self.paths(cid)
@@ -365,6 +371,14 @@ class QuotaVolumes:
         # the ``<cid>.img`` symlink. The link is made first, so a crash leaves nothing unfindable.
         image = self.root / f"{IMAGE_PREFIX}{secrets.token_hex(16)}.img"
         os.symlink(image.name, link)
+        if fill is not None:
+            try:
+                fill(image)
+                self.ensure_mounted(cid)
+            except BaseException:
+                self.remove(cid)
+                raise
+            return Mount(WORKSPACE, str(mnt), type="bind")
         # ext4 metadata (inode tables, bitmaps, the journal) takes ~2.2% of a 5 GiB image: 3% of
         # padding keeps the usable space at least the promised size (the image is sparse, so the
         # padding costs no disk until metadata is written).
@@ -558,7 +572,9 @@ class SandboxManager:
         )
 
     def create(self, owner: str, *, pool: bool = False, ticket: CreateTicket | None = None,
-               skills: SkillSet | None = None) -> tuple[SandboxRecord, Container]:
+               skills: SkillSet | None = None,
+               workspace_from: Callable[[Path], None] | None = None,
+               extra_mounts: list[ResolvedMount] | None = None) -> tuple[SandboxRecord, Container]:
         """Make a sandbox. A create whose caller gave up (``ticket``) or whose server is shutting
         down (``closing``) removes what it made: no create outlives its server unowned."""
         s = self.settings
@@ -566,7 +582,8 @@ class SandboxManager:
         image = self.skills_image(skills)
         cid = new_container_id()
         now = time.time()
-        mounts = encode(self.mounts) if self.mounts else ""
+        chosen = [*self.mounts, *(extra_mounts or [])]  # the operator's, plus named ones a client chose
+        mounts = encode(chosen) if chosen else ""
         labels = self._labels(cid, now, now + s.container_ttl_seconds, "" if pool else owner, pool, mounts)
         labels.update(_skill_labels(skills.entries(), image))
         with self._creates:
@@ -574,7 +591,7 @@ class SandboxManager:
         try:
             if self.closing.is_set():
                 raise Unavailable("the server is shutting down")
-            workspace = self.volumes.create(cid, s.disk_bytes)
+            workspace = self.volumes.create(cid, s.disk_bytes, workspace_from)
             try:
                 container = self._run(cid, labels, workspace, image, pool=pool)
                 if self.closing.is_set() or (ticket is not None and not ticket.deliver(cid)):

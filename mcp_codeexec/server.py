@@ -42,6 +42,7 @@ from .schemas import (
 )
 from .shutdown import Shutdown
 from .skills import Catalog, Skill, SkillInvalid, catalog_for
+from . import mount_choice, services, snapshots
 from .tools.listing import render_listing
 from .tools.registry import ToolRegistry, registry_from_settings
 
@@ -155,7 +156,12 @@ def tool_definitions(settings: Settings) -> list[types.Tool]:
         annotations=types.ToolAnnotations(title="Run Python in a persistent interpreter", open_world_hint=settings.network),
     )
     by_name = {BASH: bash, EDITOR: editor, CODE: code}
-    return [by_name[name] for name in ALL_TOOLS if name in settings.tools]
+    published = [by_name[name] for name in ALL_TOOLS if name in settings.tools]
+    if settings.services:  # not a hosted tool: opt-in (services.py)
+        published.append(services.tool_definition(settings))
+    if settings.snapshots:  # not a hosted tool: opt-in (snapshots.py)
+        published.append(snapshots.tool_definition(settings))
+    return published
 
 
 @dataclass
@@ -533,6 +539,16 @@ def create_server(
         return types.ListToolsResult(tools=listed)
 
     async def handle_call_tool(ctx: ServerRequestContext[AppState], params: types.CallToolRequestParams) -> types.CallToolResult:
+        extension = {services.SERVICES: settings.services and services.call,
+                     snapshots.SNAPSHOTS: settings.snapshots and snapshots.call}.get(params.name)
+        if extension:  # the opt-in, non-hosted tools
+            principal = principal_of(ctx)
+            ext_ctx = CallContext(principal=principal, session_key=session_key_of(ctx, principal),
+                                  mounts=mount_choice.raw_selection(params.meta))
+            if shutdown.closing:
+                return services.error_result(Unavailable(f"{shutdown.reason or 'the server is shutting down'}; retry the call when it is back"))
+            with shutdown.call():
+                return await extension(ctx.lifespan_context.backend, params.arguments or {}, ext_ctx, settings)
         if params.name not in settings.tools:
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {_valid_unicode(params.name)}")
         principal = principal_of(ctx)
@@ -542,7 +558,8 @@ def create_server(
             await ctx.session.report_progress(round(elapsed, 1), None, message or f"running for {elapsed:.0f} s")
 
         call_ctx = CallContext(principal=principal, session_key=session_key_of(ctx, principal), progress=progress,
-                               paced=ctx.request is not None and principal != "local")
+                               paced=ctx.request is not None and principal != "local",
+                               mounts=mount_choice.raw_selection(params.meta))
         state = ctx.lifespan_context
         if not shutdown.closing:
             with shutdown.call():

@@ -68,6 +68,8 @@ class CallContext:
     """Skills selected for a container this call creates (``skills.SkillRef`` or its dict form);
     None: the default set (folder skills plus the principal's uploads). A container that exists
     already keeps its own set: naming a different one is an error, never a silent change."""
+    mounts: Any = None
+    """The operator-declared named mounts the request's ``_meta`` selects (mount_choice.py), as sent."""
 
 
 @dataclass(frozen=True)

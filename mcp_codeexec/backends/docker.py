@@ -23,6 +23,7 @@ import anyio.to_thread
 from anyio.abc import SocketStream, TaskGroup
 from docker.models.containers import Container
 
+from .. import mount_choice
 from ..agent_client import AgentConnection, AgentGone
 from ..checkpoint import Checkpointer, CheckpointFailed
 from ..config import MiB, Settings
@@ -102,6 +103,8 @@ class Sandbox:
     """The container's Python interpreter holds state (as of the last code_execution call)."""
     too_big_to_checkpoint: bool = False
     """It used more than ``checkpoint_max_bytes`` at its idle stop: kept running instead."""
+    services_alive: bool = False
+    """Services (the `services` tool) were running as of the last services call: idle stops wait longer."""
     terminal: anyio.Lock = field(default_factory=anyio.Lock)
     """Bash calls wait here, not in the agent's queue: the host-side deadline of a call must not
     count the time it waited behind earlier calls (the agent runs one bash call at a time)."""
@@ -221,9 +224,10 @@ class DockerBackend:
         """Seconds idle before a stop: longer while its Python interpreter holds state (a stop loses it)."""
         if self._checkpointable(sandbox):
             return self.settings.idle_stop_seconds  # its checkpoint keeps the interpreter's state
-        if sandbox.repl_alive and self.settings.repl_idle_stop_seconds > 0 and self.settings.idle_stop_seconds > 0:
+        held = sandbox.repl_alive or sandbox.services_alive  # a stop loses the interpreter / the services
+        if held and self.settings.repl_idle_stop_seconds > 0 and self.settings.idle_stop_seconds > 0:
             return max(self.settings.idle_stop_seconds, self.settings.repl_idle_stop_seconds)
-        if sandbox.repl_alive and self.settings.repl_idle_stop_seconds <= 0:
+        if held and self.settings.repl_idle_stop_seconds <= 0:
             return 0.0
         return self.settings.idle_stop_seconds
 
@@ -232,7 +236,9 @@ class DockerBackend:
         return self._checkpoints is not None and self._checkpoints.enabled
 
     def _checkpointable(self, sandbox: Sandbox) -> bool:
-        return sandbox.repl_alive and self.checkpointing and not sandbox.too_big_to_checkpoint
+        # Services are not checkpointed (their listening sockets were not tried through a restore).
+        return (sandbox.repl_alive and not sandbox.services_alive and self.checkpointing
+                and not sandbox.too_big_to_checkpoint)
 
     async def _too_big_to_checkpoint(self, sandbox: Sandbox) -> bool:
         """Check (once per idle stop) that its checkpoint stays within ``checkpoint_max_bytes``."""
@@ -484,11 +490,13 @@ class DockerBackend:
             raise Unavailable(f"the sandbox {record.id} did not start its agent") from None
         return Sandbox(record, conn, owner)
 
-    async def _start_new(self, manager: SandboxManager, *, owner: str, pool: bool, skills: SkillSet | None = None) -> Sandbox:
+    async def _start_new(self, manager: SandboxManager, *, owner: str, pool: bool, skills: SkillSet | None = None,
+                         extra_mounts: list[Any] | None = None) -> Sandbox:
         ticket = CreateTicket()
         try:
             async with self._create_limiter:
-                record, container = await _thread(lambda: manager.create(owner, pool=pool, ticket=ticket, skills=skills))
+                record, container = await _thread(lambda: manager.create(owner, pool=pool, ticket=ticket, skills=skills,
+                                                                         extra_mounts=extra_mounts))
         except anyio.get_cancelled_exc_class():
             # The create carries on in its worker thread: it removes what it makes, or (made
             # already) we do. Nothing is left behind that no session and no pool knows of.
@@ -504,7 +512,7 @@ class DockerBackend:
                 await _thread(manager.remove, record.id)
             raise
 
-    async def _new_for(self, owner: str, wanted: tuple[Any, ...] | None = None) -> Sandbox:
+    async def _new_for(self, owner: str, wanted: tuple[Any, ...] | None = None, mounts: Any = None) -> Sandbox:
         owned = sum(1 for s in self._sandboxes.values() if s.owner == owner)
         if owner != "local" and owned >= self.settings.max_containers_per_principal:
             raise TooManyRequests(f"at most {self.settings.max_containers_per_principal} containers per principal")
@@ -512,6 +520,9 @@ class DockerBackend:
         skills = await _thread(_skill_set, self.settings, owner, wanted)
         # Pool containers carry the folder skills only: they fit only a sandbox that wants just those.
         poolable = [s.container_entry() for s in skills.skills] == [dict(e) for e in _folder_entries(self.settings)]
+        names = mount_choice.selection(mounts)
+        extra = await _thread(mount_choice.resolve_selected, self.settings, names) if names else None
+        poolable = poolable and not extra  # pool containers have the operator's mounts only
         if self.settings.pool_size > 0:
             self._note_demand()
         sandbox = await self._from_pool() if poolable else None
@@ -526,7 +537,7 @@ class DockerBackend:
             sandbox.record = dataclasses.replace(sandbox.record, owner=owner, pool=False)
             await self._tell_claimed(sandbox)
             return sandbox
-        return await self._start_new(manager, owner=owner, pool=False, skills=skills)
+        return await self._start_new(manager, owner=owner, pool=False, skills=skills, extra_mounts=extra)
 
     async def _reattach(self, cid: str, owner: str) -> Sandbox:
         manager = await self._manager_or_raise()
@@ -582,11 +593,11 @@ class DockerBackend:
                     # the session continues in a fresh one (an explicit container_id still errors).
                     log.warning("session container %s is gone; starting a fresh one", cid)
             elif ctx.session_key == STDIO_SESSION and ctx.principal == "local" and self.settings.resume_sandbox:
-                sandbox = await self._resume(ctx.principal)
+                sandbox = await self._resume(ctx.principal, ctx.mounts)
             if sandbox is not None:
                 await _check_skills(self.settings, sandbox, ctx)
             if sandbox is None:
-                sandbox = await self._new_for(ctx.principal, ctx.skills)
+                sandbox = await self._new_for(ctx.principal, ctx.skills, ctx.mounts)
             self._sandboxes[sandbox.record.id] = sandbox
             self._sessions[ctx.session_key] = sandbox.record.id
             await self._lease(sandbox.record.id)
@@ -600,7 +611,7 @@ class DockerBackend:
             except OSError as exc:
                 log.warning("sandbox %s: cannot take its lease: %s", cid, exc)
 
-    async def _resume(self, principal: str) -> Sandbox | None:
+    async def _resume(self, principal: str, mounts: Any = None) -> Sandbox | None:
         """A new stdio session continues in the local user's most recently used sandbox that no
         live server is using: clients that start a server per tool call (langchain-mcp-adapters'
         default) keep their files, shell state and container. ``resume_sandbox = false`` (``serve
@@ -613,6 +624,10 @@ class DockerBackend:
                 sandbox = await self._reattach(cid, principal)
             except (ContainerExpired, Unavailable) as exc:
                 log.info("not resuming sandbox %s: %s", cid, exc.message)
+                await _thread(manager.leases.release, cid)
+                continue
+            if not await _thread(mount_choice.matches, self.settings, sandbox.record.mounts, mounts):
+                await sandbox.conn.aclose()  # made with other named mounts: not this session's to resume
                 await _thread(manager.leases.release, cid)
                 continue
             log.info("resuming sandbox %s (the most recent one no server is using)", cid)
@@ -653,6 +668,18 @@ class DockerBackend:
             error.container = sandbox.info
             raise error
         return reply["result"]
+
+    async def sandbox_manager(self) -> SandboxManager:
+        """The engine-side manager (snapshots.py forks and snapshots through it)."""
+        return await self._manager_or_raise()
+
+    async def agent_request(
+        self, ctx: CallContext, container_id: str | None, message: dict[str, Any], *, timeout: float = 30.0
+    ) -> tuple[dict[str, Any], Sandbox]:
+        """One agent op in the caller's sandbox (the session's, or ``container_id``): the hook for
+        extensions beyond the hosted tools (services.py)."""
+        sandbox = await self.sandbox_for(ctx, container_id)
+        return await self._call(sandbox, message, timeout=timeout), sandbox
 
     async def bash(self, request: BashInput, ctx: CallContext) -> Outcome:
         sandbox = await self.sandbox_for(ctx, request.container_id)
@@ -934,7 +961,13 @@ def _folder_entries(settings: Settings) -> list[dict[str, str]]:
 
 
 async def _check_skills(settings: Settings, sandbox: Sandbox, ctx: CallContext) -> None:
-    """A container keeps the skills it was created with: selecting others for it is refused."""
+    """A container keeps the skills (and named mounts) it was created with: selecting others is refused."""
+    if ctx.mounts is not None:
+        try:
+            await _thread(mount_choice.check_existing, settings, sandbox.record.mounts, ctx.mounts, sandbox.record.id)
+        except InvalidToolInput as err:
+            err.container = sandbox.info
+            raise
     if ctx.skills is None:
         return
     wanted = (await _thread(_skill_set, settings, ctx.principal, ctx.skills)).entries()

@@ -35,7 +35,7 @@ import threading
 import time
 import traceback
 
-AGENT_VERSION = "1.1.0"
+AGENT_VERSION = "1.2.0"
 
 # -- framing: a copy of mcp_codeexec/protocol.py -------------------------------------------------
 HEADER = struct.Struct(">II")
@@ -342,6 +342,7 @@ def sweep(pgid: int) -> None:
     """
     if os.getpid() == 1:
         spare = _REPL.spare() if _REPL is not None else set()
+        spare |= _services_spare()  # services (op `services`) are not the call's to kill either
         if spare:  # a live Python interpreter is not the call's to kill
             sweep_sparing(spare)
             return
@@ -1480,6 +1481,8 @@ def sweep_sparing(spare: set) -> None:
         os.kill(-1, signal.SIGSTOP)
     except ProcessLookupError:
         return
+    # Now that nothing runs, nothing forks: the services' sessions are complete.
+    spare = set(spare) | _services_spare()
     end = time.monotonic() + QUIET_LIMIT
     pause = 0.001
     zombies: list = []
@@ -2290,6 +2293,276 @@ def repl_main(workspace: str) -> int:
             os._exit(70)
 
 
+# -- services: processes that outlive a call (op `services`, opt-in) -------------------------------
+# A service is `bash -c COMMAND` started by the agent in a session of its own. Every process of that
+# session (its children too, e.g. a server's workers) is spared by the end-of-call sweeps; anything
+# else a call leaves behind is still killed (a call's processes cannot join another session). Its
+# stdout and stderr go to one pipe that a thread drains into a bounded ring buffer, so a flood costs
+# at most SERVICE_LOG_BYTES of memory and never blocks the service. All of it dies with the container.
+SERVICE_LOG_BYTES = 256 * 1024
+SERVICE_MAX = 4
+SERVICE_KEEP_EXITED = 16
+SERVICE_COMMAND_LIMIT = 64 * 1024
+SERVICE_STOP_GRACE = 2.0
+SERVICE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+_SERVICES = None  # the agent's Services (set by Agent): sweeps spare their sessions
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, session) of a process, None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return fields[0].decode(), int(fields[1]), int(fields[3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _session_members(sids: set) -> dict:
+    """{sid: [pids]} of the live (non-zombie) processes in the sessions ``sids``."""
+    found: dict = {sid: [] for sid in sids}
+    if not sids:
+        return found
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in names:
+        if not name.isdigit() or name == "1":
+            continue
+        st = _proc_stat(int(name))
+        if st is not None and st[2] in found and st[0] != "Z":
+            found[st[2]].append(int(name))
+    return found
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _services_spare() -> set:
+    """Every process of a live service's session (empty when there are none: the common case)."""
+    return _SERVICES.spare() if _SERVICES is not None else set()
+
+
+class Service:
+    def __init__(self, name: str, command: str, pid: int, fd: int, log_bytes: int) -> None:
+        self.name = name
+        self.command = command
+        self.pid = pid
+        self.started = time.monotonic()
+        self.started_at = time.time()
+        self.ended: float | None = None
+        self.log_bytes = log_bytes
+        self.ring = bytearray()
+        self.total = 0
+        self.lock = threading.Lock()
+        self.stopped_by: str | None = None  # "stop", "memory cap"
+        self.reader = threading.Thread(target=self._drain, args=(fd,), name=f"service-{name}", daemon=True)
+        self.reader.start()
+
+    def _drain(self, fd: int) -> None:
+        try:
+            while True:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                with self.lock:
+                    self.total += len(data)
+                    self.ring += data
+                    if len(self.ring) > self.log_bytes:
+                        del self.ring[: len(self.ring) - self.log_bytes]
+        finally:
+            os.close(fd)
+
+    def output(self, tail: int) -> tuple[str, int, bool]:
+        with self.lock:
+            data = bytes(self.ring[-tail:]) if tail > 0 else b""
+            total = self.total
+        dropped = total > len(data)
+        if dropped:
+            cut = data.find(b"\n")  # start at a line when one begins within the tail
+            if 0 <= cut < len(data) - 1:
+                data = data[cut + 1 :]
+        return data.decode("utf-8", "replace"), total, dropped
+
+
+class Services:
+    def __init__(self, terminal: Terminal) -> None:
+        self.terminal = terminal
+        self.items: dict = {}  # name -> Service, in start order
+        self.lock = threading.Lock()  # serialises the op's actions
+        self.spawn_lock = threading.Lock()  # held by a start's spawn and by sweeps reading the set
+        self._watcher: threading.Thread | None = None
+        self.max_memory = 0
+
+    # -- what sweeps and the host ask
+    def _status(self, svc: Service) -> int | None:
+        return self.terminal.reaper.status(svc.pid)
+
+    def _members(self) -> dict:
+        return _session_members({s.pid for s in list(self.items.values())})
+
+    def spare(self) -> set:
+        if not self.items:
+            return set()
+        with self.spawn_lock:
+            services = list(self.items.values())
+            spare: set = set()
+            for pids in _session_members({s.pid for s in services}).values():
+                spare.update(pids)
+            for svc in services:  # the leader until the reaper has collected it
+                if self._status(svc) is None:
+                    spare.add(svc.pid)
+        return spare
+
+    def _drop(self, name: str) -> None:
+        svc = self.items.pop(name, None)
+        if svc is not None and self._status(svc) is not None:
+            self.terminal.reaper.forget(svc.pid)
+
+    def _info(self, svc: Service, members: dict) -> dict:
+        status = self._status(svc)
+        live = members.get(svc.pid, [])
+        running = bool(live)
+        if not running and svc.ended is None:
+            svc.ended = time.monotonic()
+        end = time.monotonic() if running else svc.ended
+        return {
+            "name": svc.name,
+            "pid": svc.pid,
+            "command": svc.command,
+            "status": "running" if running else "exited",
+            "exit_code": _return_code(status) if status is not None else None,
+            "processes": len(live),
+            "memory_bytes": sum(_rss_bytes(p) for p in live),
+            "uptime_seconds": round(end - svc.started, 3),
+            "started_at": round(svc.started_at, 3),
+            "output_bytes": svc.total,
+            **({"stopped_by": svc.stopped_by} if svc.stopped_by else {}),
+        }
+
+    # -- the op
+    def handle(self, rid: int, req: dict, blob: bytes) -> dict:
+        action = _field_str(req, "action")
+        with self.lock:
+            if action == "list":
+                members = self._members()
+                return {"services": [self._info(s, members) for s in self.items.values()]}
+            name = _field_str(req, "name")
+            if not name or len(name) > 64 or not set(name) <= SERVICE_NAME_CHARS or name[0] in ".-":
+                raise _invalid(f"service name {name!r}: 1-64 letters, digits, '_', '.', '-' (not starting with '.' or '-')")
+            if action == "start":
+                return {"service": self._start(name, req)}
+            svc = self.items.get(name)
+            if svc is None:
+                raise _invalid(f"no service named {name!r} (`list` shows them)")
+            if action == "logs":
+                tail = _field_int(req, "tail", svc.log_bytes)
+                text, total, dropped = svc.output(min(tail, svc.log_bytes))
+                return {"service": self._info(svc, self._members()), "output": text, "truncated": dropped}
+            if action == "stop":
+                self._kill(svc, "stop")
+                info = self._info(svc, self._members())
+                self._drop(name)
+                return {"service": info}
+        raise _invalid(f"services: unknown action {action!r} (start, list, logs, stop)")
+
+    def _start(self, name: str, req: dict) -> dict:
+        command = _field_str(req, "command")
+        if not command.strip():
+            raise _invalid("services start: `command` is empty")
+        encoded = _encode_text(command, "command")
+        if len(encoded) > SERVICE_COMMAND_LIMIT or b"\0" in encoded:
+            raise _invalid(f"services start: the command is longer than {SERVICE_COMMAND_LIMIT} bytes or has a NUL")
+        limit = _field_int(req, "max_services", SERVICE_MAX, minimum=1)
+        log_bytes = _field_int(req, "log_bytes", SERVICE_LOG_BYTES, minimum=1024)
+        self.max_memory = _field_int(req, "max_memory", 0)
+        members = self._members()
+        old = self.items.get(name)
+        if old is not None and members.get(old.pid):
+            raise _invalid(f"a service named {name!r} is running (stop it first)")
+        running = [s for s in self.items.values() if members.get(s.pid)]
+        if len(running) >= limit:
+            raise _invalid(
+                f"services: {len(running)} of at most {limit} are running ({', '.join(s.name for s in running)}); stop one first"
+            )
+        self._drop(name)
+        exited = [n for n, s in self.items.items() if not members.get(s.pid)]
+        for n in exited[: max(0, len(exited) - SERVICE_KEEP_EXITED + 1)]:
+            self._drop(n)
+        t = self.terminal
+        script = f"{t._script_head}{command}\n"  # the shell's cwd and exports, no state-saving trap
+        env = dict(t._env, SERVICE_NAME=name)
+        out_r, out_w = os.pipe()
+        try:
+            actions = [
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, out_w, 1),
+                (os.POSIX_SPAWN_DUP2, out_w, 2),
+            ]
+            argv = ["bash", "--noprofile", "--norc", "-c", script]
+            with self.spawn_lock:  # a concurrent sweep sees the new service or none of it
+                pid = t.reaper.spawn(t._bash, argv, env, file_actions=actions, setsid=True, setsigdef=t._sigdef, setsigmask=())
+                svc = self.items[name] = Service(name, command, pid, out_r, log_bytes)
+        except OSError as exc:
+            os.close(out_r)
+            raise ToolError("unavailable", f"cannot start the service: {exc}") from None
+        finally:
+            os.close(out_w)
+        if self.max_memory and (self._watcher is None or not self._watcher.is_alive()):
+            self._watcher = threading.Thread(target=self._watch_memory, name="services-memory", daemon=True)
+            self._watcher.start()
+        return self._info(svc, {pid: [pid]})
+
+    def _kill(self, svc: Service, why: str) -> None:
+        """SIGTERM every process of its session, SIGKILL what is left after a grace period."""
+        if svc.stopped_by is None and self._members().get(svc.pid):
+            svc.stopped_by = why
+        end = time.monotonic() + SERVICE_STOP_GRACE
+        sig = signal.SIGTERM
+        while True:
+            pids = self._members().get(svc.pid, [])
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                    if sig == signal.SIGTERM:
+                        os.kill(pid, signal.SIGCONT)  # a stopped process must see its TERM
+                except (ProcessLookupError, PermissionError):
+                    pass
+            if time.monotonic() >= end:
+                if sig == signal.SIGKILL and time.monotonic() >= end + QUIET_LIMIT:
+                    _log(f"service {svc.name}: processes left after SIGKILL")
+                    break
+                sig = signal.SIGKILL
+            time.sleep(0.02)
+        svc.reader.join(DRAIN_LIMIT)
+
+    def _watch_memory(self) -> None:
+        """The services' own sub-limit (``max_memory``, their RSS summed): over it, the largest one
+        is stopped. The container's memory limit (its cgroup) holds them in any case."""
+        while True:
+            time.sleep(1.0)
+            with self.lock:
+                if not self.max_memory or not self.items:
+                    return
+                members = self._members()
+                sizes = {n: sum(_rss_bytes(p) for p in members.get(s.pid, [])) for n, s in self.items.items()}
+                if sum(sizes.values()) > self.max_memory:
+                    name = max(sizes, key=sizes.get)
+                    _log(f"services use {sum(sizes.values())} bytes (cap {self.max_memory}): stopping {name}")
+                    self._kill(self.items[name], "memory cap")
+
+
 # -- the server ------------------------------------------------------------------------------------
 class Workers:
     """Threads that run requests concurrently; idle ones are reused (starting a thread costs more
@@ -2336,6 +2609,9 @@ class Agent:
         self.repl = Repl(self.terminal)
         global _REPL
         _REPL = self.repl
+        self.services = Services(self.terminal)
+        global _SERVICES
+        _SERVICES = self.services
         self.workers = Workers()
         self.garbage = False
         self.claimed = not POOL_MODE
@@ -2346,6 +2622,7 @@ class Agent:
             "str_replace": self.editor.str_replace,
             "get_file": self.editor.get_file,
             "python": self.repl.run,
+            "services": self.services.handle,
         }
 
     def _hello(self, rid: int, req: dict, blob: bytes) -> dict:
