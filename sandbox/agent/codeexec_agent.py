@@ -17,6 +17,44 @@ to commands.
 
 from __future__ import annotations
 
+
+def _run_from_bytecode() -> None:
+    """Run the agent as an imported module in a fresh interpreter (same pid: execv).
+
+    A script's parse tree stays alive until the script ends (CPython frees it after running the
+    module), so the agent run as the entrypoint script kept ~6 MiB of AST for its whole life: half
+    an idle sandbox's memory. Imported, the module comes from the image's .pyc (or is compiled and
+    its tree freed at once). Called before the imports below, which only the fresh interpreter
+    then does: ~10 ms of CPU per container start. The REPL child (``--repl``) is not re-executed
+    (its fds stay as they are). If the exec fails, the agent runs here as before.
+    """
+    import os
+    import sys
+
+    if sys.argv[1:2] == ["--repl"] or not sys.executable:
+        return
+    path = os.path.abspath(__file__)
+    boot = (
+        "import sys\n"
+        "from importlib.machinery import SourceFileLoader\n"
+        f"sys.argv[0] = {path!r}\n"
+        "loader = SourceFileLoader('codeexec_agent', sys.argv[0])\n"
+        "module = type(sys)('codeexec_agent')\n"
+        "module.__file__, module.__loader__ = sys.argv[0], loader\n"
+        "sys.modules['codeexec_agent'] = module\n"
+        "loader.exec_module(module)\n"
+        "module.main()\n"
+    )
+    try:
+        # -S: the agent needs the standard library only (site's .pth files cost time and memory).
+        os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", boot, *sys.argv[1:]])
+    except OSError as exc:
+        os.write(2, f"codeexec-agent: cannot re-execute from bytecode ({exc}); running as a script\n".encode())
+
+
+if __name__ == "__main__":
+    _run_from_bytecode()
+
 import base64
 import codecs
 import errno
@@ -2509,12 +2547,11 @@ def _set_non_dumpable() -> None:
 
 
 def _release_startup_memory() -> None:
-    """Hand the heap that compiling this file left free back to the kernel.
+    """Hand the heap that start-up left free back to the kernel (glibc keeps it otherwise).
 
-    The entrypoint runs this file as a script, so it is compiled from source at every start
-    (a script gets no .pyc): ~8 MiB of the parser's memory, freed but kept by glibc's malloc,
-    which is most of an idle sandbox's footprint. ``malloc_trim`` returns it (~5 MiB). Not glibc
-    (no ``malloc_trim``): nothing to do.
+    Without the image's .pyc (tests on the host, a derived image with a changed agent) the
+    fresh interpreter compiles this file: ~5 MiB of the parser's memory, freed but kept by
+    malloc. Not glibc (no ``malloc_trim``): nothing to do.
     """
     try:
         import ctypes
@@ -2526,7 +2563,6 @@ def _release_startup_memory() -> None:
 
 def main() -> int:
     if len(sys.argv) >= 3 and sys.argv[1] == "--repl":
-        _release_startup_memory()
         os._exit(repl_main(sys.argv[2]))
     _set_non_dumpable()
     # As PID 1, a signal with the default action cannot be sent from inside the container; Python's
@@ -2548,32 +2584,5 @@ def main() -> int:
     os._exit(code)
 
 
-def _run_from_bytecode() -> None:
-    """Run the agent as an imported module in a fresh interpreter (same pid: execv).
-
-    A script's parse tree stays alive until the script ends (CPython frees it after running the
-    module), so the agent run as the entrypoint script kept ~6 MiB of AST for its whole life: half
-    an idle sandbox's memory. Imported, the module is compiled (or loaded from the image's .pyc)
-    and the tree freed at once. The REPL child (``--repl``) is not re-executed: its fds stay as
-    they are. If the exec fails, the agent runs here as before.
-    """
-    path = os.path.abspath(__file__)
-    boot = (
-        "import sys, importlib.util\n"
-        f"sys.argv[0] = {path!r}\n"
-        f"spec = importlib.util.spec_from_file_location('codeexec_agent', {path!r})\n"
-        "module = importlib.util.module_from_spec(spec)\n"
-        "sys.modules['codeexec_agent'] = module\n"
-        "spec.loader.exec_module(module)\n"
-        "module.main()\n"
-    )
-    try:
-        os.execv(sys.executable, [sys.executable, "-I", "-c", boot, *sys.argv[1:]])
-    except OSError as exc:
-        _log(f"cannot re-execute the agent from bytecode ({exc}); running as a script")
-
-
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["--repl"] and sys.executable:
-        _run_from_bytecode()
     main()
