@@ -64,14 +64,31 @@ import os
 import queue
 import select
 import selectors
-import shutil
 import signal
 import stat
 import struct
 import sys
 import threading
 import time
-import traceback
+
+
+class _OnFirstUse:
+    """A module imported when first used: ``shutil`` (bz2, lzma, fnmatch) and ``traceback``
+    (linecache, tokenize) are ~1 MiB of an idle agent and needed only on rare paths."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        import importlib
+
+        module = importlib.import_module(self._name)
+        globals()[self._name] = module
+        return getattr(module, attr)
+
+
+shutil = _OnFirstUse("shutil")
+traceback = _OnFirstUse("traceback")
 
 AGENT_VERSION = "1.1.0"
 
