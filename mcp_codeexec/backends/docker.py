@@ -161,6 +161,7 @@ class DockerBackend:
         # Starts at once, pool and sessions alike: a burst's starts finish one after another
         # instead of all at the end, and the engine is not thrashed.
         self._create_limiter = anyio.CapacityLimiter(settings.create_concurrency)
+        self.first_reap_done = anyio.Event()  # the start-up reap (in the background) has finished
         self._tg: TaskGroup | None = None
         self._stack = AsyncExitStack()
         self.pending_dir = settings.data_dir / "pending"
@@ -250,6 +251,8 @@ class DockerBackend:
         except Unavailable as exc:
             log.warning("reaper: %s", exc.message)
             return
+        finally:
+            self.first_reap_done.set()
         if removed:
             log.info("reaped %d expired or leftover sandboxes", len(removed))
         for cid in removed:
