@@ -122,7 +122,13 @@ def http_server(settings: Settings, log_path: Path) -> Iterator[tuple[str, subpr
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the HTTP server did not listen within 60 s: {ServerLog(log_path).tail()}")
             time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}", proc
+        try:
+            yield f"http://127.0.0.1:{port}", proc
+        except BaseException:
+            # A scenario failed or timed out while the server still runs: its threads' stacks go
+            # into the log (printed with the failure) before it is stopped.
+            dump_stacks(proc.pid, log_path)
+            raise
     finally:
         proc.terminate()
         try:
@@ -130,6 +136,18 @@ def http_server(settings: Settings, log_path: Path) -> Iterator[tuple[str, subpr
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def dump_stacks(pid: int, log_path: Path) -> None:
+    """Append ``py-spy dump`` of ``pid`` (every thread's stack, with locals) to ``log_path``;
+    a note instead when py-spy is missing or cannot attach."""
+    try:
+        out = subprocess.run(["py-spy", "dump", "--locals", "--pid", str(pid)], capture_output=True, text=True, timeout=30, check=False)
+        text = out.stdout + out.stderr
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        text = f"py-spy dump failed: {exc}\n"
+    with open(log_path, "a") as log:
+        log.write(f"--- py-spy dump of the server (pid {pid}) at {time.strftime('%H:%M:%S')} ---\n{text}\n")
 
 
 @asynccontextmanager

@@ -305,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         say(f"FAILED: {type(exc).__name__}: {exc}")
         traceback.print_exc(file=sys.stderr)
         for log in sorted(logs.glob("*.log")):
-            say(f"{log.name}:\n{log.read_text(errors='replace')[-2000:]}")
+            text = log.read_text(errors="replace")
+            dump = text.find("--- py-spy dump")  # harness.dump_stacks: a stalled server's threads
+            say(f"{log.name}:\n{text[-2000:] if dump < 0 else text[max(0, dump - 2000):dump + 20000]}")
         if not isinstance(exc, Exception):
             raise
     finally:

@@ -168,6 +168,7 @@ class DockerBackend:
         # Starts at once, pool and sessions alike: a burst's starts finish one after another
         # instead of all at the end, and the engine is not thrashed.
         self._create_limiter = anyio.CapacityLimiter(settings.create_concurrency)
+        self.first_reap_done = anyio.Event()  # the start-up reap (in the background) has finished
         self._tg: TaskGroup | None = None
         self._stack = AsyncExitStack()
         self.pending_dir = settings.data_dir / "pending"
@@ -281,11 +282,29 @@ class DockerBackend:
             manager = SandboxManager(self.settings, client)
             manager.checkpoints = self._checkpoints = await _thread(Checkpointer.for_engine, client, self.settings)
             await _thread(manager.resolve_image)
-            removed = await _thread(manager.reap)
-            if removed:
-                log.info("reaped %d expired or leftover sandboxes", len(removed))
             self._manager = manager
+            # The first reap runs beside the session: with many leftovers (or a busy engine) it
+            # takes seconds, and clients give up on an `initialize` that waits for it. It is safe
+            # beside this server's own creates, as it is beside other live servers'.
+            if self._tg is not None:
+                self._tg.start_soon(self._reap_once)
         return self._manager
+
+    async def _reap_once(self) -> None:
+        assert self._manager is not None
+        try:
+            removed = await _thread(self._manager.reap)
+        except Unavailable as exc:
+            log.warning("reaper: %s", exc.message)
+            return
+        finally:
+            self.first_reap_done.set()
+        if removed:
+            log.info("reaped %d expired or leftover sandboxes", len(removed))
+        for cid in removed:
+            gone = self._sandboxes.pop(cid, None)
+            if gone is not None:
+                await gone.conn.aclose()
 
     async def _reaper(self) -> None:
         while True:

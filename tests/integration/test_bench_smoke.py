@@ -41,7 +41,7 @@ def run_bench(*args: str) -> dict:
         [sys.executable, "-m", "bench", "--smoke", "--json", *args], cwd=ROOT, capture_output=True, text=True, timeout=280,
         check=False,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-20000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     left = subprocess.run(
         ["docker", "ps", "-aq", "--filter", f"label=io.mcp-codeexec.install={results['installation']}"],
@@ -81,13 +81,19 @@ def test_the_bench_smoke_run_reports_every_key_and_leaves_no_container(docker_en
         assert results["progress_ok"] is True
 
 
-@pytest.mark.skipif(
-    GVISOR,
-    reason="under Debian's 2022 runsc the saturation scenario's HTTP sessions stalled for 120 s once "
-    "(recorded as a lead for issue 11's stalled session); the scenarios' smoke form runs under runc",
-)
+@pytest.mark.filterwarnings("always::UserWarning")  # the rerun notice below is a report, not an error
 def test_the_opt_in_burst_saturation_and_density_scenarios_run_in_smoke_form(docker_engine):
-    results = run_bench("--only", "burst,saturation,density")
+    try:
+        results = run_bench("--only", "burst,saturation,density")
+    except AssertionError as first:
+        if not GVISOR:
+            raise
+        # Under Debian's 2022 runsc the saturation scenario's HTTP calls once got no answer for
+        # 120 s (issue 11's stalled session; not seen in ~30 reruns). A failed run now carries the
+        # server's thread stacks (bench/harness.dump_stacks): report them, and fail only if the
+        # rerun fails too.
+        results = run_bench("--only", "burst,saturation,density")
+        warnings.warn(f"gVisor heavy bench scenarios failed once, passed on rerun: {str(first)[-6000:]}", stacklevel=1)
     missing = [k for k in HEAVY_KEYS if results.get(k) is None]
     assert not missing, missing
     assert results["burst4_errors"] == results["burst4_again_errors"] == results["density_errors"] == 0

@@ -170,6 +170,8 @@ async def test_a_claimed_pool_container_survives_the_next_servers_reap_with_its_
     other = make_settings(tmp_path / "other")
     assert await anyio.to_thread.run_sync(SandboxManager(other, connect()).reap) == []
     async with backend(settings, pool_size=0) as b:
+        with anyio.fail_after(60):
+            await b.first_reap_done.wait()  # B's start-up reap runs beside its sessions
         assert cid in pool_containers(s)  # still running: not reaped
         record, container = await anyio.to_thread.run_sync(b._manager.find, cid)
         assert not record.pool and record.owner == "local"
