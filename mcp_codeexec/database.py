@@ -123,4 +123,66 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
     return SCHEMA_VERSION
 
 
-__all__ = ["CHUNK_BYTES", "LEADER_LOCK", "MIGRATIONS", "SCHEMA_VERSION", "connect", "is_postgres", "migrate"]
+# --------------------------------------------------------------------------- choosing the store
+
+
+def _pg(settings: Any) -> str | None:
+    url = getattr(settings, "database_url", None)
+    return url if is_postgres(url) else None
+
+
+def open_file_store(settings: Any) -> Any:
+    """The file store the settings ask for: ``PgFileStore`` with a PostgreSQL URL, else ``FileStore``."""
+    if url := _pg(settings):
+        from .pg_store import PgFileStore
+
+        return PgFileStore(url, settings.files_dir, settings.file_retention_days)
+    from .files import FileStore
+
+    return FileStore(settings.files_dir, settings.file_retention_days)
+
+
+def open_rate_limiter(settings: Any) -> Any:
+    """The per-principal call pacing (None when disabled); shared by all replicas with PostgreSQL."""
+    if not settings.http_calls_per_minute:
+        return None
+    if url := _pg(settings):
+        from .pg_store import PgCallRateLimiter
+
+        return PgCallRateLimiter(url, settings.http_calls_per_minute, settings.http_call_burst)
+    from .rate_limit import CallRateLimiter
+
+    return CallRateLimiter(settings.http_calls_per_minute, settings.http_call_burst)
+
+
+def open_session_ledger(settings: Any) -> Any:
+    if url := _pg(settings):
+        from .pg_store import PgSessionLedger
+
+        return PgSessionLedger(url, settings.http_max_sessions_per_principal)
+    from .session_ledger import SessionLedger
+
+    return SessionLedger(settings.http_max_sessions_per_principal)
+
+
+def open_owner_registry(settings: Any, root: Any) -> Any:
+    if url := _pg(settings):
+        from .pg_store import PgOwnerRegistry
+
+        return PgOwnerRegistry(url, root)
+    from .sandboxes import OwnerRegistry
+
+    return OwnerRegistry(root)
+
+
+def open_leader(settings: Any) -> Any:
+    """A started ``LeaderElection`` for replicas sharing PostgreSQL; None for one server (it leads)."""
+    if url := _pg(settings):
+        from .leader import LeaderElection
+
+        return LeaderElection(url).start()
+    return None
+
+
+__all__ = ["CHUNK_BYTES", "LEADER_LOCK", "MIGRATIONS", "SCHEMA_VERSION", "connect", "is_postgres", "migrate", "open_file_store", "open_leader", "open_owner_registry", "open_rate_limiter",
+           "open_session_ledger"]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .database import CHUNK_BYTES, connect, migrate
-from .files import FileRecord, FileStore, StoredFileNotFound, _COLUMNS, _to_us, is_file_id
+from .files import _COLUMNS, FileRecord, FileStore, StoredFileNotFound, _to_us, is_file_id
 from .sandboxes import OwnerRegistry
 
 
@@ -182,6 +182,8 @@ class PgCallRateLimiter:
     minute per principal in all, not N times that. ``clock`` None → the database's clock (replicas'
     own clocks need not agree)."""
 
+    blocking = True  # does I/O: callers on the event loop run it in a thread
+
     def __init__(self, url: str, per_minute: float, burst: int, clock: Callable[[], float] | None = None) -> None:
         if per_minute <= 0:
             raise ValueError("per_minute must be positive (disable the limiter instead)")
@@ -218,6 +220,8 @@ class PgSessionLedger:
 
     A replica that dies mid-request leaves ``in_flight`` up; such a session is still dropped once
     nothing touched it for twice the idle timeout."""
+
+    blocking = True
 
     def __init__(self, url: str, per_principal: int, idle_timeout: float | None = None,
                  clock: Callable[[], float] = time.time) -> None:

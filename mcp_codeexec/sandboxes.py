@@ -33,6 +33,7 @@ from docker.models.containers import Container
 from docker.types import Mount, Ulimit
 
 from .config import Settings
+from .database import open_owner_registry
 from .errors import ContainerExpired, Unavailable
 from .image import DERIVED_LABEL, derived_tag, image_tag, is_bare_name
 from .mounts import ResolvedMount, StagedMounts, decode, encode, resolve_all
@@ -471,7 +472,7 @@ class SandboxManager:
         self.settings = settings
         self.client = client
         self.image = settings.image or image_tag("full")
-        self.owners = OwnerRegistry(settings.data_dir / "owners")
+        self.owners = open_owner_registry(settings, settings.data_dir / "owners")  # PostgreSQL when replicas share one
         self.leases = Leases(settings.data_dir / "leases")
         self.install = installation_label(settings.data_dir)
         self.volumes = QuotaVolumes(settings.volumes_dir, settings.quota, self.install)
