@@ -35,6 +35,7 @@ class LeaderElection:
         return self._leader
 
     def start(self) -> LeaderElection:
+        self.step()  # the first replica up leads at once
         self._thread = threading.Thread(target=self._run, name="mcp-codeexec-leader", daemon=True)
         self._thread.start()
         return self

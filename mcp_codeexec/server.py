@@ -27,7 +27,7 @@ from mcp.shared.exceptions import MCPError
 from . import __version__
 from .backends.base import Backend, CallContext, CodeTools, Outcome, ProducedFile
 from .config import Settings
-from .database import open_file_store, open_rate_limiter
+from .database import open_file_store, open_leader, open_rate_limiter
 from .errors import CodeExecError, ContainerExpired, TooManyRequests, Unavailable, error_block
 from .files import FileStore, StoredFileNotFound, guess_mime, is_file_id
 from .inputs import ALL_TOOLS, BASH, CODE, EDITOR, validate_input
@@ -503,6 +503,11 @@ def create_server(
                 lambda: open_file_store(settings)
             )
             the_backend = backend or create_backend(settings, file_store)
+            leader = await anyio.to_thread.run_sync(open_leader, settings)  # None: one server, it leads
+            if leader is not None:
+                stack.push_async_callback(anyio.to_thread.run_sync, leader.stop)
+                if hasattr(the_backend, "is_leader"):
+                    the_backend.is_leader = leader.is_leader
             if hasattr(the_backend, "__aenter__"):
                 await stack.enter_async_context(the_backend)  # type: ignore[arg-type]
             else:

@@ -71,6 +71,8 @@ POOL_BURST_WINDOW = 10.0
 POOL_CONTAINER_BYTES = 16 * MiB
 POOL_MEMORY_SHARE = 0.25
 POOL_RETRY_SECONDS = 10.0
+LEADER_RECHECK_SECONDS = 1.0
+"""How often a follower replica's pool filler checks whether it has become the leader."""
 # While sessions are taking containers (a burst), refilling waits: its starts would take the CPU
 # the sessions' first calls (and their own starts) need right now.
 POOL_REFILL_QUIET = 0.5
@@ -164,6 +166,9 @@ class DockerBackend:
         self._tg: TaskGroup | None = None
         self._stack = AsyncExitStack()
         self.pending_dir = settings.data_dir / "pending"
+        # Replicas sharing a database set this to their leader election (mcp_codeexec/leader.py):
+        # only the leader keeps a warm pool, reaps and prunes files. One server always leads.
+        self.is_leader: Callable[[], bool] = lambda: True
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -246,9 +251,11 @@ class DockerBackend:
             await anyio.sleep(self.settings.reap_interval_seconds)
             if self._manager is None:
                 continue
+            removed = []
             try:
-                removed = await _thread(self._manager.reap)
-                await _thread(self.store.prune)
+                if self.is_leader():
+                    removed = await _thread(self._manager.reap)
+                    await _thread(self.store.prune)
             except Unavailable as exc:
                 log.warning("reaper: %s", exc.message)
                 continue
@@ -284,7 +291,7 @@ class DockerBackend:
     def pool_target(self) -> int:
         """How many warm containers the pool holds now: pool_size, or the last burst's size while it is recent."""
         s = self.settings
-        if s.pool_size <= 0:
+        if s.pool_size <= 0 or not self.is_leader():
             return 0
         if time.monotonic() - self._pool_peak_at > s.pool_shrink_seconds:
             self._pool_peak = 0
@@ -340,6 +347,8 @@ class DockerBackend:
             if target > self.settings.pool_size:  # wake up to shrink when the burst is over
                 shrink_at = self._pool_peak_at + self.settings.pool_shrink_seconds - now + 0.01
                 wait = shrink_at if wait is None else min(wait, shrink_at)
+            if not self.is_leader():  # look again soon: this replica may take over
+                wait = LEADER_RECHECK_SECONDS if wait is None else min(wait, LEADER_RECHECK_SECONDS)
             with anyio.move_on_after(wait if wait is not None else float("inf")):
                 await self._pool_wanted.wait()
 
