@@ -81,6 +81,26 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
 ]
+MIGRATIONS.append((
+    2,
+    """
+    CREATE TABLE skills (
+        id TEXT PRIMARY KEY, principal TEXT NOT NULL, display_name TEXT NOT NULL, name TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL, latest_version_id TEXT NOT NULL
+    );
+    CREATE INDEX skills_principal ON skills (principal, created_at);
+    CREATE TABLE versions (
+        id TEXT PRIMARY KEY, skill_id TEXT NOT NULL, epoch TEXT NOT NULL, name TEXT NOT NULL,
+        description TEXT NOT NULL, digest TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+        seq BIGSERIAL NOT NULL
+    );
+    CREATE INDEX versions_skill ON versions (skill_id, created_at);
+    CREATE TABLE skill_blobs (
+        version_id TEXT PRIMARY KEY REFERENCES versions (id) ON DELETE CASCADE,
+        data       BYTEA NOT NULL
+    );
+    """,
+))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

@@ -23,13 +23,14 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from .database import CHUNK_BYTES, connect, migrate
 from .files import _COLUMNS, FileRecord, FileStore, StoredFileNotFound, _to_us, is_file_id
 from .sandboxes import OwnerRegistry
+from .skills_store import SkillStore
 
 
 class _Adapter:
@@ -140,6 +141,63 @@ class PgFileStore(FileStore):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
         return removed
+
+
+_SKILL_COLS = "id, principal, display_name, name, created_at, updated_at, latest_version_id"
+_VERSION_COLS = "id, skill_id, epoch, name, description, digest, created_at"
+
+
+class _SkillAdapter(_Adapter):
+    """``SkillStore``'s SQLite dialect on PostgreSQL: explicit transactions, insertion order
+    (``rowid``) as the ``seq`` column, ``SELECT *`` as the columns its rows unpack."""
+
+    def execute(self, sql: str, args: Any = ()) -> Any:
+        sql = (sql.replace("BEGIN IMMEDIATE", "BEGIN").replace("rowid", "seq")
+               .replace("SELECT * FROM skills", f"SELECT {_SKILL_COLS} FROM skills")
+               .replace("SELECT * FROM versions", f"SELECT {_VERSION_COLS} FROM versions"))
+        return super().execute(sql, args)
+
+    @property
+    def in_transaction(self) -> bool:
+        import psycopg.pq
+
+        return bool(self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE)
+
+
+class PgSkillStore(SkillStore):
+    """Uploaded skills in the shared database: rows in ``skills``/``versions``, each version's zip
+    in ``skill_blobs`` (inserted in the transaction that adds the version); ``root/blobs`` caches them."""
+
+    def __init__(self, url: str, root: Path) -> None:
+        self.root = root
+        (root / "blobs").mkdir(parents=True, exist_ok=True)
+        self._conn = open_database(url)
+        self._lock = threading.RLock()
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[Any]:
+        with self._lock:
+            db = _SkillAdapter(self._conn)
+            try:
+                yield db
+            finally:
+                if db.in_transaction:  # an exception between BEGIN and COMMIT
+                    self._conn.execute("ROLLBACK")
+
+    def _insert_version(self, db: Any, v: Any) -> None:  # type: ignore[override]
+        super()._insert_version(db, v)
+        db.execute("INSERT INTO skill_blobs (version_id, data) VALUES (?, ?)", (v.id, super().blob_path(v.id).read_bytes()))
+
+    def blob_path(self, version_id: str) -> Path:
+        path = super().blob_path(version_id)
+        if not path.exists():
+            with self._lock:
+                row = self._conn.execute("SELECT data FROM skill_blobs WHERE version_id = %s", (version_id,)).fetchone()
+            if row is not None:
+                tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+                tmp.write_bytes(row[0])
+                os.replace(tmp, path)
+        return path
 
 
 class PgOwnerRegistry(OwnerRegistry):
@@ -275,4 +333,4 @@ class PgSessionLedger:
                 )
 
 
-__all__ = ["PgCallRateLimiter", "PgFileStore", "PgOwnerRegistry", "PgSessionLedger", "StoredFileNotFound", "open_database"]
+__all__ = ["PgCallRateLimiter", "PgFileStore", "PgOwnerRegistry", "PgSessionLedger", "PgSkillStore", "StoredFileNotFound", "open_database"]
