@@ -186,10 +186,10 @@ def test_a_skill_uploaded_on_one_replica_loads_on_another(postgres_url: str, tmp
 
     md = b"---\nname: s\ndescription: x\n---\n"
     a, b = PgSkillStore(postgres_url, tmp_path / "a"), PgSkillStore(postgres_url, tmp_path / "b")
-    row, version = a.create("alice", "s", "x", [("SKILL.md", 0o644, md), ("run.sh", 0o755, b"echo hi")], "S")
+    row, _ = a.create("alice", "s", "x", [("SKILL.md", 0o644, md), ("run.sh", 0o755, b"echo hi")], "S")
     loaded = {p: (m, d) for p, m, d in b.resolve(row.id, "latest", "alice").load()}
     assert loaded == {"SKILL.md": (0o644, md), "run.sh": (0o755, b"echo hi")}
-    assert [s.id for s in b.latest_skills("alice")] == [row.id] and b.latest_skills("bob") == []
+    assert [s.skill_id for s in b.latest_skills("alice")] == [row.id] and b.latest_skills("bob") == []
     b.delete(row.id, "alice")
     assert a.list(None, 10, 0) == []
     with connect(postgres_url) as conn:
