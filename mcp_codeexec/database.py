@@ -101,6 +101,16 @@ MIGRATIONS.append((
     );
     """,
 ))
+MIGRATIONS.append((
+    3,
+    """
+    CREATE TABLE session_containers (
+        session_key  TEXT PRIMARY KEY,
+        container_id TEXT NOT NULL,
+        updated      DOUBLE PRECISION NOT NULL
+    );
+    """,
+))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
@@ -195,6 +205,16 @@ def open_owner_registry(settings: Any, root: Any) -> Any:
     return OwnerRegistry(root)
 
 
+def open_session_map(settings: Any) -> Any:
+    """Which container each MCP session (and each principal's session-less default) uses, shared
+    by replicas; None for one server (the backend's own memory is the map)."""
+    if url := _pg(settings):
+        from .pg_store import SharedSessionMap
+
+        return SharedSessionMap(url)
+    return None
+
+
 def open_leader(settings: Any) -> Any:
     """A started ``LeaderElection`` for replicas sharing PostgreSQL; None for one server (it leads)."""
     if url := _pg(settings):
@@ -205,4 +225,4 @@ def open_leader(settings: Any) -> Any:
 
 
 __all__ = ["CHUNK_BYTES", "LEADER_LOCK", "MIGRATIONS", "SCHEMA_VERSION", "connect", "is_postgres", "migrate", "open_file_store", "open_leader", "open_owner_registry", "open_rate_limiter",
-           "open_session_ledger"]
+           "open_session_ledger", "open_session_map"]

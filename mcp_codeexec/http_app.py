@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from . import session_adoption
 from .backends.base import Backend
 from .config import Settings
 from .database import open_file_store, open_session_ledger
@@ -95,8 +97,11 @@ class SecurityMiddleware:
     """Bearer auth, Host/Origin allow-lists and a request body limit, before anything is parsed."""
 
     def __init__(self, app: ASGIApp, *, tokens: dict[str, str] | None, allowed_hosts: set[str],
-                 allowed_origins: set[str], max_body: int, max_upload: int, sessions: SessionLedger | None = None) -> None:
+                 allowed_origins: set[str], max_body: int, max_upload: int, sessions: SessionLedger | None = None,
+                 session_manager: Callable[[], Any] | None = None) -> None:
         self.app = app
+        # Replicas sharing the session ledger serve each other's sessions (see session_adoption).
+        self.session_manager = session_manager
         self.sessions = sessions if tokens is not None else None  # --no-auth: one user, the SDK's own cap
         self.tokens = tokens
         # Compared as SHA-256 digests of the raw bytes: constant time, any length, any bytes
@@ -177,7 +182,14 @@ class SecurityMiddleware:
             await send(message)
 
         if sid is not None:
-            await _ledger(ledger, "begin", principal, sid)
+            held = await _ledger(ledger, "begin", principal, sid)
+            if getattr(ledger, "blocking", False) and self.session_manager is not None:
+                if not held:  # ended or expired on some replica (or never this principal's): gone everywhere
+                    await _reject_session(send)
+                    return
+                manager = self.session_manager()
+                if not session_adoption.knows(manager, sid):
+                    await session_adoption.adopt(manager, sid, scope, version)
         try:
             await self._app_with_limit(scope, receive, noting_send, max_body)
         finally:
@@ -245,6 +257,14 @@ async def _too_large(send: Send, max_body: int) -> None:
     await _reject(send, 413, "request_too_large", f"request body over {max_body} bytes", extra=[(b"connection", b"close")])
 
 
+async def _reject_session(send: Send) -> None:
+    """The SDK's answer for an unknown session (the client starts a new one)."""
+    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": INVALID_REQUEST, "message": "Session not found"}}).encode()
+    await send({"type": "http.response.start", "status": 404,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def _ledger(ledger: Any, name: str, *args: Any, **kw: Any) -> Any:
     """A ledger call: the shared (PostgreSQL) ledger does I/O, so it runs off the event loop."""
     method = functools.partial(getattr(ledger, name), *args, **kw)
@@ -297,6 +317,7 @@ def create_http_app(settings: Settings, *, backend: Backend | None = None, store
     app.add_middleware(
         SecurityMiddleware, tokens=tokens, allowed_hosts=hosts, allowed_origins=origins, max_body=settings.max_request_bytes,
         max_upload=settings.max_upload_bytes, sessions=open_session_ledger(settings),
+        session_manager=lambda: server.session_manager,
     )
     return app
 

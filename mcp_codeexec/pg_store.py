@@ -273,6 +273,28 @@ class PgCallRateLimiter:
         return 0.0 if admitted else (1.0 - tokens) / self.rate
 
 
+class SharedSessionMap:
+    """Session key → container id for every replica: a session (or a principal's session-less
+    default) started on one replica continues in the same container on the next."""
+
+    def __init__(self, url: str) -> None:
+        self._conn = open_database(url)
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute("SELECT container_id FROM session_containers WHERE session_key = %s", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set(self, key: str, container_id: str) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO session_containers (session_key, container_id, updated) VALUES (%s, %s, %s) "
+                "ON CONFLICT (session_key) DO UPDATE SET container_id = EXCLUDED.container_id, updated = EXCLUDED.updated",
+                (key, container_id, time.time()),
+            )
+
+
 class PgSessionLedger:
     """``SessionLedger`` across replicas: a session opened on one replica counts on all of them.
 
@@ -333,4 +355,4 @@ class PgSessionLedger:
                 )
 
 
-__all__ = ["PgCallRateLimiter", "PgFileStore", "PgOwnerRegistry", "PgSessionLedger", "PgSkillStore", "StoredFileNotFound", "open_database"]
+__all__ = ["PgCallRateLimiter", "PgFileStore", "PgOwnerRegistry", "PgSessionLedger", "PgSkillStore", "SharedSessionMap", "StoredFileNotFound", "open_database"]

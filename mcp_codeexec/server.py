@@ -27,7 +27,7 @@ from mcp.shared.exceptions import MCPError
 from . import __version__
 from .backends.base import Backend, CallContext, CodeTools, Outcome, ProducedFile
 from .config import Settings
-from .database import open_file_store, open_leader, open_rate_limiter
+from .database import open_file_store, open_leader, open_rate_limiter, open_session_map
 from .errors import CodeExecError, ContainerExpired, TooManyRequests, Unavailable, error_block
 from .files import FileStore, StoredFileNotFound, guess_mime, is_file_id
 from .inputs import ALL_TOOLS, BASH, CODE, EDITOR, validate_input
@@ -508,6 +508,8 @@ def create_server(
                 stack.push_async_callback(anyio.to_thread.run_sync, leader.stop)
                 if hasattr(the_backend, "is_leader"):
                     the_backend.is_leader = leader.is_leader
+                if hasattr(the_backend, "session_map"):
+                    the_backend.session_map = await anyio.to_thread.run_sync(open_session_map, settings)
             if hasattr(the_backend, "__aenter__"):
                 await stack.enter_async_context(the_backend)  # type: ignore[arg-type]
             else:

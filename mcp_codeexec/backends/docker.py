@@ -169,6 +169,9 @@ class DockerBackend:
         # Replicas sharing a database set this to their leader election (mcp_codeexec/leader.py):
         # only the leader keeps a warm pool, reaps and prunes files. One server always leads.
         self.is_leader: Callable[[], bool] = lambda: True
+        # ... and this to the shared session → container map (pg_store.SharedSessionMap), so a
+        # session continues in its container whichever replica serves its next request.
+        self.session_map: Any = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -531,6 +534,8 @@ class DockerBackend:
                 return sandbox
         async with self._lock(ctx.session_key):
             cid = self._sessions.get(ctx.session_key)
+            if cid is None and self.session_map is not None:
+                cid = await _thread(self.session_map.get, ctx.session_key)
             sandbox = self._sandboxes.get(cid) if cid else None
             if sandbox is not None and not sandbox.conn.closed.is_set():
                 await _check_skills(self.settings, sandbox, ctx)
@@ -551,6 +556,8 @@ class DockerBackend:
                 sandbox = await self._new_for(ctx.principal, ctx.skills)
             self._sandboxes[sandbox.record.id] = sandbox
             self._sessions[ctx.session_key] = sandbox.record.id
+            if self.session_map is not None and sandbox.record.id != cid:
+                await _thread(self.session_map.set, ctx.session_key, sandbox.record.id)
             await self._lease(sandbox.record.id)
             return sandbox
 

@@ -29,7 +29,7 @@ import pytest
 from mcp_codeexec.config import Settings
 from mcp_codeexec.sandboxes import L_ID, L_INSTALL, L_MANAGED, installation_label
 from tests.integration.conftest import make_settings
-from tests.support.http_probe import modern_call, rpc_payload, tool_result
+from tests.support.http_probe import legacy_call, modern_call, rpc_payload, tool_result
 from tests.support.servers import free_port, mcp_client, new_token, remove_installation, server_env
 
 pytestmark = pytest.mark.anyio
@@ -198,3 +198,28 @@ async def test_a_replica_killed_mid_call_gives_a_clear_error_and_the_next_call_e
                 "command": "sha256sum /workspace/keep | cut -c1-64", "container_id": cid}))
             assert res["structuredContent"]["stdout"].strip() == digest
         assert _our_containers(shared) == {cid}
+
+
+async def test_a_handshake_session_opened_on_one_replica_continues_on_the_others_in_its_container(shared: Settings) -> None:
+    from tests.support.http_probe import legacy_headers, open_legacy_session
+
+    token = new_token()
+    with replicas(shared, token) as (r1, r2, r3), httpx2.Client(timeout=120) as http:
+        sid = open_legacy_session(http, r1.url, token)
+        seen = []
+        for n, r in enumerate((r1, r2, r3, r2)):  # no container_id: the session's own container
+            res = tool_result(legacy_call(http, r.url, token, sid, "bash_code_execution",
+                                          {"command": f"echo {n} >> /workspace/s; wc -l < /workspace/s"}, id=n + 2))
+            assert res["structuredContent"]["stdout"].strip() == str(n + 1), res
+            seen.append(res["_meta"]["container"]["id"])
+        assert len(set(seen)) == 1
+        # another principal's token cannot ride the session on any replica
+        assert legacy_call(http, r3.url, new_token(), sid, "bash_code_execution", {"command": "true"}).status_code == 401
+        # ended on one replica: gone on all
+        assert http.delete(r3.url + "/mcp", headers=legacy_headers(token, sid)).status_code in (200, 204)
+        assert legacy_call(http, r1.url, token, sid, "bash_code_execution", {"command": "true"}).status_code == 404
+        # session-less requests without container_id share each principal's default container across replicas
+        a = _stateless(r1.url, token, "bash_code_execution", {"command": "echo x > /workspace/d"})
+        b = _stateless(r2.url, token, "bash_code_execution", {"command": "cat /workspace/d"})
+        assert b["structuredContent"]["stdout"] == "x\n" and a["_meta"]["container"]["id"] == b["_meta"]["container"]["id"]
+        assert _our_containers(shared) == {seen[0], a["_meta"]["container"]["id"]}
