@@ -17,6 +17,7 @@ and each one after the first finds the versions already recorded in ``schema_mig
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ def connect(url: str, **kw: Any) -> psycopg.Connection[Any]:
         ) from None
     return psycopg.connect(
         url, autocommit=True, connect_timeout=10, keepalives=1, keepalives_idle=5, keepalives_interval=2,
-        keepalives_count=3, application_name="mcp-codeexec", **kw,
+        keepalives_count=3, application_name=f"mcp-codeexec/{os.getpid()}", **kw,
     )
 
 

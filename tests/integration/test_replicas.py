@@ -223,3 +223,66 @@ async def test_a_handshake_session_opened_on_one_replica_continues_on_the_others
         b = _stateless(r2.url, token, "bash_code_execution", {"command": "cat /workspace/d"})
         assert b["structuredContent"]["stdout"] == "x\n" and a["_meta"]["container"]["id"] == b["_meta"]["container"]["id"]
         assert _our_containers(shared) == {seen[0], a["_meta"]["container"]["id"]}
+
+
+def _leader_pid(url: str) -> int | None:
+    """The OS pid of the replica holding the leader lock (its connection's application_name)."""
+    from mcp_codeexec.database import LEADER_LOCK
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND ((l.classid::bigint << 32) | l.objid::bigint) = %s",
+            (LEADER_LOCK,)).fetchone()
+    return int(row[0].rsplit("/", 1)[1]) if row else None
+
+
+async def test_the_leader_replica_killed_is_replaced_within_seconds_and_calls_go_on(shared: Settings) -> None:
+    token = new_token()
+    with replicas(shared, token) as reps:
+        url = shared.database_url
+        assert url is not None
+        pids = {r.proc.pid: r for r in reps}
+        deadline = time.monotonic() + 10
+        while (leader := _leader_pid(url)) is None and time.monotonic() < deadline:
+            await anyio.sleep(0.1)
+        assert leader in pids, (leader, list(pids))
+        pids[leader].proc.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        new = None
+        while time.monotonic() - killed < 15:
+            new = _leader_pid(url)
+            if new is not None and new != leader:
+                break
+            await anyio.sleep(0.05)
+        took = time.monotonic() - killed
+        assert new in pids and new != leader, new
+        assert took < 5.0, f"hand-over took {took:.2f} s"
+        print(f"leader replica killed: replaced after {took:.2f} s")
+        survivor = next(r for pid, r in pids.items() if pid != leader)
+        res = await anyio.to_thread.run_sync(lambda: _stateless(survivor.url, token, "bash_code_execution", {"command": "echo ok"}))
+        assert res["structuredContent"]["stdout"] == "ok\n"
+
+
+async def test_sigterm_drains_a_replica_its_call_is_answered_and_the_next_call_elsewhere_continues(shared: Settings) -> None:
+    token = new_token()
+    with replicas(shared, token) as (r1, r2, r3):
+        made = await anyio.to_thread.run_sync(lambda: _stateless(r1.url, token, "bash_code_execution", {
+            "command": "echo kept > /workspace/k"}))
+        cid = made["_meta"]["container"]["id"]
+        box: dict[str, Any] = {}
+
+        def call() -> None:
+            box["result"] = _stateless(r2.url, token, "bash_code_execution", {
+                "command": "sleep 2; echo finished", "container_id": cid})
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        await anyio.sleep(1)
+        r2.proc.send_signal(signal.SIGTERM)  # within the grace: the call in flight finishes
+        await anyio.to_thread.run_sync(caller.join, 30.0)
+        assert box["result"]["structuredContent"]["stdout"] == "finished\n", box
+        assert await anyio.to_thread.run_sync(r2.proc.wait, 30) == 0
+        res = await anyio.to_thread.run_sync(lambda: _stateless(r3.url, token, "bash_code_execution", {
+            "command": "cat /workspace/k", "container_id": cid}))
+        assert res["structuredContent"]["stdout"] == "kept\n"
