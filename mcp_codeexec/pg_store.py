@@ -234,6 +234,13 @@ class PgOwnerRegistry(OwnerRegistry):
         with self._lock:
             return [r[0] for r in self._conn.execute("SELECT cid FROM sandbox_owners ORDER BY cid").fetchall()]
 
+    def age(self, cid: str) -> float | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT extract(epoch FROM now() - updated)::double precision FROM sandbox_owners WHERE cid = %s", (cid,)
+            ).fetchone()
+        return float(row[0]) if row else None
+
 
 class PgCallRateLimiter:
     """``CallRateLimiter`` with the buckets in the database: N replicas admit ``per_minute`` calls a

@@ -472,6 +472,10 @@ class DockerBackend:
 
     async def _new_for(self, owner: str, wanted: tuple[Any, ...] | None = None) -> Sandbox:
         owned = sum(1 for s in self._sandboxes.values() if s.owner == owner)
+        if owner != "local" and self.session_map is not None and owned < self.settings.max_containers_per_principal:
+            # Replicas: the quota counts the principal's running sandboxes on the engine, whichever replica made them.
+            manager = await self._manager_or_raise()
+            owned = max(owned, await _thread(lambda: sum(1 for r, _ in manager.list(all_=False) if r.owner == owner)))
         if owner != "local" and owned >= self.settings.max_containers_per_principal:
             raise TooManyRequests(f"at most {self.settings.max_containers_per_principal} containers per principal")
         manager = await self._manager_or_raise()

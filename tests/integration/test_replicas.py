@@ -286,3 +286,22 @@ async def test_sigterm_drains_a_replica_its_call_is_answered_and_the_next_call_e
         res = await anyio.to_thread.run_sync(lambda: _stateless(r3.url, token, "bash_code_execution", {
             "command": "cat /workspace/k", "container_id": cid}))
         assert res["structuredContent"]["stdout"] == "kept\n"
+
+
+async def test_the_per_principal_container_quota_holds_across_replicas(tmp_path: Path, docker_engine: None,
+                                                                       postgres_url: str) -> None:
+    from tests.support.http_probe import open_legacy_session
+
+    s = make_settings(tmp_path, database_url=postgres_url, max_containers_per_principal=2)
+    token = new_token()
+    try:
+        with replicas(s, token) as reps, httpx2.Client(timeout=120) as http:
+            outcomes = []
+            for n, r in enumerate(reps):  # a new session (its own container) on each replica
+                sid = open_legacy_session(http, r.url, token)
+                res = tool_result(legacy_call(http, r.url, token, sid, "bash_code_execution", {"command": "true"}, id=n + 2))
+                outcomes.append(res["structuredContent"].get("error_code", "ok"))
+            assert outcomes == ["ok", "ok", "too_many_requests"], outcomes  # 2 in all, not 2 per replica
+            assert len(_our_containers(s)) == 2
+    finally:
+        remove_installation(s)
