@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -305,3 +306,24 @@ async def test_the_per_principal_container_quota_holds_across_replicas(tmp_path:
             assert len(_our_containers(s)) == 2
     finally:
         remove_installation(s)
+
+
+def test_the_typescript_sdk_continues_one_session_and_one_container_across_three_replicas(shared: Settings) -> None:
+    from tests.support.npm import NODE_DIR, ensure_installed
+
+    sdk = NODE_DIR / "node_modules" / "@modelcontextprotocol" / "sdk" / "package.json"
+    ensure_installed("the MCP TypeScript SDK", "@modelcontextprotocol/sdk", sdk.is_file)
+    script = Path(__file__).parent / "js" / "replicas_client.mjs"
+    token = new_token()
+    with replicas(shared, token) as reps:
+        env = {**os.environ, "NODE_PATH": str(NODE_DIR / "node_modules")}
+        # ESM resolves packages from the script's folder up: run a copy inside NODE_DIR
+        runner = NODE_DIR / "replicas_client.mjs"
+        runner.write_text(script.read_text())
+        proc = subprocess.run(["node", str(runner), token, *(r.url for r in reps)], capture_output=True, text=True,
+                              timeout=180, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    steps = out["steps"]
+    assert [s["stdout"] for s in steps] == ["from-ts\n"] * 5, steps
+    assert len({s["container"] for s in steps}) == 1 and all(s.get("error") is None for s in steps)
