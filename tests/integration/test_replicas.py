@@ -327,3 +327,26 @@ def test_the_typescript_sdk_continues_one_session_and_one_container_across_three
     steps = out["steps"]
     assert [s["stdout"] for s in steps] == ["from-ts\n"] * 5, steps
     assert len({s["container"] for s in steps}) == 1 and all(s.get("error") is None for s in steps)
+
+
+async def test_progress_of_a_call_reaches_the_client_from_the_replica_that_runs_it(tmp_path: Path, docker_engine: None,
+                                                                                  postgres_url: str) -> None:
+    s = make_settings(tmp_path, database_url=postgres_url, progress_interval=0.3)
+    token = new_token()
+    try:
+        with replicas(s, token) as (r1, r2, _):
+            async with mcp_client("http", s, base_url=r1.url, token=token) as client:
+                cid = (await client.call_tool("bash_code_execution", {"command": "true"})).meta["container"]["id"]
+            updates: list[str | None] = []
+
+            async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                updates.append(message)
+
+            async with mcp_client("http", s, base_url=r2.url, token=token) as client:
+                result = await client.call_tool(
+                    "bash_code_execution", {"command": "for i in 1 2 3 4; do echo tick$i; sleep 0.5; done", "container_id": cid},
+                    progress_callback=on_progress)
+            assert result.structured_content["stdout"].count("tick") == 4
+            assert updates and any("tick" in (m or "") for m in updates), updates
+    finally:
+        remove_installation(s)
