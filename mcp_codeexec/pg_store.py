@@ -81,24 +81,24 @@ class PgFileStore(FileStore):
         """The row and every chunk in one transaction: a reader sees the whole file or none of it."""
         import psycopg
 
-        conn = self._db.conn  # type: ignore[attr-defined]
+        self._check_open()
         try:
-            with self._lock:
-                self._check_open()
-                with conn.transaction(), builtins.open(tmp, "rb") as src:
-                    conn.execute(
-                        f"INSERT INTO files ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                        (
-                            record.id, record.filename, record.size, record.mime_type, _to_us(record.created_at),
-                            record.container_id, record.origin, record.principal, record.sha256,
-                            int(record.downloadable), _to_us(record.expires_at) if record.expires_at else None,
-                        ),
-                    )
-                    n = 0
-                    with conn.cursor() as cur:
-                        while data := src.read(CHUNK_BYTES):
-                            cur.execute("INSERT INTO file_chunks (file_id, n, data) VALUES (%s, %s, %s)", (record.id, n, data))
-                            n += 1
+            # A connection of its own: a large upload's transaction does not hold up the replica's
+            # other file requests on the shared one.
+            with connect(self.url) as conn, conn.transaction(), builtins.open(tmp, "rb") as src:
+                conn.execute(
+                    f"INSERT INTO files ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        record.id, record.filename, record.size, record.mime_type, _to_us(record.created_at),
+                        record.container_id, record.origin, record.principal, record.sha256,
+                        int(record.downloadable), _to_us(record.expires_at) if record.expires_at else None,
+                    ),
+                )
+                n = 0
+                with conn.cursor() as cur:
+                    while data := src.read(CHUNK_BYTES):
+                        cur.execute("INSERT INTO file_chunks (file_id, n, data) VALUES (%s, %s, %s)", (record.id, n, data))
+                        n += 1
         except psycopg.errors.UniqueViolation:
             tmp.unlink(missing_ok=True)
             raise FileExistsError(f"file id already in use: {record.id}") from None
@@ -120,14 +120,12 @@ class PgFileStore(FileStore):
 
     def _materialise(self, file_id: str, path: Path) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=file_id + ".", suffix=".cache")
+        self._check_open()
         try:
-            with os.fdopen(fd, "wb") as out, self._lock:
-                self._check_open()
-                conn = self._db.conn  # type: ignore[attr-defined]
-                with conn.cursor() as cur:
-                    cur.execute("SELECT data FROM file_chunks WHERE file_id = %s ORDER BY n", (file_id,))
-                    for (data,) in cur:
-                        out.write(data)
+            with os.fdopen(fd, "wb") as out, connect(self.url) as conn, conn.cursor() as cur:
+                cur.execute("SELECT data FROM file_chunks WHERE file_id = %s ORDER BY n", (file_id,))
+                for (data,) in cur:
+                    out.write(data)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
