@@ -47,10 +47,33 @@ class _Adapter:
         self.conn.close()
 
 
+class _Link:
+    """A connection that comes back: after the database restarted or a network blip, the next
+    statement reconnects (the statement that met the failure raised; nothing is retried, so nothing
+    is applied twice)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn = connect(url)
+        migrate(self._conn)
+
+    def _live(self) -> Any:
+        if self._conn.closed or self._conn.broken:
+            self._conn = connect(self.url)
+        return self._conn
+
+    def execute(self, *args: Any, **kw: Any) -> Any:
+        return self._live().execute(*args, **kw)
+
+    def __getattr__(self, name: str) -> Any:  # transaction(), cursor(), info, ...
+        return getattr(self._live(), name)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 def open_database(url: str) -> Any:
-    conn = connect(url)
-    migrate(conn)
-    return conn
+    return _Link(url)
 
 
 class PgFileStore(FileStore):
