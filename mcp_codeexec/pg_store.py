@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .database import CHUNK_BYTES, connect, migrate
+from .errors import Unavailable
 from .files import _COLUMNS, FileRecord, FileStore, StoredFileNotFound, _to_us, is_file_id
 from .sandboxes import OwnerRegistry
 from .skills_store import SkillStore
@@ -63,7 +64,12 @@ class _Link:
         return self._conn
 
     def execute(self, *args: Any, **kw: Any) -> Any:
-        return self._live().execute(*args, **kw)
+        import psycopg
+
+        try:
+            return self._live().execute(*args, **kw)
+        except psycopg.OperationalError as exc:  # the database is gone: the hosted tools' `unavailable`
+            raise Unavailable(f"the shared database is unreachable: {str(exc).strip()[:300]}") from exc
 
     def __getattr__(self, name: str) -> Any:  # transaction(), cursor(), info, ...
         return getattr(self._live(), name)

@@ -197,13 +197,13 @@ def test_a_skill_uploaded_on_one_replica_loads_on_another(postgres_url: str, tmp
 
 
 def test_a_store_reconnects_after_its_connection_was_cut(postgres_url: str, tmp_path: Path) -> None:
-    import psycopg
+    from mcp_codeexec.errors import Unavailable
 
     with PgFileStore(postgres_url, tmp_path / "r") as store:
         rec = store.add_bytes(b"x", filename="a", origin="upload", principal="p")
         with connect(postgres_url) as admin:  # the database ends every other session (a restart, a failover)
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
-        with pytest.raises(psycopg.OperationalError):
-            store.get(rec.id)  # the call that meets the cut fails (clearly) ...
+        with pytest.raises(Unavailable, match="shared database is unreachable"):
+            store.get(rec.id)  # the call that meets the cut fails (answered `unavailable`) ...
         assert store.get(rec.id) == rec  # ... and the next one reconnects
