@@ -112,6 +112,15 @@ MIGRATIONS.append((
     );
     """,
 ))
+MIGRATIONS.append((
+    4,
+    """
+    CREATE TABLE container_use (
+        cid       TEXT PRIMARY KEY,
+        last_used DOUBLE PRECISION NOT NULL
+    );
+    """,
+))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

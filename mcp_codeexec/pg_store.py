@@ -328,6 +328,21 @@ class SharedSessionMap:
                 (key, container_id, time.time()),
             )
 
+    def touch(self, cid: str) -> None:
+        """``cid`` is being used (by this replica): no replica stops it as idle meanwhile."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO container_use (cid, last_used) VALUES (%s, %s) "
+                "ON CONFLICT (cid) DO UPDATE SET last_used = GREATEST(container_use.last_used, EXCLUDED.last_used)",
+                (cid, time.time()),
+            )
+
+    def last_used(self, cid: str) -> float | None:
+        """When any replica last used ``cid`` (wall clock), or None."""
+        with self._lock:
+            row = self._conn.execute("SELECT last_used FROM container_use WHERE cid = %s", (cid,)).fetchone()
+        return float(row[0]) if row else None
+
 
 class PgSessionLedger:
     """``SessionLedger`` across replicas: a session opened on one replica counts on all of them.

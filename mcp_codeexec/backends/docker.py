@@ -72,6 +72,8 @@ POOL_CONTAINER_BYTES = 16 * MiB
 POOL_MEMORY_SHARE = 0.25
 POOL_RETRY_SECONDS = 10.0
 LEADER_RECHECK_SECONDS = 1.0
+SHARED_USE_SECONDS = 10.0
+"""Replicas record a container's use in the database at most this often (idle stop reads it)."""
 """How often a follower replica's pool filler checks whether it has become the leader."""
 # While sessions are taking containers (a burst), refilling waits: its starts would take the CPU
 # the sessions' first calls (and their own starts) need right now.
@@ -172,6 +174,7 @@ class DockerBackend:
         # ... and this to the shared session → container map (pg_store.SharedSessionMap), so a
         # session continues in its container whichever replica serves its next request.
         self.session_map: Any = None
+        self._shared_use: dict[str, float] = {}  # when this replica last recorded a container's use
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -277,6 +280,8 @@ class DockerBackend:
             limit = self.idle_limit(sandbox)
             if limit <= 0 or sandbox.inflight or now - sandbox.last_used < limit:
                 continue
+            if self.session_map is not None and await self._used_elsewhere(cid, limit):
+                continue  # idle here, busy on another replica: not ours to stop
             async with self._lock(cid):
                 if sandbox.inflight or now - sandbox.last_used < limit or self._sandboxes.get(cid) is not sandbox:
                     continue
@@ -290,6 +295,27 @@ class DockerBackend:
                 except Unavailable as exc:
                     log.warning("stopping idle sandbox %s: %s", cid, exc.message)
                 await _thread(self._manager.leases.release, cid)
+
+    async def _note_use(self, cid: str) -> None:
+        """Replicas: tell the others this container is in use (at most every SHARED_USE_SECONDS)."""
+        if self.session_map is None:
+            return
+        now = time.monotonic()
+        every = min(SHARED_USE_SECONDS, self.settings.idle_stop_seconds / 4 or SHARED_USE_SECONDS)
+        if now - self._shared_use.get(cid, -every) < every:
+            return
+        self._shared_use[cid] = now
+        try:
+            await _thread(self.session_map.touch, cid)
+        except Unavailable as exc:
+            log.warning("sandbox %s: use not recorded: %s", cid, exc.message)
+
+    async def _used_elsewhere(self, cid: str, limit: float) -> bool:
+        try:
+            used = await _thread(self.session_map.last_used, cid)
+        except Unavailable:
+            return True  # cannot tell: stopping it under another replica's call would be worse
+        return used is not None and time.time() - used < limit
 
     def pool_target(self) -> int:
         """How many warm containers the pool holds now: pool_size, or the last burst's size while it is recent."""
@@ -609,6 +635,7 @@ class DockerBackend:
     ) -> dict[str, Any]:
         sandbox.inflight += 1
         try:
+            await self._note_use(sandbox.record.id)
             await self._deliver_pending(sandbox)
             async with sandbox.terminal if terminal else contextlib.nullcontext():
                 reply = await sandbox.conn.request(message, on_frame=on_frame, timeout=timeout)
@@ -621,6 +648,8 @@ class DockerBackend:
         finally:
             sandbox.inflight -= 1
             sandbox.last_used = time.monotonic()
+            with anyio.CancelScope(shield=True):
+                await self._note_use(sandbox.record.id)
         if reply["type"] == "error":
             error = _AGENT_ERRORS.get(reply.get("code", ""), Unavailable)(reply.get("message") or "sandbox error")
             error.container = sandbox.info

@@ -350,3 +350,29 @@ async def test_progress_of_a_call_reaches_the_client_from_the_replica_that_runs_
             assert updates and any("tick" in (m or "") for m in updates), updates
     finally:
         remove_installation(s)
+
+
+async def test_a_container_busy_on_one_replica_is_not_stopped_as_idle_by_another(tmp_path: Path, docker_engine: None,
+                                                                                postgres_url: str) -> None:
+    s = make_settings(tmp_path, database_url=postgres_url, idle_stop_seconds=3.0, reap_interval_seconds=1.0)
+    token = new_token()
+    try:
+        with replicas(s, token) as (r1, r2, _):
+            made = await anyio.to_thread.run_sync(lambda: _stateless(r1.url, token, "bash_code_execution", {
+                "command": "echo alive > /tmp/alive"}))  # /tmp is tmpfs: a stop would lose it
+            cid = made["_meta"]["container"]["id"]
+            for _ in range(8):  # replica 1 sees no use for 8 s; replica 2 uses it every second
+                await anyio.sleep(1)
+                res = await anyio.to_thread.run_sync(lambda: _stateless(r2.url, token, "bash_code_execution", {
+                    "command": "cat /tmp/alive", "container_id": cid}))
+                assert res["structuredContent"]["stdout"] == "alive\n", res
+            deadline = time.monotonic() + 20  # once nobody uses it, it is stopped (files stay)
+            client = docker.from_env()
+            try:
+                while client.containers.get(f"mcp-codeexec-{cid}").status == "running" and time.monotonic() < deadline:
+                    await anyio.sleep(0.5)
+                assert client.containers.get(f"mcp-codeexec-{cid}").status != "running"
+            finally:
+                client.close()
+    finally:
+        remove_installation(s)
