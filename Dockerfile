@@ -43,7 +43,8 @@ ENV PATH=/opt/mcp-codeexec/bin:$PATH \
     PYTHONUNBUFFERED=1
 
 COPY . /src
-RUN pip install /src && rm -rf /src
+# [postgres]: psycopg, for replicas sharing one database (MCP_CODEEXEC_DATABASE_URL).
+RUN pip install "/src[postgres]" && rm -rf /src
 
 ENV MCP_CODEEXEC_TRANSPORT=http \
     MCP_CODEEXEC_HOST=0.0.0.0 \

@@ -33,6 +33,7 @@ import anyio.to_thread
 
 from .backends.base import Backend, CallContext, CodeTools, Outcome
 from .config import Settings, load_settings
+from .database import open_file_store
 from .errors import CodeExecError, Unavailable, error_block
 from .files import FileStore, StoredFileNotFound
 from .inputs import BASH, CODE, EDITOR, validate_input
@@ -172,7 +173,7 @@ class Sandbox:
             if self._store is None:
                 settings = self.settings
                 self._store = await anyio.to_thread.run_sync(
-                    lambda: FileStore(settings.files_dir, settings.file_retention_days)
+                    lambda: open_file_store(settings)
                 )
                 stack.callback(self._store.close)
             # Callbacks run last-in first-out: the container is removed after the backend closed

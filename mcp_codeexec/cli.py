@@ -37,6 +37,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         "skills": getattr(args, "skills", None) or None,
         "mounts": getattr(args, "mount", None),
         "allowed_mount_roots": getattr(args, "allowed_mount_root", None),
+        "database_url": getattr(args, "database_url", None),
     }
     if getattr(args, "legacy_tool", False):
         print("mcp-codeexec: --legacy-tool is deprecated: code_execution (the Python REPL) is published by "
@@ -141,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="HTTP bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (default 8000)")
     serve.add_argument("--no-auth", action="store_true", help="HTTP without bearer tokens (loopback only)")
+    serve.add_argument("--database-url", metavar="postgresql://…",
+                       help="share files, ownership, sessions and pacing with other replicas through PostgreSQL")
     serve.add_argument("--fresh", action="store_true",
                        help="stdio: start in a fresh sandbox instead of resuming the most recent idle one")
     serve.add_argument("--services", action="store_true",

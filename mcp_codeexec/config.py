@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     http_max_sessions_per_principal: int = Field(
         default=256, ge=1, description="Open MCP sessions (with an Mcp-Session-Id) each HTTP token holder may hold."
     )
+    database_url: str | None = Field(
+        default=None,
+        description="Shared metadata store for N HTTP replicas: postgresql://… (default: embedded SQLite under data_dir).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     data_dir: Path = Field(default_factory=default_data_dir)
 
@@ -269,6 +273,13 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         path = os.environ.get("MCP_CODEEXEC_CONFIG") or str(default_config_file())
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=path))
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value and value.split("://", 1)[0] not in ("postgres", "postgresql", "sqlite"):
+            raise ValueError("database_url: only postgresql://… (or sqlite://, the embedded default) is supported")
+        return value or None
 
     @property
     def files_dir(self) -> Path:

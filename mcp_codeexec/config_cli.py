@@ -26,7 +26,7 @@ from pydantic_settings import EnvSettingsSource, TomlConfigSettingsSource
 
 from .config import Settings, default_config_file
 
-SECRETS = {"anthropic_api_key", "auth_tokens"}
+SECRETS = {"anthropic_api_key", "auth_tokens", "database_url"}  # a database URL may carry its password
 
 
 def config_file_path() -> Path:

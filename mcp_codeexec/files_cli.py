@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .config import Settings
+from .database import open_file_store
 from .files import CHUNK, FileRecord, FileStore, StoredFileNotFound
 
 LOCAL_PRINCIPAL = "local"
@@ -43,7 +44,7 @@ def register_cli(
 
     def store() -> FileStore:
         settings = get_settings()
-        return FileStore(settings.files_dir, settings.file_retention_days)
+        return open_file_store(settings)  # type: ignore[no-any-return]
 
     p = sub.add_parser("ls", help="list stored files, newest first")
     p.add_argument("--container", metavar="ID", help="only files of this container")

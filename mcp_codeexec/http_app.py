@@ -6,6 +6,7 @@ Host and Origin headers are checked on every request (DNS-rebinding protection).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -14,9 +15,12 @@ import logging
 import os
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.transport_security import TransportSecuritySettings
@@ -26,8 +30,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from . import session_adoption
 from .backends.base import Backend
 from .config import Settings
+from .database import open_file_store, open_session_ledger
 from .files import FileRecord, FileStore
 from .files_api import FORM_OVERHEAD_BYTES, files_routes
 from .server import create_backend, create_server
@@ -91,8 +97,11 @@ class SecurityMiddleware:
     """Bearer auth, Host/Origin allow-lists and a request body limit, before anything is parsed."""
 
     def __init__(self, app: ASGIApp, *, tokens: dict[str, str] | None, allowed_hosts: set[str],
-                 allowed_origins: set[str], max_body: int, max_upload: int, sessions: SessionLedger | None = None) -> None:
+                 allowed_origins: set[str], max_body: int, max_upload: int, sessions: SessionLedger | None = None,
+                 session_manager: Callable[[], Any] | None = None) -> None:
         self.app = app
+        # Replicas sharing the session ledger serve each other's sessions (see session_adoption).
+        self.session_manager = session_manager
         self.sessions = sessions if tokens is not None else None  # --no-auth: one user, the SDK's own cap
         self.tokens = tokens
         # Compared as SHA-256 digests of the raw bytes: constant time, any length, any bytes
@@ -153,7 +162,7 @@ class SecurityMiddleware:
         # The SDK opens a session for a request without a session id unless it is a session-less
         # (2026-07-28 and later) request, which it recognises by this header.
         would_open = sid is None and (version is None or version in HANDSHAKE_PROTOCOL_VERSIONS)
-        if would_open and ledger.at_cap(principal):
+        if would_open and await _ledger(ledger, "at_cap", principal):
             body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": INVALID_REQUEST, "message": (
                 f"too many open MCP sessions for this client ({ledger.per_principal}); end some with DELETE /mcp "
                 "or let idle ones expire")}}).encode()
@@ -169,16 +178,25 @@ class SecurityMiddleware:
                 status = message["status"]
                 answered = next((v.decode("latin-1") for k, v in message.get("headers", []) if k.lower() == b"mcp-session-id"), None)
                 if answered and status < 400:
-                    ledger.opened(principal, answered)
+                    await _ledger(ledger, "opened", principal, answered)
             await send(message)
 
         if sid is not None:
-            ledger.begin(principal, sid)
+            held = await _ledger(ledger, "begin", principal, sid)
+            if getattr(ledger, "blocking", False) and self.session_manager is not None:
+                if not held:  # ended or expired on some replica (or never this principal's): gone everywhere
+                    await _reject_session(send)
+                    return
+                manager = self.session_manager()
+                if not session_adoption.knows(manager, sid):
+                    await session_adoption.adopt(manager, sid, scope, version)
         try:
             await self._app_with_limit(scope, receive, noting_send, max_body)
         finally:
             if sid is not None:
-                ledger.end(principal, sid, gone=status == 404 or (scope["method"] == "DELETE" and 200 <= status < 300))
+                gone = status == 404 or (scope["method"] == "DELETE" and 200 <= status < 300)
+                with anyio.CancelScope(shield=True):
+                    await _ledger(ledger, "end", principal, sid, gone=gone)
 
     def _principal_of(self, token: str) -> str | None:
         if not token:
@@ -239,6 +257,20 @@ async def _too_large(send: Send, max_body: int) -> None:
     await _reject(send, 413, "request_too_large", f"request body over {max_body} bytes", extra=[(b"connection", b"close")])
 
 
+async def _reject_session(send: Send) -> None:
+    """The SDK's answer for an unknown session (the client starts a new one)."""
+    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": INVALID_REQUEST, "message": "Session not found"}}).encode()
+    await send({"type": "http.response.start", "status": 404,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _ledger(ledger: Any, name: str, *args: Any, **kw: Any) -> Any:
+    """A ledger call: the shared (PostgreSQL) ledger does I/O, so it runs off the event loop."""
+    method = functools.partial(getattr(ledger, name), *args, **kw)
+    return await anyio.to_thread.run_sync(method) if getattr(ledger, "blocking", False) else method()
+
+
 def _loopback_origin(origin: str, allowed_hosts: set[str]) -> bool:
     host = origin.split("://", 1)[-1].rsplit(":", 1)[0] if origin.count(":") >= 2 else origin.split("://", 1)[-1]
     return is_loopback(host) and any(is_loopback(h) for h in allowed_hosts)
@@ -259,7 +291,7 @@ def create_http_app(settings: Settings, *, backend: Backend | None = None, store
     if settings.no_auth:
         log.warning("HTTP AUTH IS DISABLED (--no-auth): anyone who can reach %s:%s can run code", settings.host, settings.port)
     tokens = None if settings.no_auth else load_tokens(settings)
-    store = FileStore(settings.files_dir, settings.file_retention_days) if store is None else store
+    store = open_file_store(settings) if store is None else store
     backend = create_backend(settings, store) if backend is None else backend
     server = create_server(settings, backend=backend, store=store, shutdown=shutdown)
 
@@ -284,7 +316,8 @@ def create_http_app(settings: Settings, *, backend: Backend | None = None, store
     )
     app.add_middleware(
         SecurityMiddleware, tokens=tokens, allowed_hosts=hosts, allowed_origins=origins, max_body=settings.max_request_bytes,
-        max_upload=settings.max_upload_bytes, sessions=SessionLedger(settings.http_max_sessions_per_principal),
+        max_upload=settings.max_upload_bytes, sessions=open_session_ledger(settings),
+        session_manager=lambda: server.session_manager,
     )
     return app
 

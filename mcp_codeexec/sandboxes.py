@@ -33,6 +33,7 @@ from docker.models.containers import Container
 from docker.types import Mount, Ulimit
 
 from .config import Settings
+from .database import open_owner_registry
 from .errors import ContainerExpired, Unavailable
 from .image import DERIVED_LABEL, derived_tag, image_tag, is_bare_name
 from .mounts import ResolvedMount, StagedMounts, decode, encode, resolve_all
@@ -264,6 +265,17 @@ class OwnerRegistry:
         with contextlib.suppress(FileNotFoundError):
             (self.root / f"{cid}.json").unlink()
 
+    def ids(self) -> list[str]:
+        """Every container with a record (the PostgreSQL registry overrides this and ``age``)."""
+        return sorted(p.stem for p in self.root.glob("container_*.json"))
+
+    def age(self, cid: str) -> float | None:
+        """Seconds since the record was last written; None when there is none."""
+        try:
+            return time.time() - (self.root / f"{cid}.json").stat().st_mtime
+        except FileNotFoundError:
+            return None
+
 
 class Leases:
     """Which sandboxes a live server is using for a session: an exclusive ``flock`` on
@@ -486,7 +498,7 @@ class SandboxManager:
         self.settings = settings
         self.client = client
         self.image = settings.image or image_tag("full")
-        self.owners = OwnerRegistry(settings.data_dir / "owners")
+        self.owners = open_owner_registry(settings, settings.data_dir / "owners")  # PostgreSQL when replicas share one
         self.leases = Leases(settings.data_dir / "leases")
         self.install = installation_label(settings.data_dir)
         self.volumes = QuotaVolumes(settings.volumes_dir, settings.quota, self.install)
@@ -640,8 +652,7 @@ class SandboxManager:
         if present is None:
             present = {record.id for record, _ in self.list()}
         found = []
-        for owner_file in sorted(self.owners.root.glob("container_*.json")):
-            cid = owner_file.stem
+        for cid in self.owners.ids():
             data = self.owners.revivable(cid)
             if cid not in present and data is not None and self._surviving_workspace(cid, data) is not None:
                 found.append((cid, data))
@@ -838,8 +849,8 @@ class SandboxManager:
             for volume in self.client.volumes.list(filters={"label": f"{L_INSTALL}={self.install}"}):
                 with contextlib.suppress(docker.errors.APIError):
                     volume.remove(force=True)
-        for owner_file in self.owners.root.glob("container_*.json"):
-            self.owners.forget(owner_file.stem)
+        for cid in self.owners.ids():
+            self.owners.forget(cid)
         self.remove_skills_images(0)
         for cid in self.staged.staged():
             with contextlib.suppress(OSError):
@@ -925,8 +936,7 @@ class SandboxManager:
         """``owner``'s unexpired sandboxes of this installation, most recently used first (the
         caller takes the first whose lease it gets)."""
         candidates = []
-        for owner_file in self.owners.root.glob("container_*.json"):
-            cid = owner_file.stem
+        for cid in self.owners.ids():
             data = self.owners.revivable(cid)
             if data is not None and data["owner"] == owner and not self.leases.in_use(cid):
                 candidates.append((self.last_used(cid, data), cid))
@@ -985,11 +995,10 @@ class SandboxManager:
         removed += self.evict_kept()
         # Ownership records of containers that are gone and cannot come back. Written only after
         # their container exists; the age guard covers a create racing this listing.
-        for owner_file in self.owners.root.glob("container_*.json"):
-            cid = owner_file.stem
-            with contextlib.suppress(FileNotFoundError):
-                if cid not in known and self.owners.revivable(cid) is None and time.time() - owner_file.stat().st_mtime > self.orphan_grace:
-                    self.owners.forget(cid)
+        for cid in self.owners.ids():
+            age = self.owners.age(cid)
+            if cid not in known and self.owners.revivable(cid) is None and age is not None and age > self.orphan_grace:
+                self.owners.forget(cid)
         # A skills image is kept while a container (running, stopped or revivable) may need it.
         if not self.detached(known):
             self.remove_skills_images(self.orphan_grace)

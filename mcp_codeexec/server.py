@@ -27,6 +27,7 @@ from mcp.shared.exceptions import MCPError
 from . import __version__
 from .backends.base import Backend, CallContext, CodeTools, Outcome, ProducedFile
 from .config import Settings
+from .database import open_file_store, open_leader, open_rate_limiter, open_session_map
 from .errors import CodeExecError, ContainerExpired, TooManyRequests, Unavailable, error_block
 from .files import FileStore, StoredFileNotFound, guess_mime, is_file_id
 from .inputs import ALL_TOOLS, BASH, CODE, EDITOR, validate_input
@@ -427,7 +428,9 @@ async def call_tool(state: AppState, tool: str, arguments: dict[str, Any], ctx: 
     request: BashInput | EditorInput | None = None
     try:
         if ctx.paced and state.http_limiter is not None:
-            wait = state.http_limiter.admit(ctx.principal)
+            limiter = state.http_limiter
+            wait = (await anyio.to_thread.run_sync(limiter.admit, ctx.principal) if getattr(limiter, "blocking", False)
+                    else limiter.admit(ctx.principal))
             if wait:
                 raise TooManyRequests(
                     f"rate limit: {state.settings.http_calls_per_minute:g} tool calls a minute per client "
@@ -503,15 +506,22 @@ def create_server(
     async def lifespan(_: Server[AppState]) -> AsyncIterator[AppState]:
         async with AsyncExitStack() as stack:
             file_store = store or await anyio.to_thread.run_sync(
-                lambda: FileStore(settings.files_dir, settings.file_retention_days)
+                lambda: open_file_store(settings)
             )
             the_backend = backend or create_backend(settings, file_store)
+            leader = await anyio.to_thread.run_sync(open_leader, settings)  # None: one server, it leads
+            if leader is not None:
+                stack.push_async_callback(anyio.to_thread.run_sync, leader.stop)
+                if hasattr(the_backend, "is_leader"):
+                    the_backend.is_leader = leader.is_leader
+                if hasattr(the_backend, "session_map"):
+                    the_backend.session_map = await anyio.to_thread.run_sync(open_session_map, settings)
             if hasattr(the_backend, "__aenter__"):
                 await stack.enter_async_context(the_backend)  # type: ignore[arg-type]
             else:
                 await the_backend.start()
                 stack.push_async_callback(the_backend.aclose)
-            limiter = CallRateLimiter(settings.http_calls_per_minute, settings.http_call_burst) if settings.http_calls_per_minute else None
+            limiter = await anyio.to_thread.run_sync(open_rate_limiter, settings)
             registry = None
             if settings.tools_config is not None:
                 registry = await stack.enter_async_context(registry_from_settings(settings))

@@ -421,9 +421,10 @@ class SkillRef:
 class Catalog:
     """Folder skills (fixed at start-up) and the principal-scoped uploaded ones (``SkillStore``)."""
 
-    def __init__(self, folder_skills: list[Skill], store_root: Path | None) -> None:
+    def __init__(self, folder_skills: list[Skill], store_root: Path | None, database_url: str | None = None) -> None:
         self.folder = tuple(folder_skills)
         self._store_root = store_root
+        self._database_url = database_url  # postgresql://…: uploaded skills shared by replicas
         self._store: SkillStore | None = None
         self._lock = threading.Lock()
 
@@ -434,7 +435,12 @@ class Catalog:
                 from .skills_store import SkillStore
 
                 assert self._store_root is not None
-                self._store = SkillStore(self._store_root)
+                if self._database_url and self._database_url.startswith(("postgres://", "postgresql://")):
+                    from .pg_store import PgSkillStore
+
+                    self._store = PgSkillStore(self._database_url, self._store_root)
+                else:
+                    self._store = SkillStore(self._store_root)
             return self._store
 
     def folder_set(self) -> SkillSet:
@@ -513,9 +519,10 @@ _catalogs_lock = threading.Lock()
 def catalog_for(settings: Settings) -> Catalog:
     """The settings' catalog, built (and validated) once per process. Raises SkillInvalid."""
     dirs = tuple(str(Path(d).expanduser().resolve()) for d in settings.skills)
-    key = (dirs, str(settings.data_dir))
+    database_url = getattr(settings, "database_url", None)
+    key = (dirs, str(settings.data_dir), database_url)
     with _catalogs_lock:
         catalog = _catalogs.get(key)
         if catalog is None:
-            catalog = _catalogs[key] = Catalog(load_folders(Path(d) for d in dirs), settings.data_dir / "skills")
+            catalog = _catalogs[key] = Catalog(load_folders(Path(d) for d in dirs), settings.data_dir / "skills", database_url)
         return catalog

@@ -11,6 +11,9 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# postgres_server / postgres_url: a throwaway PostgreSQL cluster (tests/support/postgres.py).
+pytest_plugins = ["tests.support.postgres"]
+
 
 def docker_available() -> str | None:
     """None when a Docker engine answers, else why not."""

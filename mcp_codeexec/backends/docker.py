@@ -74,6 +74,10 @@ POOL_BURST_WINDOW = 10.0
 POOL_CONTAINER_BYTES = 16 * MiB
 POOL_MEMORY_SHARE = 0.25
 POOL_RETRY_SECONDS = 10.0
+LEADER_RECHECK_SECONDS = 1.0
+SHARED_USE_SECONDS = 10.0
+"""Replicas record a container's use in the database at most this often (idle stop reads it)."""
+"""How often a follower replica's pool filler checks whether it has become the leader."""
 # While sessions are taking containers (a burst), refilling waits: its starts would take the CPU
 # the sessions' first calls (and their own starts) need right now.
 POOL_REFILL_QUIET = 0.5
@@ -173,6 +177,13 @@ class DockerBackend:
         self._stack = AsyncExitStack()
         self.pending_dir = settings.data_dir / "pending"
         self._checkpoints: Checkpointer | None = None  # idle checkpoints with memory (runsc), see checkpoint.py
+        # Replicas sharing a database set this to their leader election (mcp_codeexec/leader.py):
+        # only the leader keeps a warm pool, reaps and prunes files. One server always leads.
+        self.is_leader: Callable[[], bool] = lambda: True
+        # ... and this to the shared session → container map (pg_store.SharedSessionMap), so a
+        # session continues in its container whichever replica serves its next request.
+        self.session_map: Any = None
+        self._shared_use: dict[str, float] = {}  # when this replica last recorded a container's use
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -311,9 +322,11 @@ class DockerBackend:
             await anyio.sleep(self.settings.reap_interval_seconds)
             if self._manager is None:
                 continue
+            removed = []
             try:
-                removed = await _thread(self._manager.reap)
-                await _thread(self.store.prune)
+                if self.is_leader():
+                    removed = await _thread(self._manager.reap)
+                    await _thread(self.store.prune)
             except Unavailable as exc:
                 log.warning("reaper: %s", exc.message)
                 continue
@@ -332,6 +345,8 @@ class DockerBackend:
             limit = self.idle_limit(sandbox)
             if limit <= 0 or sandbox.inflight or now - sandbox.last_used < limit:
                 continue
+            if self.session_map is not None and await self._used_elsewhere(cid, limit):
+                continue  # idle here, busy on another replica: not ours to stop
             async with self._lock(cid):
                 if sandbox.inflight or now - sandbox.last_used < limit or self._sandboxes.get(cid) is not sandbox:
                     continue
@@ -352,10 +367,31 @@ class DockerBackend:
                     log.warning("stopping idle sandbox %s: %s", cid, exc.message)
                 await _thread(self._manager.leases.release, cid)
 
+    async def _note_use(self, cid: str) -> None:
+        """Replicas: tell the others this container is in use (at most every SHARED_USE_SECONDS)."""
+        if self.session_map is None:
+            return
+        now = time.monotonic()
+        every = min(SHARED_USE_SECONDS, self.settings.idle_stop_seconds / 4 or SHARED_USE_SECONDS)
+        if now - self._shared_use.get(cid, -every) < every:
+            return
+        self._shared_use[cid] = now
+        try:
+            await _thread(self.session_map.touch, cid)
+        except Unavailable as exc:
+            log.warning("sandbox %s: use not recorded: %s", cid, exc.message)
+
+    async def _used_elsewhere(self, cid: str, limit: float) -> bool:
+        try:
+            used = await _thread(self.session_map.last_used, cid)
+        except Unavailable:
+            return True  # cannot tell: stopping it under another replica's call would be worse
+        return used is not None and time.time() - used < limit
+
     def pool_target(self) -> int:
         """How many warm containers the pool holds now: pool_size, or the last burst's size while it is recent."""
         s = self.settings
-        if s.pool_size <= 0:
+        if s.pool_size <= 0 or not self.is_leader():
             return 0
         if time.monotonic() - self._pool_peak_at > s.pool_shrink_seconds:
             self._pool_peak = 0
@@ -411,6 +447,8 @@ class DockerBackend:
             if target > self.settings.pool_size:  # wake up to shrink when the burst is over
                 shrink_at = self._pool_peak_at + self.settings.pool_shrink_seconds - now + 0.01
                 wait = shrink_at if wait is None else min(wait, shrink_at)
+            if not self.is_leader():  # look again soon: this replica may take over
+                wait = LEADER_RECHECK_SECONDS if wait is None else min(wait, LEADER_RECHECK_SECONDS)
             with anyio.move_on_after(wait if wait is not None else float("inf")):
                 await self._pool_wanted.wait()
 
@@ -533,6 +571,10 @@ class DockerBackend:
 
     async def _new_for(self, owner: str, wanted: tuple[Any, ...] | None = None, mounts: Any = None) -> Sandbox:
         owned = sum(1 for s in self._sandboxes.values() if s.owner == owner)
+        if owner != "local" and self.session_map is not None and owned < self.settings.max_containers_per_principal:
+            # Replicas: the quota counts the principal's running sandboxes on the engine, whichever replica made them.
+            manager = await self._manager_or_raise()
+            owned = max(owned, await _thread(lambda: sum(1 for r, _ in manager.list(all_=False) if r.owner == owner)))
         if owner != "local" and owned >= self.settings.max_containers_per_principal:
             raise TooManyRequests(f"at most {self.settings.max_containers_per_principal} containers per principal")
         manager = await self._manager_or_raise()
@@ -598,6 +640,8 @@ class DockerBackend:
                 return sandbox
         async with self._lock(ctx.session_key):
             cid = self._sessions.get(ctx.session_key)
+            if cid is None and self.session_map is not None:
+                cid = await _thread(self.session_map.get, ctx.session_key)
             sandbox = self._sandboxes.get(cid) if cid else None
             if sandbox is not None and not sandbox.conn.closed.is_set():
                 await _check_skills(self.settings, sandbox, ctx)
@@ -619,6 +663,8 @@ class DockerBackend:
                 sandbox = await self._new_for(ctx.principal, ctx.skills, ctx.mounts)
             self._sandboxes[sandbox.record.id] = sandbox
             self._sessions[ctx.session_key] = sandbox.record.id
+            if self.session_map is not None and sandbox.record.id != cid:
+                await _thread(self.session_map.set, ctx.session_key, sandbox.record.id)
             await self._lease(sandbox.record.id)
             return sandbox
 
@@ -670,6 +716,7 @@ class DockerBackend:
     ) -> dict[str, Any]:
         sandbox.inflight += 1
         try:
+            await self._note_use(sandbox.record.id)
             await self._deliver_pending(sandbox)
             async with sandbox.terminal if terminal else contextlib.nullcontext():
                 reply = await sandbox.conn.request(message, on_frame=on_frame, timeout=timeout)
@@ -682,6 +729,8 @@ class DockerBackend:
         finally:
             sandbox.inflight -= 1
             sandbox.last_used = time.monotonic()
+            with anyio.CancelScope(shield=True):
+                await self._note_use(sandbox.record.id)
         if reply["type"] == "error":
             error = _AGENT_ERRORS.get(reply.get("code", ""), Unavailable)(reply.get("message") or "sandbox error")
             error.container = sandbox.info

@@ -26,9 +26,15 @@ from mcp_codeexec.files import (
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(256))
 
 
-@pytest.fixture
-def store(tmp_path: Path):
-    s = FileStore(tmp_path / "files", retention_days=30)
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path):
+    """Each test of the store's contract runs against both implementations."""
+    if request.param == "postgres":
+        from mcp_codeexec.pg_store import PgFileStore
+
+        s: FileStore = PgFileStore(request.getfixturevalue("postgres_url"), tmp_path / "files", retention_days=30)
+    else:
+        s = FileStore(tmp_path / "files", retention_days=30)
     yield s
     s.close()
 

@@ -149,10 +149,20 @@ def test_the_skills_setting_reads_a_toml_list(monkeypatch: pytest.MonkeyPatch, t
     assert load_settings(data_dir=str(tmp_path)).skills == [tmp_path / "a", tmp_path / "b"]
 
 
-def test_a_skill_store_round_trips_versions_by_id_epoch_and_latest(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+def skill_store(request: pytest.FixtureRequest, tmp_path: Path):
+    """The uploaded-skills store, embedded (SQLite) and shared by replicas (PostgreSQL)."""
+    if request.param == "postgres":
+        from mcp_codeexec.pg_store import PgSkillStore
+
+        return PgSkillStore(request.getfixturevalue("postgres_url"), tmp_path / "skills")
     from mcp_codeexec.skills_store import SkillStore
 
-    store = SkillStore(tmp_path / "skills")
+    return SkillStore(tmp_path / "skills")
+
+
+def test_a_skill_store_round_trips_versions_by_id_epoch_and_latest(tmp_path: Path, skill_store) -> None:
+    store = skill_store
     md = b"---\nname: s\ndescription: x\n---\n"
     row, v1 = store.create("alice", "s", "x", [("SKILL.md", 0o644, md)], "S")
     v2 = store.add_version("alice", row.id, "s", "y", [("SKILL.md", 0o644, md), ("run.sh", 0o755, b"echo")])
@@ -171,16 +181,15 @@ def test_a_skill_store_round_trips_versions_by_id_epoch_and_latest(tmp_path: Pat
     assert store.list(None, 10, 0) == [] and list((tmp_path / "skills" / "blobs").iterdir()) == []
 
 
-def test_every_skills_api_answer_validates_against_the_sdk_models(tmp_path: Path) -> None:
+def test_every_skills_api_answer_validates_against_the_sdk_models(tmp_path: Path, skill_store) -> None:
     from anthropic.types.beta import BetaDeletedSkill, BetaSkill
     from anthropic.types.beta.skills import BetaDeletedSkillVersion, BetaSkillVersion
     from starlette.applications import Starlette
     from starlette.testclient import TestClient
 
     from mcp_codeexec.skills_api import skills_routes
-    from mcp_codeexec.skills_store import SkillStore
 
-    store = SkillStore(tmp_path / "skills")
+    store = skill_store
     md = b"---\nname: s\ndescription: x\n---\n"
     files = [("files[]", ("s/SKILL.md", md, "text/markdown"))]
     with TestClient(Starlette(routes=skills_routes(lambda: store, lambda request: "alice"))) as client:
