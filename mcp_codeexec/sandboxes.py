@@ -482,6 +482,18 @@ class SandboxManager:
         self._creates = threading.Condition()
         self._active_creates = 0
         self._skills_images: dict[str, str] = {}
+        self._egress: Any = None
+
+    @property
+    def egress(self) -> Any:
+        """The allow-list's networks and proxies (network = "allowlist"; see egress.py)."""
+        if self._egress is None:
+            from .egress import Egress, Policy
+
+            s = self.settings
+            policy = Policy.from_settings(s.allow_hosts, s.mirrors, s.egress_network)
+            self._egress = Egress(self.client, policy, self.install, s.egress_image)
+        return self._egress
 
     @property
     def mounts(self) -> list[ResolvedMount]:
@@ -672,7 +684,7 @@ class SandboxManager:
             stdin_open=True,
             tty=False,
             user="1000:1000",
-            network_mode="bridge" if s.network else "none",
+            network_mode="bridge" if s.network is True else "none",
             cap_drop=["ALL"],
             security_opt=["no-new-privileges:true"],
             read_only=True,
@@ -694,10 +706,16 @@ class SandboxManager:
             kwargs.update(auto_remove=True, environment={"CODEEXEC_POOL": "1", "CODEEXEC_POOL_SILENCE": f"{POOL_SILENCE_SECONDS:g}"})
         if s.runtime:
             kwargs["runtime"] = s.runtime
+        allowlist = s.network == "allowlist"
+        if allowlist:  # its own internal network, proxy and proxy variables (removed with the sandbox)
+            egress = self.egress.prepare(cid)
+            kwargs.update(egress, environment={**kwargs.get("environment", {}), **egress["environment"]})
         with translate_docker_errors("creating a sandbox"):
             container = self.client.containers.create(**kwargs)
             try:
                 container.start()
+                if allowlist:
+                    self.egress.seal(container)
                 container.reload()
             except BaseException:
                 with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
@@ -748,6 +766,8 @@ class SandboxManager:
                     self.volumes.ensure_mounted(cid)
                 self._host_mounts(cid, container.labels)  # staging points a host reboot dropped
                 container.start()
+                if self.settings.network == "allowlist":
+                    self.egress.resume(cid, container)
                 container.reload()
             return record_of(container, self.owners), container
 
@@ -833,6 +853,8 @@ class SandboxManager:
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:  # 409: the engine is removing it already (AutoRemove)
                     raise
+        if self.settings.network == "allowlist":
+            self.egress.release(cid)
         self._remove_quietly(cid)
 
     def _remove_quietly(self, cid: str) -> None:
