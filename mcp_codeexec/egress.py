@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 PROXY_PORT = 3128
 PREFIX = "mcp-codeexec-egress-"
 L_EGRESS = "io.mcp-codeexec.egress"
-L_INSTALL = "io.mcp-codeexec.install"
+L_INSTALL = "io.mcp-codeexec.egress-install"  # not the sandboxes' key: these are not sandboxes
 SANDBOX_PREFIX = "mcp-codeexec-"
 READY_SECONDS = 20.0
 
@@ -121,9 +121,10 @@ class Policy:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def pin(policy: Policy, resolve: Any = socket.getaddrinfo) -> dict[str, list[str]]:
+def pin(policy: Policy, resolve: Any = None) -> dict[str, list[str]]:
     """Resolve each allowed, un-mirrored name once, here: its public IPv4 addresses. A name with
     any non-public answer is refused outright (a rebinding or internal name, not a partial pass)."""
+    resolve = resolve or socket.getaddrinfo
     pins: dict[str, list[str]] = {}
     for host in policy.hosts:
         if host in policy.mirrors:
@@ -183,6 +184,9 @@ def squid_conf(policy: Policy) -> str:
         "http_access allow allowed",
         "http_access deny all",
         "acl step1 at_step SslBump1",
+        # With SslBump on the port, squid confirms even a denied CONNECT ("200") and then answers
+        # ERR_ACCESS_DENIED inside TLS under its throwaway certificate (a verifying client sees a
+        # certificate error): nothing is sent upstream (HIER_NONE in its log).
         "ssl_bump peek step1",
     ]
     for i, host in enumerate(policy.hosts):
