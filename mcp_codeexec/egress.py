@@ -32,6 +32,7 @@ import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
 
 import docker
@@ -73,8 +74,11 @@ class EgressError(ValueError):
 def check_host(name: str) -> str:
     """An allowed host: an exact DNS name (no IP literal, wildcard, port or trailing dot)."""
     host = name.strip().lower()
-    with contextlib.suppress(ValueError):
+    try:
         ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    else:
         raise EgressError(f"allow_hosts: {name!r} is an IP address; list host names (an address would bypass the name check)")
     if "*" in host or host.startswith("."):
         raise EgressError(f"allow_hosts: {name!r}: wildcards are not supported (each name is resolved and pinned once); list each host")
@@ -354,11 +358,11 @@ class Egress:
     @staticmethod
     def _older_than(net: Any, seconds: float) -> bool:
         # A create in progress has its network and proxy before its sandbox: leave young ones alone.
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         created = str(net.attrs.get("Created", ""))[:26].rstrip("Z")
         try:
-            when = datetime.fromisoformat(created).replace(tzinfo=timezone.utc)
+            when = datetime.fromisoformat(created).replace(tzinfo=UTC)
         except ValueError:
             return True
-        return (datetime.now(timezone.utc) - when).total_seconds() > seconds
+        return (datetime.now(UTC) - when).total_seconds() > seconds
