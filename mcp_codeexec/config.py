@@ -148,7 +148,7 @@ class Settings(BaseSettings):
         default="bridge", description="The Docker network the allow-list proxy reaches allowed hosts through."
     )
     egress_image: str | None = Field(
-        default=None, description="The allow-list proxy image (default mcp-codeexec-egress:<version>, built when missing)."
+        default=None, description="The allow-list proxy image (default mcp-codeexec-egress:<version>-<recipe>, built when missing; the tag carries the recipe digest)."
     )
     quota: Literal["auto", "loop", "none"] = "auto"
     container_ttl_seconds: float = 30 * 24 * 3600

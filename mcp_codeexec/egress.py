@@ -216,7 +216,9 @@ def proxy_environment(address: str) -> dict[str, str]:
 def proxy_image_tag() -> str:
     from .image import image_tag
 
-    return "mcp-codeexec-egress:" + image_tag().rpartition(":")[2]
+    # The recipe's digest in the tag: a changed Dockerfile never reuses an image built from the old one.
+    recipe = hashlib.sha256(PROXY_DOCKERFILE.encode()).hexdigest()[:8]
+    return f"mcp-codeexec-egress:{image_tag().rpartition(':')[2]}-{recipe}"
 
 
 def ensure_proxy_image(client: docker.DockerClient, tag: str | None = None) -> str:

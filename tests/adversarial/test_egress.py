@@ -213,9 +213,9 @@ async def test_a_tls_sni_other_than_the_connect_name_is_cut_off(box: Sandbox, st
 async def test_a_host_header_other_than_the_sni_still_reaches_only_the_allowed_host(box: Sandbox, stand_in: StandIn) -> None:
     # Inside an unbroken TLS tunnel the proxy cannot see Host; the request still goes to pypi.org's
     # (here: the stand-in's) pinned address, never anywhere the Host header names.
-    result = await probe(box, "connect", "pypi.org:443", "pypi.org", "metadata.google.internal")
-    assert result.get("body") == "standin metadata.google.internal", result
-    assert seen(stand_in)[-1] == {"path": "/", "host": "metadata.google.internal", "sni": "pypi.org"}
+    result = await probe(box, "connect", "pypi.org:443", "pypi.org", "other-tenant.test")
+    assert result.get("body") == "standin other-tenant.test", result
+    assert seen(stand_in)[-1] == {"path": "/", "host": "other-tenant.test", "sni": "pypi.org"}
 
 
 async def test_raw_and_packet_sockets_are_denied(box: Sandbox) -> None:
@@ -294,5 +294,30 @@ async def test_removing_an_allowlist_sandbox_removes_its_proxy_and_network(
             client.containers.get(egress.PREFIX + record.id)
         with pytest.raises(docker.errors.NotFound):
             client.networks.get(egress.PREFIX + record.id)
+    finally:
+        remove_installation(settings)
+
+
+async def test_a_stopped_sandbox_started_again_is_sealed_again_and_still_reaches_allowed_names(
+    tmp_path_factory: pytest.TempPathFactory, stand_in: StandIn
+) -> None:
+    # Idle stop and start give the container a fresh network namespace, with Docker's default route back.
+    from mcp_codeexec.sandboxes import SandboxManager
+
+    settings = allowlist_settings(tmp_path_factory.mktemp("restart"), stand_in)
+    client = docker.from_env()
+    manager = SandboxManager(settings, client)
+    try:
+        record, _ = manager.create("alice")
+        manager.stop(record.id)
+        _, container = manager.find(record.id)
+        routes = container.exec_run(["cat", "/proc/net/route"], user="1000:1000").output.decode().splitlines()[1:]
+        assert len(routes) == 1 and routes[0].split()[1] != "00000000", routes
+        code = ("import socket; s = socket.create_connection(('%s', 3128), 10); "
+                "s.sendall(b'CONNECT pypi.org:443 HTTP/1.1\\r\\nHost: pypi.org:443\\r\\n\\r\\n'); print(s.recv(100).decode())")
+        proxy_ip = container.attrs["Config"]["Env"]
+        address = next(e for e in proxy_ip if e.startswith("HTTPS_PROXY=")).rsplit("/", 1)[-1].split(":")[0]
+        out = container.exec_run(["python3", "-c", code % address], user="1000:1000").output.decode()
+        assert " 200 " in out, out
     finally:
         remove_installation(settings)
