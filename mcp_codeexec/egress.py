@@ -48,6 +48,7 @@ L_EGRESS = "io.mcp-codeexec.egress"
 L_INSTALL = "io.mcp-codeexec.egress-install"  # not the sandboxes' key: these are not sandboxes
 SANDBOX_PREFIX = "mcp-codeexec-"
 READY_SECONDS = 20.0
+SWEEP_GRACE_SECONDS = 60.0  # a create in progress has its network and proxy before its sandbox
 
 # Debian's squid (the OpenSSL build: SslBump peek reads the SNI) on the project's debootstrap base.
 PROXY_DOCKERFILE = """\
@@ -352,14 +353,13 @@ class Egress:
                 try:
                     self.client.containers.get(SANDBOX_PREFIX + cid)
                 except docker.errors.NotFound:
-                    if self._older_than(net, 60):
+                    if self._older_than(net, SWEEP_GRACE_SECONDS):
                         self.release(cid)
                         released.append(cid)
         return released
 
     @staticmethod
     def _older_than(net: Any, seconds: float) -> bool:
-        # A create in progress has its network and proxy before its sandbox: leave young ones alone.
         from datetime import datetime
 
         created = str(net.attrs.get("Created", ""))[:26].rstrip("Z")

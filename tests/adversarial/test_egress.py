@@ -321,3 +321,27 @@ async def test_a_stopped_sandbox_started_again_is_sealed_again_and_still_reaches
         assert " 200 " in out, out
     finally:
         remove_installation(settings)
+
+
+async def test_the_proxy_and_network_of_a_sandbox_removed_behind_the_servers_back_are_swept(
+    tmp_path_factory: pytest.TempPathFactory, stand_in: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mcp_codeexec.sandboxes import NAME_PREFIX, SandboxManager
+
+    settings = allowlist_settings(tmp_path_factory.mktemp("sweep"), stand_in)
+    client = docker.from_env()
+    manager = SandboxManager(settings, client)
+    try:
+        record, container = manager.create("alice")
+        container.remove(force=True)  # docker rm behind the server's back (or an auto-removed pool container)
+        assert client.networks.get(egress.PREFIX + record.id)
+        monkeypatch.setattr(egress, "SWEEP_GRACE_SECONDS", 0.0)
+        assert manager.egress.sweep() == [record.id]
+        with pytest.raises(docker.errors.NotFound):
+            client.containers.get(egress.PREFIX + record.id)
+        with pytest.raises(docker.errors.NotFound):
+            client.networks.get(egress.PREFIX + record.id)
+        with pytest.raises(docker.errors.NotFound):
+            client.containers.get(NAME_PREFIX + record.id)
+    finally:
+        remove_installation(settings)

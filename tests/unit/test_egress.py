@@ -133,3 +133,11 @@ def test_the_sandbox_gets_the_usual_proxy_variables() -> None:
     assert {env[k] for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "PIP_PROXY",
                              "npm_config_proxy", "npm_config_https_proxy")} == {url}
     assert env["NO_PROXY"] == env["no_proxy"] == "localhost,127.0.0.1,::1"
+
+
+def test_the_tool_description_names_the_allowed_hosts_and_no_dns(tmp_path: Path) -> None:
+    from mcp_codeexec.server import _limits
+
+    text = _limits(settings(tmp_path, network="allowlist", allow_hosts=["pypi.org", "github.com"]))
+    assert "HTTPS to pypi.org, github.com through a proxy (no DNS)" in text
+    assert "no network access (no internet, no DNS)" in _limits(settings(tmp_path))
