@@ -358,3 +358,17 @@ async def test_the_proxy_and_network_of_a_sandbox_removed_behind_the_servers_bac
             client.containers.get(NAME_PREFIX + record.id)
     finally:
         remove_installation(settings)
+
+
+async def test_the_python_api_opts_a_sandbox_into_the_allow_list(tmp_path_factory: pytest.TempPathFactory, stand_in: StandIn) -> None:
+    from mcp_codeexec.api import Sandbox as ApiSandbox
+
+    settings = adversarial_settings(tmp_path_factory.mktemp("api"))
+    try:
+        async with ApiSandbox(settings, call_timeout=30.0, network="allowlist", allow_hosts=["pypi.org"],
+                              mirrors={"pypi.org": stand_in.tls}, egress_network=stand_in.network) as sb:
+            block = await sb.bash("echo \"$HTTPS_PROXY\"; cat /proc/net/route | wc -l")
+            proxy, routes = block.stdout.split()
+            assert proxy.startswith("http://") and routes == "2"  # the header and the on-link route
+    finally:
+        remove_installation(settings)
