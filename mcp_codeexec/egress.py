@@ -10,7 +10,8 @@ Shape, per sandbox ``cid``:
   ClientHello so the SNI must be the CONNECT name (no fronting through an allowed host);
 * after the sandbox starts, a one-shot helper in the sandbox's network namespace deletes the default
   route Docker gives even internal networks, so the sandbox has one on-link route (to its proxy) and
-  no way out; its resolver forwards only to its own loopback (``dns 127.0.0.1``), so no DNS either.
+  no way out; its resolver forwards only to its own loopback (``dns 127.0.0.1``), so no DNS either:
+  the one name it can look up is its proxy's container name, which Docker answers from its own records.
 
 Names are resolved here, once, when the proxy is made (public addresses only) and pinned in squid's
 ``hosts_file``; squid itself has no name server. So a rebinding answer can never reach the proxy, and a
@@ -204,9 +205,9 @@ def squid_conf(policy: Policy) -> str:
     return "\n".join(lines)
 
 
-def proxy_environment(address: str) -> dict[str, str]:
+def proxy_environment(proxy: str) -> dict[str, str]:
     """The variables pip, npm, git, curl and Python's urllib read for their proxy."""
-    url = f"http://{address}:{PROXY_PORT}"
+    url = f"http://{proxy}:{PROXY_PORT}"
     local = "localhost,127.0.0.1,::1"
     env = {name: url for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "PIP_PROXY",
                                    "npm_config_proxy", "npm_config_https_proxy")}
@@ -289,7 +290,7 @@ class Egress:
             )
             self.client.networks.get(self.policy.outside).connect(proxy)
             proxy.start()
-            address = self._ready(proxy, name)
+            self._ready(proxy, name)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             self.release(cid)
             raise Unavailable(f"egress allow-list: starting the proxy of sandbox {cid}: {exc}") from exc
@@ -297,14 +298,23 @@ class Egress:
             self.release(cid)
             raise
         del net
-        return {"network_mode": name, "dns": ["127.0.0.1"], "dns_opt": ["timeout:1", "attempts:1"], "environment": proxy_environment(address)}
+        # The proxy by its container name, which Docker's resolver answers from its own records on this
+        # network (no forwarding): the address may change when the two are stopped and started again.
+        return {"network_mode": name, "dns": ["127.0.0.1"], "dns_opt": ["timeout:1", "attempts:1"],
+                "environment": proxy_environment(name)}
 
-    def _ready(self, proxy: Any, network: str) -> str:
+    @staticmethod
+    def _starts(proxy: Any) -> int:
+        """How many times squid has said it accepts connections (the log outlives restarts)."""
+        return proxy.logs(stdout=False, stderr=True).decode(errors="replace").count("Accepting ")
+
+    def _ready(self, proxy: Any, network: str, seen: int = 0) -> str:
+        """Wait until squid accepts connections (once more than ``seen`` times); its address on ``network``."""
         deadline = time.monotonic() + READY_SECONDS
         while True:
             proxy.reload()
             logs = proxy.logs(stdout=False, stderr=True).decode(errors="replace")
-            if "Accepting" in logs and "HTTP" in logs:
+            if logs.count("Accepting ") > seen:
                 return str(proxy.attrs["NetworkSettings"]["Networks"][network]["IPAddress"])
             if proxy.status not in ("created", "running") or time.monotonic() > deadline:
                 raise Unavailable(f"egress allow-list: the proxy did not start ({proxy.status}): {logs[-2000:]}")
@@ -328,10 +338,16 @@ class Egress:
 
     def resume(self, cid: str, sandbox: Any) -> None:
         """A stopped sandbox started again: its proxy too, and its fresh namespace sealed again."""
-        with contextlib.suppress(docker.errors.NotFound):
+        try:
             proxy = self.client.containers.get(PREFIX + cid)
             if proxy.status != "running":
+                seen = self._starts(proxy)
                 proxy.start()
+                self._ready(proxy, PREFIX + cid, seen)
+        except docker.errors.NotFound:
+            log.warning("sandbox %s: its allow-list proxy is gone; it has no network until it is made again", cid)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise Unavailable(f"egress allow-list: starting the proxy of sandbox {cid}: {exc}") from exc
         self.seal(sandbox)
 
     def release(self, cid: str) -> None:

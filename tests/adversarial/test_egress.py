@@ -155,7 +155,7 @@ async def test_the_usual_proxy_variables_point_at_the_proxy(box: Sandbox) -> Non
     url = env["HTTPS_PROXY"]
     for name in ("HTTP_PROXY", "http_proxy", "https_proxy", "PIP_PROXY", "npm_config_proxy", "npm_config_https_proxy"):
         assert env[name] == url, name
-    assert url.endswith(f":{egress.PROXY_PORT}")
+    assert url == f"http://{egress.PREFIX}{box.container_id}:{egress.PROXY_PORT}"
 
 
 # --- what works -----------------------------------------------------------------------------------
@@ -323,14 +323,16 @@ async def test_a_stopped_sandbox_started_again_is_sealed_again_and_still_reaches
     try:
         record, _ = manager.create("alice")
         manager.stop(record.id)
+        client.containers.get(egress.PREFIX + record.id).stop(timeout=1)  # a host reboot stops both
         _, container = manager.find(record.id)
         routes = container.exec_run(["cat", "/proc/net/route"], user="1000:1000").output.decode().splitlines()[1:]
         assert len(routes) == 1 and routes[0].split()[1] != "00000000", routes
         code = ("import socket; s = socket.create_connection(('%s', 3128), 10); "
                 "s.sendall(b'CONNECT pypi.org:443 HTTP/1.1\\r\\nHost: pypi.org:443\\r\\n\\r\\n'); print(s.recv(100).decode())")
-        proxy_ip = container.attrs["Config"]["Env"]
-        address = next(e for e in proxy_ip if e.startswith("HTTPS_PROXY=")).rsplit("/", 1)[-1].split(":")[0]
-        out = container.exec_run(["python3", "-c", code % address], user="1000:1000").output.decode()
+        env = container.attrs["Config"]["Env"]
+        proxy = next(e for e in env if e.startswith("HTTPS_PROXY=")).rsplit("/", 1)[-1].split(":")[0]
+        assert proxy == egress.PREFIX + record.id  # by name: its address may have changed with the restart
+        out = container.exec_run(["python3", "-c", code % proxy], user="1000:1000").output.decode()
         assert " 200 " in out, out
     finally:
         remove_installation(settings)

@@ -128,8 +128,8 @@ def test_the_proxy_allows_connect_to_443_of_listed_names_only_and_has_no_name_se
 
 
 def test_the_sandbox_gets_the_usual_proxy_variables() -> None:
-    env = egress.proxy_environment("172.30.0.2")
-    url = "http://172.30.0.2:3128"
+    env = egress.proxy_environment("mcp-codeexec-egress-container_1")
+    url = "http://mcp-codeexec-egress-container_1:3128"
     assert {env[k] for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "PIP_PROXY",
                              "npm_config_proxy", "npm_config_https_proxy")} == {url}
     assert env["NO_PROXY"] == env["no_proxy"] == "localhost,127.0.0.1,::1"
