@@ -38,6 +38,9 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         "mounts": getattr(args, "mount", None),
         "allowed_mount_roots": getattr(args, "allowed_mount_root", None),
         "database_url": getattr(args, "database_url", None),
+        "network": {"none": False, "on": True, "allowlist": "allowlist", None: None}[getattr(args, "network", None)],
+        "allow_hosts": getattr(args, "allow_host", None),
+        "mirrors": getattr(args, "mirror", None),
     }
     if getattr(args, "legacy_tool", False):
         print("mcp-codeexec: --legacy-tool is deprecated: code_execution (the Python REPL) is published by "
@@ -118,6 +121,12 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
                    help="a host folder every sandbox gets (repeatable; read-only unless rw; inside an allowed root)")
     p.add_argument("--allowed-mount-root", action="append", metavar="DIR",
                    help="a host folder under which --mount may lie (repeatable; default: none, so no mounts)")
+    p.add_argument("--network", choices=["none", "on", "allowlist"],
+                   help="sandbox network: none (default), on (everything), allowlist (HTTPS to --allow-host names only)")
+    p.add_argument("--allow-host", action="append", metavar="NAME",
+                   help="with --network allowlist: a host name sandboxes may reach over HTTPS (repeatable)")
+    p.add_argument("--mirror", action="append", metavar="HOST=ADDRESS:PORT",
+                   help="with --network allowlist: reach allowed HOST at ADDRESS:PORT instead (a mirror; repeatable)")
     p.add_argument("--timeout", type=float, help="seconds a tool call may run")
     p.add_argument("--pool-size", type=int, help="warm containers kept ready")
     p.add_argument("--data-dir", help="where files, workspaces and state live")

@@ -161,7 +161,27 @@ class Settings(BaseSettings):
     disk_bytes: int = 5 * GiB
     tmp_bytes: int = 512 * MiB
     pids_limit: int = 512
-    network: bool = Field(default=False, description="Give sandboxes network access (explicit opt-in).")
+    network: bool | Literal["allowlist"] = Field(
+        default=False,
+        description="Sandbox network: false (none, the default), true (Docker's bridge: everything), or "
+        "\"allowlist\" (only HTTPS to `allow_hosts`, through a confining proxy; see SECURITY.md).",
+    )
+    allow_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="With network = \"allowlist\": the exact host names sandboxes may reach over HTTPS (port 443) "
+        "through the proxy (comma-separated in the environment).",
+    )
+    mirrors: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="With network = \"allowlist\": allowed host = \"ADDRESS:PORT\" to reach instead of the host's "
+        "own address (a company mirror); HOST=ADDRESS:PORT,... in the environment.",
+    )
+    egress_network: str = Field(
+        default="bridge", description="The Docker network the allow-list proxy reaches allowed hosts through."
+    )
+    egress_image: str | None = Field(
+        default=None, description="The allow-list proxy image (default mcp-codeexec-egress:<version>-<recipe>, built when missing; the tag carries the recipe digest)."
+    )
     quota: Literal["auto", "loop", "none"] = "auto"
     container_ttl_seconds: float = 30 * 24 * 3600
     pool_size: int = Field(default=1, ge=0, le=64, description="Warm containers kept ready when idle (0 = no pool).")
@@ -225,7 +245,7 @@ class Settings(BaseSettings):
     config_file: Path | None = Field(default=None, exclude=True)
 
     @field_validator("auth_tokens", "allowed_origins", "tools", "skills", "images", "allowed_mount_roots", "mounts",
-                     "named_mounts", mode="before")
+                     "named_mounts", "allow_hosts", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.startswith("["):
@@ -233,6 +253,41 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return json.loads(value)
         return value
+
+    @field_validator("mirrors", mode="before")
+    @classmethod
+    def _split_pairs(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.lstrip().startswith("{"):
+            pairs = [v.strip() for v in value.split(",") if v.strip()]
+            if any("=" not in p for p in pairs):
+                raise ValueError("mirrors: want HOST=ADDRESS:PORT[,HOST=ADDRESS:PORT...]")
+            return dict(p.split("=", 1) for p in pairs)
+        if isinstance(value, str):
+            return json.loads(value)
+        if isinstance(value, list):  # repeated --mirror HOST=ADDRESS:PORT
+            return cls._split_pairs(",".join(value))
+        return value
+
+    @model_validator(mode="after")
+    def _check_egress(self) -> Settings:
+        if self.network != "allowlist":
+            if self.allow_hosts or self.mirrors:
+                raise ValueError('allow_hosts / mirrors are used only with network = "allowlist"')
+            return self
+        from .egress import EgressError, Policy
+
+        if self.runtime == "runsc":
+            raise ValueError(
+                'network = "allowlist" is not supported under runsc: this project registers gVisor with '
+                "--network=none, so its sandboxes cannot reach the allow-list proxy; use runc"
+            )
+        if not self.allow_hosts:
+            raise ValueError('network = "allowlist" needs allow_hosts (the host names sandboxes may reach)')
+        try:
+            Policy.from_settings(self.allow_hosts, self.mirrors, self.egress_network)
+        except EgressError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
     @model_validator(mode="after")
     def _legacy_tool_alias(self) -> Settings:

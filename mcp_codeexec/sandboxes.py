@@ -510,6 +510,18 @@ class SandboxManager:
         self._active_creates = 0
         self._skills_images: dict[str, str] = {}
         self.checkpoints: Checkpointer | None = None  # set by the backend: restores idle checkpoints
+        self._egress: Any = None
+
+    @property
+    def egress(self) -> Any:
+        """The allow-list's networks and proxies (network = "allowlist"; see egress.py)."""
+        if self._egress is None:
+            from .egress import Egress, Policy
+
+            s = self.settings
+            policy = Policy.from_settings(s.allow_hosts, s.mirrors, s.egress_network)
+            self._egress = Egress(self.client, policy, self.install, s.egress_image)
+        return self._egress
 
     @property
     def mounts(self) -> list[ResolvedMount]:
@@ -702,7 +714,7 @@ class SandboxManager:
             stdin_open=True,
             tty=False,
             user="1000:1000",
-            network_mode="bridge" if s.network else "none",
+            network_mode="bridge" if s.network is True else "none",
             cap_drop=["ALL"],
             security_opt=["no-new-privileges:true"],
             read_only=True,
@@ -724,10 +736,16 @@ class SandboxManager:
             kwargs.update(auto_remove=True, environment={"CODEEXEC_POOL": "1", "CODEEXEC_POOL_SILENCE": f"{POOL_SILENCE_SECONDS:g}"})
         if s.runtime:
             kwargs["runtime"] = s.runtime
+        allowlist = s.network == "allowlist"
+        if allowlist:  # its own internal network, proxy and proxy variables (removed with the sandbox)
+            egress = self.egress.prepare(cid)
+            kwargs.update(egress, environment={**kwargs.get("environment", {}), **egress["environment"]})
         with translate_docker_errors("creating a sandbox"):
             container = self.client.containers.create(**kwargs)
             try:
                 container.start()
+                if allowlist:
+                    self.egress.seal(container)
                 container.reload()
             except BaseException:
                 with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
@@ -781,6 +799,8 @@ class SandboxManager:
                     self.checkpoints.start(container.id)  # from its idle checkpoint, memory and all, if it has one
                 else:
                     container.start()
+                if self.settings.network == "allowlist":
+                    self.egress.resume(cid, container)
                 container.reload()
             return record_of(container, self.owners), container
 
@@ -866,6 +886,8 @@ class SandboxManager:
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:  # 409: the engine is removing it already (AutoRemove)
                     raise
+        if self.settings.network == "allowlist":
+            self.egress.release(cid)
         self._remove_quietly(cid)
 
     def _remove_quietly(self, cid: str) -> None:

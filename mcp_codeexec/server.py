@@ -69,7 +69,9 @@ def _valid_unicode(value: Any) -> Any:
 
 
 def _limits(settings: Settings) -> str:
-    network = "network access enabled" if settings.network else "no network access (no internet, no DNS)"
+    network = "network access enabled" if settings.network is True else "no network access (no internet, no DNS)"
+    if settings.network == "allowlist":
+        network = "no network except HTTPS to " + ", ".join(settings.allow_hosts) + " through a proxy (no DNS)"
     return (
         f"Limits: {settings.cpus:g} CPU, {settings.memory_bytes / 2**30:g} GiB RAM, "
         f"{settings.disk_bytes / 2**30:g} GiB workspace disk, {settings.call_timeout:g} s per call, {network}."
@@ -120,7 +122,7 @@ def tool_definitions(settings: Settings) -> list[types.Tool]:
         ),
         input_schema=input_schema(BashInput),
         output_schema=BASH_OUTPUT_SCHEMA,
-        annotations=types.ToolAnnotations(title="Run a bash command", open_world_hint=settings.network),
+        annotations=types.ToolAnnotations(title="Run a bash command", open_world_hint=bool(settings.network)),
     )
     editor = types.Tool(
         name=EDITOR,
@@ -154,7 +156,7 @@ def tool_definitions(settings: Settings) -> list[types.Tool]:
         ),
         input_schema=input_schema(CodeInput),
         output_schema=CODE_OUTPUT_SCHEMA,
-        annotations=types.ToolAnnotations(title="Run Python in a persistent interpreter", open_world_hint=settings.network),
+        annotations=types.ToolAnnotations(title="Run Python in a persistent interpreter", open_world_hint=bool(settings.network)),
     )
     by_name = {BASH: bash, EDITOR: editor, CODE: code}
     published = [by_name[name] for name in ALL_TOOLS if name in settings.tools]
