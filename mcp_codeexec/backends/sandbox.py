@@ -1,7 +1,8 @@
-"""The docker backend: each MCP session gets a hardened sandbox container; calls travel as one
-framed request over the container's attach stream to the agent running as its PID 1.
-
-This module (with ``sandboxes``) is the only importer of ``docker``.
+"""The sandbox backend: what a sandbox *is*, on any engine. Each MCP session gets a hardened
+sandbox; calls travel as one framed request over the sandbox's byte stream to the agent running as
+its PID 1. Sessions -> sandboxes, the warm pool, idle stop, uploads and the calls live here once;
+how a sandbox is created, found, stopped, removed and reached is the engine's (``engines.base.Engine``:
+``engines.docker`` or ``engines.kubernetes``, built from the settings by ``engines.build``).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from anyio.abc import SocketStream, TaskGroup
-from docker.models.containers import Container
+from anyio.abc import TaskGroup
 
 from ..agent_client import AgentConnection, AgentGone
 from ..config import MiB, Settings
+from ..engines import build_engine
+from ..engines.base import POOL_KEEPALIVE_SECONDS, POOL_OWNER, CreateTicket, Engine, SandboxRecord
 from ..errors import (
     CodeExecError,
     ContainerExpired,
@@ -36,15 +38,6 @@ from ..errors import (
     Unavailable,
 )
 from ..files import FileStore, PendingFile
-from ..sandboxes import (
-    POOL_KEEPALIVE_SECONDS,
-    POOL_OWNER,
-    CreateTicket,
-    SandboxManager,
-    SandboxRecord,
-    connect,
-    translate_docker_errors,
-)
 from ..schemas import (
     BashInput,
     BashOutputBlock,
@@ -138,13 +131,15 @@ def queue_upload(pending_dir: Path, file_id: str, filename: str, container_id: s
     tmp.replace(queue / file_id)
 
 
-class DockerBackend:
-    name = "docker"
+class SandboxBackend:
+    """The tools in sandboxes of one engine (``settings.backend``: docker or kubernetes)."""
 
-    def __init__(self, settings: Settings, store: FileStore) -> None:
+    def __init__(self, settings: Settings, store: FileStore, engine: Engine | None = None) -> None:
         self.settings = settings
         self.store = store
-        self._manager: SandboxManager | None = None
+        self.name = engine.name if engine is not None else settings.backend
+        self._given_engine = engine
+        self._manager: Engine | None = None  # the engine, once connected, its image checked and its leftovers reaped
         self._sandboxes: dict[str, Sandbox] = {}
         self._sessions: dict[str, str] = {}
         self._locks: dict[str, anyio.Lock] = {}
@@ -167,12 +162,12 @@ class DockerBackend:
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    async def __aenter__(self) -> DockerBackend:
+    async def __aenter__(self) -> SandboxBackend:
         self._tg = await self._stack.enter_async_context(anyio.create_task_group())
         try:
             await self._manager_or_raise()
         except Unavailable as exc:
-            log.warning("docker backend not ready yet: %s", exc.message)
+            log.warning("%s backend not ready yet: %s", self.name, exc.message)
         except BaseException:
             # Cancelled while starting (a signal during start-up): leave the task group we entered,
             # or the caller's cancel scopes unwind out of order.
@@ -230,10 +225,9 @@ class DockerBackend:
         except AgentGone as exc:
             log.info("sandbox %s: shell state not saved: %s", sandbox.record.id, exc.message)
 
-    async def _manager_or_raise(self) -> SandboxManager:
+    async def _manager_or_raise(self) -> Engine:
         if self._manager is None:
-            client = await _thread(connect)
-            manager = SandboxManager(self.settings, client)
+            manager = self._given_engine or await _thread(build_engine, self.settings)
             await _thread(manager.resolve_image)
             removed = await _thread(manager.reap)
             if removed:
@@ -265,7 +259,7 @@ class DockerBackend:
         now = time.monotonic()
         for cid, sandbox in list(self._sandboxes.items()):
             limit = self.idle_limit(sandbox)
-            if limit <= 0 or sandbox.inflight or now - sandbox.last_used < limit:
+            if limit <= 0 or not self._manager.stoppable or sandbox.inflight or now - sandbox.last_used < limit:
                 continue
             async with self._lock(cid):
                 if sandbox.inflight or now - sandbox.last_used < limit or self._sandboxes.get(cid) is not sandbox:
@@ -416,20 +410,11 @@ class DockerBackend:
 
     # --- containers -------------------------------------------------------------------------
 
-    async def _connect(self, record: SandboxRecord, container: Container, owner: str) -> Sandbox:
+    async def _connect(self, record: SandboxRecord, handle: Any, owner: str) -> Sandbox:
         manager = self._manager
         assert manager is not None and self._tg is not None
-
-        def attach() -> Any:
-            with translate_docker_errors("attaching to a sandbox"):
-                sock = manager.client.api.attach_socket(
-                    container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-                )
-                return sock._sock  # the raw socket under docker-py's SocketIO
-
-        raw = await _thread(attach)
-        stream = await SocketStream.from_socket(raw)
-        conn = AgentConnection(stream, docker_mux=True, name=record.id)
+        stream, docker_mux = await manager.open_stream(record, handle)
+        conn = AgentConnection(stream, docker_mux=docker_mux, name=record.id)
         self._tg.start_soon(conn.run_reader)
         try:
             await conn.request({"op": "hello"}, timeout=30)
@@ -438,7 +423,7 @@ class DockerBackend:
             raise Unavailable(f"the sandbox {record.id} did not start its agent") from None
         return Sandbox(record, conn, owner)
 
-    async def _start_new(self, manager: SandboxManager, *, owner: str, pool: bool, skills: SkillSet | None = None) -> Sandbox:
+    async def _start_new(self, manager: Engine, *, owner: str, pool: bool, skills: SkillSet | None = None) -> Sandbox:
         ticket = CreateTicket()
         try:
             async with self._create_limiter:
