@@ -232,7 +232,7 @@ async def test_pool_containers_start_in_parallel_up_to_the_concurrency_setting(s
 
 
 async def test_a_burst_grows_the_pool_no_further_than_free_memory_allows(settings, monkeypatch):
-    monkeypatch.setattr("mcp_codeexec.backends.docker.pool_memory_cap", lambda: 2)
+    monkeypatch.setattr("mcp_codeexec.backends.sandbox.pool_memory_cap", lambda: 2)
     async with backend(settings, pool_size=1, pool_max=8) as b:
         for n in range(5):
             b._note_demand()
