@@ -542,9 +542,8 @@ class KubernetesEngine:
             except ApiException as exc:
                 if exc.status != 404:
                     raise
-        deadline = time.monotonic() + 60
-        while wait and self._read_pod(cid) is not None and time.monotonic() < deadline:
-            time.sleep(POLL_SECONDS)
+        if wait:
+            self.wait_gone(cid)
 
     def _delete(self, cid: str, *, keep_workspace: bool) -> None:
         from kubernetes.client.exceptions import ApiException
@@ -565,6 +564,15 @@ class KubernetesEngine:
                     if exc.status != 404:
                         raise
         self.leases.forget(cid)
+
+    def wait_gone(self, cid: str, timeout: float = 60.0) -> bool:
+        """Until the pod is deleted for good (False after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while self._read_pod(cid) is not None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(POLL_SECONDS)
+        return True
 
     def remove_installation(self) -> list[str]:
         """Every sandbox of this instance, expired or not (tests)."""

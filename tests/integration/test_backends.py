@@ -1,4 +1,4 @@
-"""The core behaviour on every sandbox backend, one test body each (``backend``: docker, kubernetes).
+"""The core behaviour on every sandbox backend, one test body each (``backend_name``: docker, kubernetes).
 
 Real MCP clients talk to real ``mcp-codeexec serve`` processes (stdio); the Kubernetes case starts
 them with ``--backend kubernetes --kubeconfig ...`` and its sandboxes are pods. Every result is
@@ -18,7 +18,6 @@ from mcp.client.stdio import StdioServerParameters
 
 from mcp_codeexec import Sandbox
 from mcp_codeexec.config import Settings
-from tests.support.backends import any_settings, backend  # noqa: F401 - fixtures
 from tests.support.oracle import assert_hosted_shape
 from tests.support.servers import server_env
 

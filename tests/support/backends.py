@@ -1,4 +1,4 @@
-"""One test, every sandbox backend: the ``backend`` fixture parametrises a test over Docker and
+"""One test, every sandbox backend: the ``backend_name`` fixture parametrises a test over Docker and
 Kubernetes (the Kubernetes case is marked ``kubernetes``, so ``-m kubernetes`` runs that tier alone).
 
 The Kubernetes case needs MCP_CODEEXEC_KUBECONFIG (``tests/k8s/cluster.sh up`` prints it); without
@@ -69,12 +69,12 @@ def remove_backend_installation(settings: Settings) -> None:
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
+def backend_name(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
 @pytest.fixture
-def any_settings(backend: str, tmp_path: Path) -> Iterator[Settings]:
-    s = backend_settings(backend, tmp_path)
+def any_settings(backend_name: str, tmp_path: Path) -> Iterator[Settings]:
+    s = backend_settings(backend_name, tmp_path)
     yield s
     remove_backend_installation(s)
