@@ -469,11 +469,14 @@ class KubernetesEngine:
             if record.expired:
                 raise ContainerExpired(cid, "it expired at " + record.expires.isoformat())
             phase = (pod.get("status") or {}).get("phase", "Pending")
-            if phase in ("Running", "Pending"):
+            if pod["metadata"].get("deletionTimestamp"):
+                self.wait_gone(cid)  # being deleted: as good as gone (only its claim can bring it back)
+            elif phase in ("Running", "Pending"):
                 return record, (pod if phase == "Running" else self.wait_running(cid))
-            # Ended (evicted, its agent exited, the node went away): only a claim brings the files back.
-            log.warning("sandbox %s: its pod ended (%s: %s)", cid, phase, _why(pod))
-            self._delete_pod(cid, wait=True)
+            else:
+                # Ended (evicted, its agent exited, the node went away): only a claim brings the files back.
+                log.warning("sandbox %s: its pod ended (%s: %s)", cid, phase, _why(pod))
+                self._delete_pod(cid, wait=True)
         return self._revive(cid)
 
     def _revive(self, cid: str) -> tuple[SandboxRecord, dict[str, Any]]:
