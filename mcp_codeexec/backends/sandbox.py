@@ -498,7 +498,8 @@ class SandboxBackend:
                 sandbox = self._sandboxes.get(container_id)
                 if sandbox is not None and sandbox.owner not in (ctx.principal, "local") and ctx.principal != "local":
                     raise ContainerExpired(container_id)
-                if sandbox is None or sandbox.conn.closed.is_set():
+                if sandbox is None or sandbox.conn.closed.is_set() or sandbox.record.expired:
+                    # (expired: the engine's find says so, even before its reaper or deadline removes it)
                     sandbox = await self._reattach(container_id, ctx.principal)
                     self._sandboxes[container_id] = sandbox
                 await _check_skills(self.settings, sandbox, ctx)
@@ -508,7 +509,7 @@ class SandboxBackend:
         async with self._lock(ctx.session_key):
             cid = self._sessions.get(ctx.session_key)
             sandbox = self._sandboxes.get(cid) if cid else None
-            if sandbox is not None and not sandbox.conn.closed.is_set():
+            if sandbox is not None and not sandbox.conn.closed.is_set() and not sandbox.record.expired:
                 await _check_skills(self.settings, sandbox, ctx)
                 return sandbox
             sandbox = None
