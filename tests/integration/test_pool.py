@@ -21,9 +21,9 @@ import pytest
 from mcp_codeexec.backends.base import CallContext
 from mcp_codeexec.backends.sandbox import SandboxBackend
 from mcp_codeexec.config import Settings
+from mcp_codeexec.engines.docker import L_ID, L_INSTALL, L_POOL, SandboxManager, connect, installation_label
 from mcp_codeexec.files import FileStore
 from mcp_codeexec.schemas import BashInput
-from mcp_codeexec.engines.docker import L_ID, L_INSTALL, L_POOL, SandboxManager, connect, installation_label
 from tests.integration.conftest import make_settings
 from tests.support.servers import mcp_client, server_env
 

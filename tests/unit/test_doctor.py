@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from mcp_codeexec import doctor
-from mcp_codeexec.engines import docker_endpoints
 from mcp_codeexec.config import load_settings
+from mcp_codeexec.engines import docker_endpoints
 
 
 @pytest.fixture
