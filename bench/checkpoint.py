@@ -38,7 +38,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
 from mcp_codeexec.config import Settings, load_settings
-from mcp_codeexec.sandboxes import NAME_PREFIX, installation_label
+from mcp_codeexec.engines.docker import NAME_PREFIX, installation_label
 
 from .harness import ServerLog, server_env
 from .run import remove_everything

@@ -24,8 +24,8 @@ from typing import Any
 import anyio
 
 from mcp_codeexec.config import load_settings
+from mcp_codeexec.engines.docker import SandboxManager, connect
 from mcp_codeexec.errors import Unavailable
-from mcp_codeexec.sandboxes import SandboxManager, connect
 
 from . import ptc, scenarios, user
 

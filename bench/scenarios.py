@@ -12,7 +12,7 @@ import anyio
 import anyio.to_thread
 
 from mcp_codeexec.config import Settings
-from mcp_codeexec.sandboxes import SandboxManager, connect
+from mcp_codeexec.engines.docker import SandboxManager, connect
 
 from .harness import (
     POOL_READY,

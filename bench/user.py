@@ -21,7 +21,7 @@ import anyio
 import anyio.to_thread
 
 from mcp_codeexec.backends.base import CallContext
-from mcp_codeexec.backends.docker import DockerBackend
+from mcp_codeexec.backends.sandbox import SandboxBackend
 from mcp_codeexec.config import Settings
 from mcp_codeexec.files import FileStore
 
@@ -81,10 +81,10 @@ async def floors(settings: Settings, plan: Plan) -> dict[str, Any]:
     out.update(_stats("floor_fork_exec_spaced", await anyio.to_thread.run_sync(fork_exec_samples, plan.spaced_calls, plan.pause_s)))
 
     s = settings.model_copy(update={"pool_size": 0})
-    async with DockerBackend(s, FileStore(s.files_dir, 30)) as backend:
+    async with SandboxBackend(s, FileStore(s.files_dir, 30)) as backend:
         sandbox = await backend.sandbox_for(CallContext(principal="local", session_key="bench-floor"), None)
         out.update(await _both("floor_agent_ping", lambda: sandbox.conn.request({"op": "ping"}, timeout=30), plan))
-        container = backend._manager.client.containers.get(sandbox.record.docker_id)  # type: ignore[union-attr]
+        container = backend._manager.client.containers.get(sandbox.record.ref)  # type: ignore[union-attr]
 
         def exec_samples(n: int, pause: float) -> list[float]:
             samples = []
@@ -327,7 +327,7 @@ async def density(settings: Settings, plan: Plan, logs: Path) -> dict[str, Any]:
         out.update({k.replace("probe", "density_alone"): v for k, v in (await _both("probe", lambda: _bash(client, "true"), lean)).items()})
 
         s = settings.model_copy(update={"pool_size": 0})
-        async with DockerBackend(s, FileStore(s.files_dir, 30)) as backend:
+        async with SandboxBackend(s, FileStore(s.files_dir, 30)) as backend:
             from mcp_codeexec.schemas import BashInput
 
             limiter = anyio.CapacityLimiter(8)
@@ -357,7 +357,7 @@ async def density(settings: Settings, plan: Plan, logs: Path) -> dict[str, Any]:
                 cg, sh, disk = [], [], []
                 parts: dict[str, list[int]] = {"anon": [], "file": [], "shmem": [], "kernel": []}
                 for sandbox in made:
-                    did = sandbox.record.docker_id
+                    did = sandbox.record.ref
                     if (m := _cgroup_memory(did)) is not None:
                         cg.append(m["current"])
                         for part in parts:

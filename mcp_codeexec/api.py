@@ -13,7 +13,7 @@ Failures of a call come back as data — ``BashError`` / ``EditorError`` blocks 
 ``error_code`` — exactly as the hosted tool reports them; only failing to get a sandbox at all
 (engine down, image missing) raises, from ``async with``, as ``errors.Unavailable``.
 
-A ``Sandbox`` drives a backend directly (``DockerBackend`` by default, ``HostedBackend`` with
+A ``Sandbox`` drives a backend directly (``SandboxBackend`` by default, ``HostedBackend`` with
 ``backend="hosted"``, or any object implementing ``backends.base.Backend``). The container it
 creates is removed when the block ends unless ``keep=True``; a container named by
 ``container_id`` is attached to and kept.
@@ -78,9 +78,9 @@ def _create_backend(settings: Settings, store: FileStore) -> Backend:
         from .backends.hosted import HostedBackend
 
         return HostedBackend(settings, store)
-    from .backends.docker import DockerBackend
+    from .backends.sandbox import SandboxBackend
 
-    return DockerBackend(settings, store)
+    return SandboxBackend(settings, store)
 
 
 class Sandbox:
@@ -216,15 +216,15 @@ class Sandbox:
     async def _remove_container(self) -> None:
         if self.keep or self._container_id is None:
             return
-        if getattr(self._backend, "name", None) != "docker":
+        if getattr(self._backend, "name", None) not in ("docker", "kubernetes"):
             return
-        from .sandboxes import SandboxManager, connect
+        from .engines import build_engine
 
         cid = self._container_id
         settings = self.settings
 
         def remove() -> None:
-            SandboxManager(settings, connect(timeout=30)).remove(cid)
+            build_engine(settings).remove(cid)
 
         try:
             with anyio.CancelScope(shield=True):
@@ -307,7 +307,7 @@ class Sandbox:
     # --- snapshots and forks (snapshots.py) ----------------------------------------------------
 
     def _manager(self) -> Any:
-        from .sandboxes import SandboxManager, connect
+        from .engines.docker import SandboxManager, connect
 
         return SandboxManager(self.settings, connect(timeout=30))
 

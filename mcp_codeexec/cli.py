@@ -41,6 +41,10 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         "network": {"none": False, "on": True, "allowlist": "allowlist", None: None}[getattr(args, "network", None)],
         "allow_hosts": getattr(args, "allow_host", None),
         "mirrors": getattr(args, "mirror", None),
+        "kubeconfig": getattr(args, "kubeconfig", None),
+        "k8s_namespace": getattr(args, "namespace", None),
+        "k8s_runtime_class": getattr(args, "runtime_class", None),
+        "k8s_storage_class": getattr(args, "storage_class", None),
     }
     if getattr(args, "legacy_tool", False):
         print("mcp-codeexec: --legacy-tool is deprecated: code_execution (the Python REPL) is published by "
@@ -114,7 +118,11 @@ def _image_ready(settings: Settings) -> bool:
 
 
 def _add_server_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=["docker", "hosted"], help="where calls run (default docker)")
+    p.add_argument("--backend", choices=["docker", "kubernetes", "hosted"], help="where calls run (default docker)")
+    p.add_argument("--kubeconfig", help="kubernetes backend: kubeconfig file (default: in-cluster service account)")
+    p.add_argument("--namespace", help="kubernetes backend: namespace of the sandbox pods (default: default)")
+    p.add_argument("--runtime-class", help="kubernetes backend: runtimeClassName of sandbox pods (e.g. gvisor)")
+    p.add_argument("--storage-class", help="kubernetes backend: StorageClass of a /workspace PVC per sandbox")
     p.add_argument("--runtime", choices=["runc", "runsc"], help="container runtime (runsc = gVisor)")
     p.add_argument("--image", help="sandbox image tag, or the NAME of an image made by `image build --name`")
     p.add_argument("--mount", action="append", metavar="HOST[:SANDBOX_PATH][:ro|rw]",
@@ -177,8 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _attach_upload(record: Any, container_id: str) -> None:
     """`files upload --container`: check the container exists, then queue the file for it."""
-    from .backends.docker import queue_upload
-    from .sandboxes import SandboxManager, connect
+    from .backends.sandbox import queue_upload
+    from .engines.docker import SandboxManager, connect
 
     settings = load_settings()
     SandboxManager(settings, connect()).find(container_id)

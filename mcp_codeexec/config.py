@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MCP_CODEEXEC_", extra="forbid", validate_default=True)
 
     # --- serving
-    backend: Literal["docker", "hosted"] = "docker"
+    backend: Literal["docker", "kubernetes", "hosted"] = "docker"
     transport: Literal["stdio", "http"] = "stdio"
     host: str = "127.0.0.1"
     port: int = 8000
@@ -130,6 +130,16 @@ class Settings(BaseSettings):
     skills: Annotated[list[Path], NoDecode] = Field(
         default_factory=list, description="Skills folders: each subfolder with a SKILL.md is read-only at /skills/<name>/ in every sandbox."
     )
+
+    # --- sandboxes on Kubernetes (backend = "kubernetes"; the image, limits and lifetimes below apply too)
+    kubeconfig: str | None = Field(default=None, description="Kubeconfig file (unset: the in-cluster service account).")
+    k8s_context: str | None = Field(default=None, description="Kubeconfig context (unset: its current context).")
+    k8s_namespace: str = Field(default="default", description="Namespace the sandbox pods, policies and claims live in.")
+    k8s_runtime_class: str | None = Field(default=None, description="runtimeClassName of sandbox pods (e.g. gvisor).")
+    k8s_storage_class: str | None = Field(
+        default=None, description="StorageClass of a PVC per /workspace (hard size, survives pod loss); unset: emptyDir sizeLimit (soft)."
+    )
+    k8s_image_pull_policy: Literal["Never", "IfNotPresent", "Always"] = "IfNotPresent"
 
     # --- sandboxes (docker backend)
     image: str | None = Field(

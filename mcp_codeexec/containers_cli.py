@@ -71,7 +71,7 @@ def _guard(action: Callable[[], int]) -> int:
 
 
 def _manager(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> Any:
-    from .sandboxes import SandboxManager, connect
+    from .engines.docker import SandboxManager, connect
 
     settings = get_settings(data_dir=ns.data_dir) if ns.data_dir else get_settings()
     return SandboxManager(settings, connect(timeout=15))
@@ -97,7 +97,7 @@ def _row(manager: Any, cid: str, owner: str, created: datetime, expires: datetim
 
 
 def _describe(manager: Any, record: Any, container: Any, sizes: dict[str, int] | None = None) -> dict[str, Any]:
-    from .sandboxes import NAME_PREFIX
+    from .engines.docker import NAME_PREFIX
 
     attrs = container.attrs or {}
     host_config = attrs.get("HostConfig") or {}
@@ -107,7 +107,7 @@ def _describe(manager: Any, record: Any, container: Any, sizes: dict[str, int] |
     return _row(
         manager, record.id, record.owner or "(pool)", record.created, record.expires, record.quota, usage,
         status=record.status, runtime=host_config.get("Runtime") or "runc", image=(attrs.get("Config") or {}).get("Image"),
-    ) | {"pool": record.pool, "this_data_dir": record.install == manager.install, "docker_id": record.docker_id[:12],
+    ) | {"pool": record.pool, "this_data_dir": record.install == manager.install, "docker_id": record.ref[:12],
          "in_use": manager.leases.in_use(record.id)} | _repl(
         manager, record
     )
@@ -116,7 +116,7 @@ def _describe(manager: Any, record: Any, container: Any, sizes: dict[str, int] |
 def _repl(manager: Any, record: Any) -> dict[str, Any]:
     """Whether the sandbox's Python interpreter holds state (recorded by the server that runs it) and
     the idle limit that applies to the sandbox."""
-    from .backends.docker import read_repl_marker
+    from .backends.sandbox import read_repl_marker
 
     marker = read_repl_marker(manager.settings.data_dir, record.id) or {}
     alive = bool(marker.get("alive")) and record.status == "running"
@@ -126,11 +126,11 @@ def _repl(manager: Any, record: Any) -> dict[str, Any]:
 
 def _checkpointed(manager: Any, record: Any) -> bool:
     """A stopped sandbox holding an idle checkpoint (its next call restores the interpreter's state)."""
-    if record.status == "running" or not record.docker_id:
+    if record.status == "running" or not record.ref:
         return False
     from .checkpoint import Checkpointer
 
-    return bool(Checkpointer(manager.client, enabled=False).names(record.docker_id))
+    return bool(Checkpointer(manager.client, enabled=False).names(record.ref))
 
 
 def _describe_detached(manager: Any, cid: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -240,7 +240,7 @@ def _print_kept(manager: Any) -> None:
 
 
 def _find(manager: Any, cid: str) -> tuple[Any, Any] | None:
-    from .sandboxes import is_valid_container_id
+    from .engines.docker import is_valid_container_id
 
     if not is_valid_container_id(cid):
         return None

@@ -210,7 +210,7 @@ def open_owner_registry(settings: Any, root: Any) -> Any:
         from .pg_store import PgOwnerRegistry
 
         return PgOwnerRegistry(url, root)
-    from .sandboxes import OwnerRegistry
+    from .engines.docker import OwnerRegistry
 
     return OwnerRegistry(root)
 

@@ -352,9 +352,9 @@ def _create_backend(settings: Settings, store: Any) -> Any:
         from .backends.hosted import HostedBackend
 
         return HostedBackend(settings, store)
-    from .backends.docker import DockerBackend
+    from .backends.sandbox import SandboxBackend
 
-    return DockerBackend(settings, store)
+    return SandboxBackend(settings, store)
 
 
 async def run_parity(

@@ -30,7 +30,7 @@ from typing import Any
 from .database import CHUNK_BYTES, connect, migrate
 from .errors import Unavailable
 from .files import _COLUMNS, FileRecord, FileStore, StoredFileNotFound, _to_us, is_file_id
-from .sandboxes import OwnerRegistry
+from .engines.docker import OwnerRegistry
 from .skills_store import SkillStore
 
 

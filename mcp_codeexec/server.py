@@ -190,9 +190,9 @@ def create_backend(settings: Settings, store: FileStore) -> Backend:
         from .backends.hosted import HostedBackend
 
         return HostedBackend(settings, store)
-    from .backends.docker import DockerBackend
+    from .backends.sandbox import SandboxBackend
 
-    return DockerBackend(settings, store)
+    return SandboxBackend(settings, store)
 
 
 def principal_of(ctx: ServerRequestContext[Any, Any]) -> str:

@@ -18,19 +18,27 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import secrets
 import select
 import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.abc
 
 from ..errors import ContainerExpired, TooManyRequests, Unavailable
+from .base import POOL_OWNER, POOL_SILENCE_SECONDS, SERVER_TAG, CreateTicket, Leases, SandboxRecord, new_container_id
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..skills import SkillSet
+    from . import KubernetesEngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +52,14 @@ MANAGER = "mcp-codeexec"
 L_ID = "mcp-codeexec/id"
 L_INSTANCE = "mcp-codeexec/instance"
 L_OWNER_HASH = "mcp-codeexec/owner-hash"
+L_POOL = "mcp-codeexec/pool"
+A_SERVER = "mcp-codeexec/server"
 A_OWNER = "mcp-codeexec/owner"
 A_CREATED = "mcp-codeexec/created-at"
 A_EXPIRES = "mcp-codeexec/expires-at"
 NAME_PREFIX = "mcp-codeexec-"
 CONTAINER = "agent"
 WORKSPACE = "/workspace"
-
-
-def new_container_id() -> str:
-    """Same shape as the Docker backend's ids (``container_`` + 24 hex)."""
-    return "container_" + secrets.token_hex(12)
 
 
 def object_name(cid: str) -> str:
@@ -103,8 +108,10 @@ def _cpu(cpus: float) -> str:
     return str(int(cpus)) if cpus == int(cpus) else f"{round(cpus * 1000)}m"
 
 
-def pod_manifest(cid: str, owner: str, settings: PodSettings, *, now: float, expires: float) -> dict[str, Any]:
-    """The hardened pod of sandbox ``cid`` (a plain dict: what is sent is what is read here)."""
+def pod_manifest(cid: str, owner: str, settings: PodSettings, *, now: float, expires: float, pool: bool = False,
+                 server: str = "") -> dict[str, Any]:
+    """The hardened pod of sandbox ``cid`` (a plain dict: what is sent is what is read here). A pool
+    pod has no owner yet; its agent exits (and the pod ends) when its server falls silent."""
     name = object_name(cid)
     resources = {"cpu": _cpu(settings.cpus), "memory": _quantity(settings.memory_bytes)}
     if settings.storage_class:
@@ -114,7 +121,8 @@ def pod_manifest(cid: str, owner: str, settings: PodSettings, *, now: float, exp
     spec: dict[str, Any] = {
         "restartPolicy": "Never",  # like the Docker backend's restart "no": a dead agent is a dead sandbox
         "terminationGracePeriodSeconds": 2,
-        "activeDeadlineSeconds": int(settings.max_lifetime_seconds),  # the backstop when no server reaps
+        # The backstop when no server reaps: the pod ends at the sandbox's expiry (a rebuilt pod gets what is left).
+        "activeDeadlineSeconds": max(1, int(min(settings.max_lifetime_seconds, expires - now))),
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         # No DNS: dnsPolicy None needs at least one nameserver (422 otherwise), so the only one is the
@@ -153,6 +161,8 @@ def pod_manifest(cid: str, owner: str, settings: PodSettings, *, now: float, exp
                     "seccompProfile": {"type": "RuntimeDefault"},
                 },
                 "resources": {"requests": dict(resources), "limits": dict(resources)},  # Guaranteed QoS
+                "env": [{"name": "CODEEXEC_POOL", "value": "1"}, {"name": "CODEEXEC_POOL_SILENCE", "value": f"{POOL_SILENCE_SECONDS:g}"}]
+                if pool else [],
                 "volumeMounts": [
                     {"name": "workspace", "mountPath": WORKSPACE},
                     {"name": "tmp", "mountPath": "/tmp"},
@@ -172,8 +182,8 @@ def pod_manifest(cid: str, owner: str, settings: PodSettings, *, now: float, exp
         "metadata": {
             "name": name,
             "namespace": settings.namespace,
-            "labels": {**sandbox_labels(cid, settings), L_OWNER_HASH: owner_hash(owner)},
-            "annotations": {A_OWNER: owner, A_CREATED: f"{now:.3f}", A_EXPIRES: f"{expires:.3f}"},
+            "labels": {**sandbox_labels(cid, settings), L_OWNER_HASH: owner_hash(owner), L_POOL: "1" if pool else "0"},
+            "annotations": {A_OWNER: owner, A_CREATED: f"{now:.3f}", A_EXPIRES: f"{expires:.3f}", A_SERVER: server},
         },
         "spec": spec,
     }
@@ -193,7 +203,8 @@ def network_policy_manifest(cid: str, settings: PodSettings) -> dict[str, Any]:
     }
 
 
-def pvc_manifest(cid: str, settings: PodSettings) -> dict[str, Any]:
+def pvc_manifest(cid: str, settings: PodSettings, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """The workspace claim; it carries the sandbox's owner and lifetime, since it outlives the pod."""
     assert settings.storage_class
     return {
         "apiVersion": "v1",
@@ -202,6 +213,7 @@ def pvc_manifest(cid: str, settings: PodSettings) -> dict[str, Any]:
             "name": object_name(cid),
             "namespace": settings.namespace,
             "labels": sandbox_labels(cid, settings),
+            "annotations": annotations or {},
         },
         "spec": {
             "accessModes": ["ReadWriteOnce"],
@@ -250,14 +262,27 @@ def translate_k8s_errors(doing: str, cid: str | None = None) -> Iterator[None]:
         raise Unavailable(f"{doing} failed: the Kubernetes API is unreachable: {exc}") from None
 
 
-async def _thread(fn: Callable[[], T]) -> T:
-    return await anyio.to_thread.run_sync(fn)
+POLL_SECONDS = 0.1
+START_TIMEOUT = 120.0
+ORPHAN_GRACE_SECONDS = 120.0
+"""A NetworkPolicy or claim without its pod is left alone this long (a create may be between them)."""
+_UNSCHEDULABLE = ("Insufficient cpu", "Insufficient memory", "Insufficient ephemeral-storage", "Too many pods")
+_IMAGE_FAILURES = ("ErrImageNeverPull", "ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
+                   "CreateContainerError")
 
 
 class KubernetesEngine:
-    """Create, find, delete sandbox pods in one namespace and open their agent streams."""
+    """Sandboxes as pods in one namespace (``engines.base.Engine``). Blocking, like the Docker engine:
+    the lifecycle calls every method but ``open_stream`` through ``anyio.to_thread``.
 
-    def __init__(self, settings: PodSettings, *, kubeconfig: str | None = None, context: str | None = None) -> None:
+    The pod's labels and annotations (and, with a StorageClass, its claim's) are the only record of
+    a sandbox's owner and lifetime; ``leases`` (which sandboxes this machine's servers are using) is
+    the same per-machine ``flock`` as on Docker."""
+
+    name = "kubernetes"
+
+    def __init__(self, settings: PodSettings, *, kubeconfig: str | None = None, context: str | None = None,
+                 data_dir: Path | None = None) -> None:
         from kubernetes import client, config
 
         self.settings = settings
@@ -268,160 +293,416 @@ class KubernetesEngine:
             self.api_client = config.new_client_from_config(config_file=kubeconfig, context=context)
         self.core = client.CoreV1Api(self.api_client)
         self.net = client.NetworkingV1Api(self.api_client)
+        self.install = settings.instance
+        self.leases = Leases((data_dir or Path(tempfile.gettempdir()) / f"mcp-codeexec-k8s-{settings.instance}") / "leases")
+        self.closing = threading.Event()
+        self._creates = threading.Condition()
+        self._active_creates = 0
+        self.orphan_grace = ORPHAN_GRACE_SECONDS
+
+    @classmethod
+    def from_settings(cls, settings: Settings, config: KubernetesEngineConfig) -> KubernetesEngine:
+        from ..image import image_tag
+        from .base import installation_label
+
+        if settings.mounts:
+            raise Unavailable("host folder mounts (`mounts`) are not available on the kubernetes backend")
+        pods = PodSettings(
+            namespace=config.namespace,
+            image=settings.image or image_tag("full"),
+            image_pull_policy=config.image_pull_policy,
+            cpus=settings.cpus,
+            memory_bytes=settings.memory_bytes,
+            disk_bytes=settings.disk_bytes,
+            tmp_bytes=settings.tmp_bytes,
+            max_lifetime_seconds=int(settings.container_ttl_seconds),
+            runtime_class=config.runtime_class,
+            storage_class=config.storage_class,
+            instance=installation_label(settings.data_dir),
+        )
+        from kubernetes.config.config_exception import ConfigException
+
+        try:
+            return cls(pods, kubeconfig=config.kubeconfig, context=config.context, data_dir=settings.data_dir)
+        except (OSError, ValueError, ConfigException) as exc:  # kubeconfig unreadable, or not inside a cluster
+            raise Unavailable(f"connecting to Kubernetes: {exc}") from None
+
+    @property
+    def stoppable(self) -> bool:
+        """An idle pod is deleted only when its workspace is a claim that outlives it."""
+        return bool(self.settings.storage_class)
 
     def close(self) -> None:
         self.api_client.close()
 
-    # --- lifecycle ----------------------------------------------------------------------------
+    def resolve_image(self) -> str:
+        """The image is the nodes' business (pulled or preloaded): checked when a pod starts."""
+        with translate_k8s_errors("reaching the Kubernetes API"):
+            self.core.read_namespace(self.settings.namespace)
+        return self.settings.image
 
-    async def create(self, owner: str, *, cid: str | None = None, lifetime_seconds: float | None = None) -> PodSandbox:
-        """NetworkPolicy first (the pod never runs unfenced), then the PVC if any, then the pod."""
-        s = self.settings
-        cid = cid or new_container_id()
-        now = time.time()
-        expires = now + (lifetime_seconds if lifetime_seconds is not None else s.max_lifetime_seconds)
+    def drain_creates(self, timeout: float) -> bool:
+        with self._creates:
+            return self._creates.wait_for(lambda: self._active_creates == 0, timeout)
 
-        def create() -> dict[str, Any]:
-            with translate_k8s_errors("creating a sandbox"):
-                self.net.create_namespaced_network_policy(s.namespace, network_policy_manifest(cid, s))
-                if s.storage_class:
-                    self.core.create_namespaced_persistent_volume_claim(s.namespace, pvc_manifest(cid, s))
-                pod = self.core.create_namespaced_pod(
-                    s.namespace, pod_manifest(cid, owner, s, now=now, expires=expires)
-                )
-                return self.api_client.sanitize_for_serialization(pod)
+    # --- records ------------------------------------------------------------------------------
 
-        try:
-            return _record(await _thread(create))
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.delete(cid, keep_workspace=False, wait=False)
-            raise
+    def _serialize(self, obj: Any) -> dict[str, Any]:
+        return self.api_client.sanitize_for_serialization(obj)
 
-    async def wait_running(self, cid: str, *, timeout: float = 120.0) -> PodSandbox:
-        """Poll until the pod runs; a pod that fails or cannot be scheduled says why."""
-        deadline = time.monotonic() + timeout
-        while True:
-            pod = await self._read(cid)
-            phase = pod["status"].get("phase", "Pending")
-            if phase == "Running":
-                return _record(pod)
-            if phase in ("Failed", "Succeeded"):
-                raise Unavailable(f"the sandbox pod of {cid} ended ({phase}): {_why(pod)}")
-            if time.monotonic() > deadline:
-                raise Unavailable(f"the sandbox pod of {cid} is not running after {timeout:.0f} s: {_why(pod)}")
-            await anyio.sleep(0.1)
+    def _read_pod(self, cid: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
 
-    async def find(self, cid: str) -> PodSandbox:
-        """The pod of ``cid`` if it is this instance's and unexpired; else ContainerExpired."""
-        rec = _record(await self._read(cid))
-        if rec.labels.get(MANAGED_BY) != MANAGER or rec.labels.get(L_INSTANCE) != self.settings.instance:
-            raise ContainerExpired(cid)
-        if rec.expired:
-            raise ContainerExpired(cid, "it has expired")
-        return rec
+        with translate_k8s_errors("looking up a sandbox"):
+            try:
+                return self._serialize(self.core.read_namespaced_pod(object_name(cid), self.settings.namespace))
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
 
-    async def list(self) -> list[PodSandbox]:
+    def _read_pvc(self, cid: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        if not self.settings.storage_class:
+            return None
+        with translate_k8s_errors("looking up a workspace claim"):
+            try:
+                return self._serialize(self.core.read_namespaced_persistent_volume_claim(object_name(cid), self.settings.namespace))
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+    def _mine(self, obj: dict[str, Any], cid: str) -> bool:
+        labels = obj["metadata"].get("labels") or {}
+        return labels.get(MANAGED_BY) == MANAGER and labels.get(L_INSTANCE) == self.install and labels.get(L_ID) == cid
+
+    def list(self) -> list[tuple[SandboxRecord, dict[str, Any]]]:
         s = self.settings
         selector = f"{MANAGED_BY}={MANAGER},{L_INSTANCE}={s.instance}"
+        with translate_k8s_errors("listing sandboxes"):
+            pods = [self._serialize(p) for p in self.core.list_namespaced_pod(s.namespace, label_selector=selector).items]
+        found = []
+        for pod in pods:
+            try:
+                found.append((sandbox_record(pod, self.settings), pod))
+            except ContainerExpired:
+                continue  # our label key on something that is not a sandbox's pod: not ours to judge
+        return found
 
-        def list_() -> list[dict[str, Any]]:
-            with translate_k8s_errors("listing sandboxes"):
-                pods = self.core.list_namespaced_pod(s.namespace, label_selector=selector)
-                return [self.api_client.sanitize_for_serialization(p) for p in pods.items]
+    # --- lifecycle ----------------------------------------------------------------------------
 
-        return [_record(p) for p in await _thread(list_)]
+    def create(self, owner: str, *, pool: bool = False, ticket: CreateTicket | None = None,
+               skills: SkillSet | None = None) -> tuple[SandboxRecord, dict[str, Any]]:
+        """NetworkPolicy first (the pod never runs unfenced), then the claim if any, then the pod;
+        returns once the pod runs. A create whose caller gave up or whose server is closing removes
+        what it made."""
+        if skills is not None and skills.skills:
+            raise Unavailable("skills are not available on the kubernetes backend yet")
+        s = self.settings
+        cid = new_container_id()
+        now = time.time()
+        expires = now + s.max_lifetime_seconds
+        with self._creates:
+            self._active_creates += 1
+        try:
+            if self.closing.is_set():
+                raise Unavailable("the server is shutting down")
+            try:
+                with translate_k8s_errors("creating a sandbox"):
+                    self.net.create_namespaced_network_policy(s.namespace, network_policy_manifest(cid, s))
+                    if s.storage_class:
+                        annotations = {A_OWNER: "" if pool else owner, A_CREATED: f"{now:.3f}", A_EXPIRES: f"{expires:.3f}"}
+                        self.core.create_namespaced_persistent_volume_claim(s.namespace, pvc_manifest(cid, s, annotations))
+                    self.core.create_namespaced_pod(
+                        s.namespace, pod_manifest(cid, POOL_OWNER if pool else owner, s, now=now, expires=expires, pool=pool, server=SERVER_TAG)
+                    )
+                pod = self.wait_running(cid)
+                if self.closing.is_set() or (ticket is not None and not ticket.deliver(cid)):
+                    raise Unavailable("the server is shutting down" if self.closing.is_set() else "the call was cancelled")
+            except BaseException:
+                with contextlib.suppress(Unavailable, ContainerExpired):
+                    self.remove(cid)
+                raise
+        finally:
+            with self._creates:
+                self._active_creates -= 1
+                self._creates.notify_all()
+        return sandbox_record(pod, s), pod
 
-    async def delete(self, cid: str, *, keep_workspace: bool = False, wait: bool = True, timeout: float = 60.0) -> None:
-        """Remove the pod, its NetworkPolicy and (unless kept) its PVC; absent objects are fine."""
+    def wait_running(self, cid: str, *, timeout: float = START_TIMEOUT) -> dict[str, Any]:
+        """Poll until the pod runs. A pod that cannot be scheduled (no room: ``too_many_requests``),
+        whose image cannot be had, or that ended says why at once instead of timing out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pod = self._read_pod(cid)
+            if pod is None:
+                raise ContainerExpired(cid, "its pod was deleted while starting")
+            status = pod.get("status") or {}
+            phase = status.get("phase", "Pending")
+            if phase == "Running" and all(c.get("ready") or (c.get("state") or {}).get("running")
+                                          for c in status.get("containerStatuses") or [{}]):
+                return pod
+            if phase in ("Failed", "Succeeded"):
+                raise Unavailable(f"the sandbox pod of {cid} ended ({phase}): {_why(pod)}")
+            why = _why(pod)
+            if any(reason in why for reason in _UNSCHEDULABLE):
+                raise TooManyRequests(f"the cluster has no room for another sandbox: {why}")
+            if any(reason in why for reason in _IMAGE_FAILURES):
+                raise Unavailable(f"the sandbox pod of {cid} cannot start its image {self.settings.image}: {why}")
+            if time.monotonic() > deadline:
+                raise Unavailable(f"the sandbox pod of {cid} is not running after {timeout:.0f} s: {why}")
+            if self.closing.is_set():
+                raise Unavailable("the server is shutting down")
+            time.sleep(POLL_SECONDS)
+
+    def find(self, cid: str) -> tuple[SandboxRecord, dict[str, Any]]:
+        """The running pod of ``cid``; rebuilt around its claim when the pod is gone, ended or was
+        stopped idle (the claim says who owns it and until when). Raises ContainerExpired."""
+        object_name(cid)  # not an id of ours: ContainerExpired
+        pod = self._read_pod(cid)
+        if pod is not None:
+            if not self._mine(pod, cid):
+                raise ContainerExpired(cid)
+            record = sandbox_record(pod, self.settings)
+            if record.expired:
+                raise ContainerExpired(cid, "it expired at " + record.expires.isoformat())
+            phase = (pod.get("status") or {}).get("phase", "Pending")
+            if pod["metadata"].get("deletionTimestamp"):
+                self.wait_gone(cid)  # being deleted: as good as gone (only its claim can bring it back)
+            elif phase in ("Running", "Pending"):
+                return record, (pod if phase == "Running" else self.wait_running(cid))
+            else:
+                # Ended (evicted, its agent exited, the node went away): only a claim brings the files back.
+                log.warning("sandbox %s: its pod ended (%s: %s)", cid, phase, _why(pod))
+                self._delete_pod(cid, wait=True)
+        return self._revive(cid)
+
+    def _revive(self, cid: str) -> tuple[SandboxRecord, dict[str, Any]]:
+        s = self.settings
+        pvc = self._read_pvc(cid)
+        if pvc is None or not self._mine(pvc, cid):
+            raise ContainerExpired(cid)
+        ann = pvc["metadata"].get("annotations") or {}
+        try:
+            created, expires, owner = float(ann[A_CREATED]), float(ann[A_EXPIRES]), ann[A_OWNER]
+        except (KeyError, ValueError):
+            raise ContainerExpired(cid, "its workspace claim's annotations are not a sandbox's") from None
+        if time.time() >= expires or not owner:
+            raise ContainerExpired(cid)
+        from kubernetes.client.exceptions import ApiException
+
+        with translate_k8s_errors("rebuilding a sandbox"):
+            try:
+                self.net.create_namespaced_network_policy(s.namespace, network_policy_manifest(cid, s))
+            except ApiException as exc:
+                if exc.status != 409:  # 409: it is there already
+                    raise
+            try:
+                self.core.create_namespaced_pod(
+                    s.namespace, pod_manifest(cid, owner, s, now=created, expires=expires, server=SERVER_TAG) | {}
+                )
+            except ApiException as exc:
+                if exc.status != 409:  # another server rebuilt it at the same moment: use theirs
+                    raise
+        pod = self.wait_running(cid)
+        log.warning("sandbox %s: rebuilt its pod around its workspace claim", cid)
+        return sandbox_record(pod, s), pod
+
+    def claim(self, record: SandboxRecord, owner: str) -> None:
+        """Hand a pool pod to ``owner``: one patch with the pod's resourceVersion as precondition,
+        so two servers never both claim it (409: someone else did; the caller takes another)."""
+        s = self.settings
+        pod = self._read_pod(record.id)
+        if pod is None or (pod["metadata"].get("annotations") or {}).get(A_OWNER, ""):
+            raise Unavailable(f"pool sandbox {record.id} was taken or removed")
+        patch = {"metadata": {"resourceVersion": pod["metadata"]["resourceVersion"],
+                              "labels": {L_OWNER_HASH: owner_hash(owner), L_POOL: "0"},
+                              "annotations": {A_OWNER: owner}}}
+        with translate_k8s_errors("claiming a pool sandbox"):
+            self.core.patch_namespaced_pod(object_name(record.id), s.namespace, patch)
+            if s.storage_class:
+                self.core.patch_namespaced_persistent_volume_claim(
+                    object_name(record.id), s.namespace, {"metadata": {"annotations": {A_OWNER: owner}}})
+
+    def stop(self, cid: str) -> None:
+        """Idle: delete the pod and keep its claim (``find`` rebuilds it, files intact). Without a
+        claim the files live only as long as the pod, so it keeps running."""
+        if self.stoppable:
+            self._delete_pod(cid, wait=True)
+
+    def remove(self, cid: str) -> None:
+        """The pod, its NetworkPolicy and its claim; absent objects are fine."""
+        self._delete(cid, keep_workspace=False)
+
+    def _delete_pod(self, cid: str, *, wait: bool) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        with translate_k8s_errors("removing a sandbox pod"):
+            try:
+                self.core.delete_namespaced_pod(object_name(cid), self.settings.namespace, grace_period_seconds=0)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        if wait:
+            self.wait_gone(cid)
+
+    def _delete(self, cid: str, *, keep_workspace: bool) -> None:
         from kubernetes.client.exceptions import ApiException
 
         s = self.settings
         name = object_name(cid)
+        calls: list[Callable[[], Any]] = [
+            lambda: self.core.delete_namespaced_pod(name, s.namespace, grace_period_seconds=0),
+            lambda: self.net.delete_namespaced_network_policy(name, s.namespace),
+        ]
+        if not keep_workspace and s.storage_class:
+            calls.append(lambda: self.core.delete_namespaced_persistent_volume_claim(name, s.namespace))
+        with translate_k8s_errors("removing a sandbox"):
+            for call in calls:
+                try:
+                    call()
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+        self.leases.forget(cid)
 
-        def delete() -> None:
-            calls: list[Callable[[], Any]] = [
-                lambda: self.core.delete_namespaced_pod(name, s.namespace, grace_period_seconds=0),
-                lambda: self.net.delete_namespaced_network_policy(name, s.namespace),
-            ]
-            if not keep_workspace:
-                calls.append(lambda: self.core.delete_namespaced_persistent_volume_claim(name, s.namespace))
-            with translate_k8s_errors("removing a sandbox"):
-                for call in calls:
-                    try:
-                        call()
-                    except ApiException as exc:
-                        if exc.status != 404:
-                            raise
+    def wait_gone(self, cid: str, timeout: float = 60.0) -> bool:
+        """Until the pod is deleted for good (False after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while self._read_pod(cid) is not None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(POLL_SECONDS)
+        return True
 
-        await _thread(delete)
-        if wait:
-            with anyio.fail_after(timeout):
-                while True:
-                    try:
-                        await self._read(cid)
-                    except ContainerExpired:
-                        return
-                    await anyio.sleep(0.1)
+    def remove_installation(self) -> list[str]:
+        """Every sandbox of this instance, expired or not (tests)."""
+        s = self.settings
+        selector = f"{MANAGED_BY}={MANAGER},{L_INSTANCE}={s.instance}"
+        ids: set[str] = set()
+        with translate_k8s_errors("listing sandboxes"):
+            for items in (self.core.list_namespaced_pod(s.namespace, label_selector=selector).items,
+                          self.net.list_namespaced_network_policy(s.namespace, label_selector=selector).items,
+                          self.core.list_namespaced_persistent_volume_claim(s.namespace, label_selector=selector).items):
+                ids |= {(i.metadata.labels or {}).get(L_ID, "") for i in items}
+        for cid in sorted(ids - {""}):
+            with contextlib.suppress(ContainerExpired):
+                self.remove(cid)
+        return sorted(ids - {""})
 
-    async def _read(self, cid: str) -> dict[str, Any]:
-        name = object_name(cid)
+    def reap(self) -> list[str]:
+        """Remove this instance's expired sandboxes, ended pool pods (their agent exits when its
+        server falls silent), ended pods whose files died with them, and policies or claims whose
+        sandbox is gone for good."""
+        s = self.settings
+        removed = []
+        now = time.time()
+        present = set()
+        for record, pod in self.list():
+            present.add(record.id)
+            phase = (pod.get("status") or {}).get("phase", "Pending")
+            ended = phase in ("Succeeded", "Failed")
+            if record.expired or (ended and (record.pool or not s.storage_class)):
+                self.remove(record.id)
+                removed.append(record.id)
+        selector = f"{MANAGED_BY}={MANAGER},{L_INSTANCE}={s.instance}"
+        with translate_k8s_errors("reaping sandboxes"):
+            policies = [self._serialize(p) for p in self.net.list_namespaced_network_policy(s.namespace, label_selector=selector).items]
+            claims = ([self._serialize(c) for c in self.core.list_namespaced_persistent_volume_claim(s.namespace, label_selector=selector).items]
+                      if s.storage_class else [])
+        kept_claims = set()
+        for claim in claims:
+            cid = (claim["metadata"].get("labels") or {}).get(L_ID, "")
+            ann = claim["metadata"].get("annotations") or {}
+            try:
+                alive = now < float(ann.get(A_EXPIRES, 0)) and bool(ann.get(A_OWNER))
+            except ValueError:
+                alive = False
+            if alive:
+                kept_claims.add(cid)
+            elif cid not in present and _age(claim) > self.orphan_grace:
+                self.remove(cid)
+                removed.append(cid)
+        for policy in policies:
+            cid = (policy["metadata"].get("labels") or {}).get(L_ID, "")
+            if cid and cid not in present and cid not in kept_claims and cid not in removed and _age(policy) > self.orphan_grace:
+                self.remove(cid)
+                removed.append(cid)
+        return removed
 
-        def read() -> dict[str, Any]:
-            with translate_k8s_errors("looking up a sandbox", cid):
-                pod = self.core.read_namespaced_pod(name, self.settings.namespace)
-                return self.api_client.sanitize_for_serialization(pod)
-
-        return await _thread(read)
+    def resumable(self, owner: str) -> list[str]:
+        """``owner``'s unexpired sandboxes of this instance that no server here is using, most
+        recently used first."""
+        s = self.settings
+        selector = f"{MANAGED_BY}={MANAGER},{L_INSTANCE}={s.instance},{L_OWNER_HASH}={owner_hash(owner)},{L_POOL}=0"
+        with translate_k8s_errors("listing sandboxes"):
+            pods = [self._serialize(p) for p in self.core.list_namespaced_pod(s.namespace, label_selector=selector).items]
+        candidates = []
+        for pod in pods:
+            try:
+                record = sandbox_record(pod, s)
+            except ContainerExpired:
+                continue
+            phase = (pod.get("status") or {}).get("phase", "Pending")
+            if record.owner != owner or record.expired or phase not in ("Running", "Pending") or self.leases.in_use(record.id):
+                continue
+            candidates.append((max(self.leases.last_used(record.id) or 0.0, record.created.timestamp()), record.id))
+        return [cid for _, cid in sorted(candidates, reverse=True)]
 
     # --- data path ----------------------------------------------------------------------------
 
-    async def open_stream(self, cid: str) -> PodAttachStream:
-        """Attach to the agent (PID 1) with stdin, stdout and stderr; binary frames."""
+    def attach(self, cid: str) -> PodAttachStream:
+        """Attach to the agent (PID 1) with stdin, stdout and stderr; binary frames. Blocking."""
         from kubernetes.stream import stream
         from kubernetes.stream.ws_client import _IgnoredIO
 
-        name = object_name(cid)
+        with translate_k8s_errors("attaching to a sandbox", cid):
+            ws = stream(
+                self.core.connect_get_namespaced_pod_attach,
+                object_name(cid),
+                self.settings.namespace,
+                container=CONTAINER,
+                stdin=True,
+                stdout=True,
+                stderr=True,
+                tty=False,
+                binary=True,  # text mode decodes frames as UTF-8 and corrupts binary payloads
+                _preload_content=False,
+            )
+            # stream() cannot pass capture_all=False: without this, every stdout byte of a
+            # long-lived stream would also pile up in the client's read_all() buffer.
+            ws._all = _IgnoredIO()
+        return PodAttachStream(ws, name=cid)
 
-        def attach() -> Any:
-            with translate_k8s_errors("attaching to a sandbox", cid):
-                ws = stream(
-                    self.core.connect_get_namespaced_pod_attach,
-                    name,
-                    self.settings.namespace,
-                    container=CONTAINER,
-                    stdin=True,
-                    stdout=True,
-                    stderr=True,
-                    tty=False,
-                    binary=True,  # text mode decodes frames as UTF-8 and corrupts binary payloads
-                    _preload_content=False,
-                )
-                # stream() cannot pass capture_all=False: without this, every stdout byte of a
-                # long-lived stream would also pile up in the client's read_all() buffer.
-                ws._all = _IgnoredIO()
-                return ws
-
-        return PodAttachStream(await _thread(attach), name=cid)
+    async def open_stream(self, record: SandboxRecord, handle: Any = None) -> tuple[anyio.abc.ByteStream, bool]:
+        # The Kubernetes stream protocol separates stdout from stderr itself: no Docker multiplexing.
+        return await anyio.to_thread.run_sync(self.attach, record.id, abandon_on_cancel=True), False
 
 
-def _record(pod: dict[str, Any]) -> PodSandbox:
+def sandbox_record(pod: dict[str, Any], settings: PodSettings) -> SandboxRecord:
+    """What a pod's labels and annotations say about its sandbox."""
     meta = pod["metadata"]
     labels = meta.get("labels") or {}
     ann = meta.get("annotations") or {}
+    cid = labels.get(L_ID, meta["name"])
     try:
         created, expires = float(ann[A_CREATED]), float(ann[A_EXPIRES])
     except (KeyError, ValueError):
-        raise ContainerExpired(labels.get(L_ID, meta["name"]), "its annotations are not a sandbox's") from None
-    return PodSandbox(
-        id=labels.get(L_ID, ""),
-        name=meta["name"],
-        namespace=meta["namespace"],
-        owner=ann.get(A_OWNER, ""),
-        created=created,
-        expires=expires,
-        phase=(pod.get("status") or {}).get("phase", "Pending"),
-        labels=labels,
+        raise ContainerExpired(cid, "its annotations are not a sandbox's") from None
+    owner = ann.get(A_OWNER, "")
+    return SandboxRecord(
+        id=cid,
+        ref=meta["name"],
+        created=datetime.fromtimestamp(created, timezone.utc),
+        expires=datetime.fromtimestamp(expires, timezone.utc),
+        owner=owner,
+        pool=labels.get(L_POOL) == "1" and owner == POOL_OWNER,
+        quota="pvc" if settings.storage_class else "emptydir",
+        status=((pod.get("status") or {}).get("phase") or "Pending").lower(),
+        install=labels.get(L_INSTANCE, ""),
+        server=ann.get(A_SERVER, ""),
     )
 
 
@@ -436,6 +717,12 @@ def _why(pod: dict[str, Any]) -> str:
                 return f"{state.get('reason', '')}: {state.get('message', '')}".strip(": ")
     return status.get("reason") or status.get("message") or status.get("phase", "Pending")
 
+
+def _age(obj: dict[str, Any]) -> float:
+    stamp = obj["metadata"].get("creationTimestamp")
+    if not stamp:
+        return 0.0
+    return time.time() - datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
 
 class PodAttachStream(anyio.abc.ByteStream):
     """The kubernetes client's (blocking) attach websocket as an anyio byte stream.

@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 from mcp_codeexec.config import Settings
-from mcp_codeexec.sandboxes import NAME_PREFIX
+from mcp_codeexec.engines.docker import NAME_PREFIX
 from tests.support.oracle import assert_hosted_shape
 from tests.support.servers import mcp_client, remove_installation
 

@@ -276,7 +276,7 @@ async def test_an_allowed_name_that_resolves_to_a_private_address_is_refused_at_
 ) -> None:
     # A rebinding or internal answer: the server resolves each name once, and a non-public answer
     # refuses the sandbox rather than pinning it (no resolver is asked: the answer is faked here).
-    from mcp_codeexec.sandboxes import SandboxManager
+    from mcp_codeexec.engines.docker import SandboxManager
 
     monkeypatch.setattr(egress.socket, "getaddrinfo", lambda *a, **k: [(2, 1, 6, "", ("127.0.0.1", 443))])
     settings = adversarial_settings(tmp_path_factory.mktemp("rebind"), network="allowlist",
@@ -294,7 +294,7 @@ async def test_an_allowed_name_that_resolves_to_a_private_address_is_refused_at_
 async def test_removing_an_allowlist_sandbox_removes_its_proxy_and_network(
     tmp_path_factory: pytest.TempPathFactory, stand_in: StandIn
 ) -> None:
-    from mcp_codeexec.sandboxes import SandboxManager
+    from mcp_codeexec.engines.docker import SandboxManager
 
     settings = allowlist_settings(tmp_path_factory.mktemp("cleanup"), stand_in)
     client = docker.from_env()
@@ -315,7 +315,7 @@ async def test_a_stopped_sandbox_started_again_is_sealed_again_and_still_reaches
     tmp_path_factory: pytest.TempPathFactory, stand_in: StandIn
 ) -> None:
     # Idle stop and start give the container a fresh network namespace, with Docker's default route back.
-    from mcp_codeexec.sandboxes import SandboxManager
+    from mcp_codeexec.engines.docker import SandboxManager
 
     settings = allowlist_settings(tmp_path_factory.mktemp("restart"), stand_in)
     client = docker.from_env()
@@ -341,7 +341,7 @@ async def test_a_stopped_sandbox_started_again_is_sealed_again_and_still_reaches
 async def test_the_proxy_and_network_of_a_sandbox_removed_behind_the_servers_back_are_swept(
     tmp_path_factory: pytest.TempPathFactory, stand_in: StandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mcp_codeexec.sandboxes import NAME_PREFIX, SandboxManager
+    from mcp_codeexec.engines.docker import NAME_PREFIX, SandboxManager
 
     settings = allowlist_settings(tmp_path_factory.mktemp("sweep"), stand_in)
     client = docker.from_env()

@@ -179,7 +179,7 @@ async def test_http_requests_without_a_valid_token_or_from_a_foreign_origin_are_
                 ok = await http.post(url + "/mcp", content=json.dumps(initialize), headers={**headers, "Authorization": f"Bearer {token}"})
                 assert ok.status_code == 200, ok.text[:300]
         # Nothing was started for the rejected requests.
-        from mcp_codeexec.sandboxes import SandboxManager, connect
+        from mcp_codeexec.engines.docker import SandboxManager, connect
 
         manager = SandboxManager(settings, connect())
         assert [record for record, _ in manager.list() if record.install == manager.install] == []

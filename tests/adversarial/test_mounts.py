@@ -123,7 +123,7 @@ async def test_dot_dot_from_the_mount_root_stays_in_the_sandbox(mounted: Setting
 
 @host_binds
 async def test_a_rename_on_the_host_after_the_check_does_not_redirect_the_mount(mounted: Settings, host: Path) -> None:
-    from mcp_codeexec.sandboxes import SandboxManager, connect
+    from mcp_codeexec.engines.docker import SandboxManager, connect
 
     try:
         async with Sandbox(mounted, keep=True) as sb:
@@ -178,7 +178,7 @@ def test_mounts_outside_the_allowed_roots_or_of_forbidden_paths_are_refused_at_c
 async def test_a_sandbox_rebuilt_after_docker_rm_gets_the_mounts_it_was_made_with(mounted: Settings, host: Path) -> None:
     import docker
 
-    from mcp_codeexec.sandboxes import NAME_PREFIX
+    from mcp_codeexec.engines.docker import NAME_PREFIX
 
     async with Sandbox(mounted, keep=True) as sb:
         cid = sb.container_id

@@ -333,9 +333,9 @@ async def test_frames_carrying_the_live_request_id_are_held_to_the_bound_and_rep
     """What gVisor's open /proc/1/fd allows at worst (SECURITY.md): ``tool_call`` frames with the
     running cell's id arrive on the host channel beside the agent's. Injected here at the host's
     frame dispatch: a replay of the cell's real call (same call id) and 50 forged calls at once."""
-    from mcp_codeexec.backends.docker import DockerBackend
+    from mcp_codeexec.backends.sandbox import SandboxBackend
 
-    original = DockerBackend._call
+    original = SandboxBackend._call
     injected: list[int] = []
 
     async def forging_call(self: Any, sandbox: Any, message: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -352,7 +352,7 @@ async def test_frames_carrying_the_live_request_id_are_held_to_the_bound_and_rep
             kwargs["on_frame"] = forging
         return await original(self, sandbox, message, **kwargs)
 
-    monkeypatch.setattr(DockerBackend, "_call", forging_call)
+    monkeypatch.setattr(SandboxBackend, "_call", forging_call)
     config = tmp_path / "tools.json"
     config.write_text(json.dumps({"mcpServers": {"t": {"command": sys.executable, "args": [UPSTREAM],
                                                        "allowed_tools": ["count", "stats"]}}}))

@@ -208,8 +208,8 @@ async def test_the_servers_backstop_answers_execution_time_exceeded_when_the_san
     import docker
 
     from mcp_codeexec import Sandbox
-    from mcp_codeexec.backends import docker as docker_backend
-    from mcp_codeexec.sandboxes import NAME_PREFIX
+    from mcp_codeexec.backends import sandbox as docker_backend
+    from mcp_codeexec.engines.docker import NAME_PREFIX
     from mcp_codeexec.schemas import CodeError
 
     monkeypatch.setattr(docker_backend, "REPL_BACKSTOP_MARGIN", 2.0)

@@ -76,7 +76,7 @@ async def test_a_sandbox_whose_container_was_removed_is_listed_detached_until_rm
     container); `ls` shows it as detached so the user knows it still holds files, and `rm` frees it."""
     import docker
 
-    from mcp_codeexec.sandboxes import NAME_PREFIX
+    from mcp_codeexec.engines.docker import NAME_PREFIX
 
     cid = await make_sandbox(settings)
     docker.from_env().containers.get(NAME_PREFIX + cid).remove(force=True)

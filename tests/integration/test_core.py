@@ -201,7 +201,7 @@ async def test_the_sandbox_has_the_hosted_limits_and_no_network(settings):
             # interfaces through the socket API.
             import docker
 
-            from mcp_codeexec.sandboxes import NAME_PREFIX
+            from mcp_codeexec.engines.docker import NAME_PREFIX
 
             host = docker.from_env().containers.get(NAME_PREFIX + probe.meta["container"]["id"]).attrs["HostConfig"]
             assert host["Memory"] == 5 * 1024**3 and host["PidsLimit"] == 512 and host["NanoCpus"] == 10**9

@@ -28,7 +28,7 @@ import docker
 import psutil
 import pytest
 
-from mcp_codeexec.sandboxes import L_INSTALL, NAME_PREFIX, SandboxManager, connect, installation_label
+from mcp_codeexec.engines.docker import L_INSTALL, NAME_PREFIX, SandboxManager, connect, installation_label
 from tests.conftest import IN_CI
 from tests.integration.conftest import make_settings
 from tests.support.oracle import assert_hosted_shape

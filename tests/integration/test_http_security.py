@@ -20,7 +20,7 @@ import httpx2
 import pytest
 
 from mcp_codeexec.config import Settings
-from mcp_codeexec.sandboxes import L_INSTALL, L_OWNER, installation_label
+from mcp_codeexec.engines.docker import L_INSTALL, L_OWNER, installation_label
 from tests.integration.conftest import make_settings
 from tests.support.http_probe import (
     Server,

@@ -8,7 +8,7 @@ import anyio
 import docker
 import pytest
 
-from mcp_codeexec.sandboxes import NAME_PREFIX
+from mcp_codeexec.engines.docker import NAME_PREFIX
 from tests.integration.conftest import make_settings
 from tests.support.oracle import assert_hosted_shape
 from tests.support.servers import mcp_client, remove_installation
@@ -85,7 +85,7 @@ async def test_a_workspace_image_named_the_old_way_is_still_found_and_removed(se
     import os
     import subprocess
 
-    from mcp_codeexec.sandboxes import SandboxManager, connect
+    from mcp_codeexec.engines.docker import SandboxManager, connect
 
     manager = SandboxManager(settings, connect())
     if manager.volumes.mode != "loop":

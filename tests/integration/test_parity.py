@@ -1,6 +1,6 @@
 """``parity`` end to end on a real Docker engine.
 
-The docker side is the real DockerBackend. The hosted side is the real HostedBackend and the real
+The docker side is the real SandboxBackend. The hosted side is the real HostedBackend and the real
 anthropic SDK talking to the fake API, whose "model" makes exactly the requested call and runs it
 in a second real sandbox (output files go through the fake Files API). Both sides therefore run
 the same image, so every step of the parity script must agree: this checks the whole plumbing
@@ -18,7 +18,7 @@ import pytest
 from anyio.from_thread import BlockingPortal
 
 from mcp_codeexec.backends.base import CallContext
-from mcp_codeexec.backends.docker import DockerBackend
+from mcp_codeexec.backends.sandbox import SandboxBackend
 from mcp_codeexec.config import Settings, load_settings
 from mcp_codeexec.errors import CodeExecError, error_block
 from mcp_codeexec.files import FileStore
@@ -49,7 +49,7 @@ async def test_docker_and_a_hosted_stand_in_running_the_same_sandbox_agree_on_ev
     docker_side = sandbox_settings(tmp_path / "docker", code_cell_timeout=2.0)
     try:
         with fa.FakeAnthropic() as api, FileStore(stand_in.files_dir) as stand_in_store:
-            async with DockerBackend(stand_in, stand_in_store) as sandbox, BlockingPortal() as portal:
+            async with SandboxBackend(stand_in, stand_in_store) as sandbox, BlockingPortal() as portal:
                 ctx = CallContext(principal="local", session_key="hosted-stand-in")
 
                 def execute(tool: str, tool_input: dict[str, Any]) -> dict[str, Any]:

@@ -19,11 +19,11 @@ import docker.errors
 import pytest
 
 from mcp_codeexec.backends.base import CallContext
-from mcp_codeexec.backends.docker import DockerBackend
+from mcp_codeexec.backends.sandbox import SandboxBackend
 from mcp_codeexec.config import Settings
+from mcp_codeexec.engines.docker import L_ID, L_INSTALL, L_POOL, SandboxManager, connect, installation_label
 from mcp_codeexec.files import FileStore
 from mcp_codeexec.schemas import BashInput
-from mcp_codeexec.sandboxes import L_ID, L_INSTALL, L_POOL, SandboxManager, connect, installation_label
 from tests.integration.conftest import make_settings
 from tests.support.servers import mcp_client, server_env
 
@@ -31,10 +31,10 @@ pytestmark = pytest.mark.anyio
 
 
 @asynccontextmanager
-async def backend(settings: Settings, pool_size: int, **pool: object) -> AsyncIterator[DockerBackend]:
+async def backend(settings: Settings, pool_size: int, **pool: object) -> AsyncIterator[SandboxBackend]:
     """A backend whose pool stays at ``pool_size`` unless ``pool`` (pool_max, ...) says otherwise."""
     s = settings.model_copy(update={"pool_size": pool_size, "pool_max": pool_size, **pool})
-    async with DockerBackend(s, FileStore(s.files_dir, 30)) as b:
+    async with SandboxBackend(s, FileStore(s.files_dir, 30)) as b:
         yield b
 
 
@@ -96,14 +96,14 @@ async def test_a_dead_pool_container_is_not_handed_out_and_is_removed(settings):
         dead = b._pool[0]
         client = docker.from_env()
         try:
-            client.containers.get(dead.record.docker_id).kill()
+            client.containers.get(dead.record.ref).kill()
             await until(lambda: dead.conn.closed.is_set())
             sandbox = await b.sandbox_for(ctx(1), None)
             assert sandbox.record.id != dead.record.id
 
             def removed() -> bool:
                 try:
-                    client.containers.get(dead.record.docker_id)
+                    client.containers.get(dead.record.ref)
                 except docker.errors.NotFound:
                     return True
                 return False
@@ -234,7 +234,7 @@ async def test_pool_containers_start_in_parallel_up_to_the_concurrency_setting(s
 
 
 async def test_a_burst_grows_the_pool_no_further_than_free_memory_allows(settings, monkeypatch):
-    monkeypatch.setattr("mcp_codeexec.backends.docker.pool_memory_cap", lambda: 2)
+    monkeypatch.setattr("mcp_codeexec.backends.sandbox.pool_memory_cap", lambda: 2)
     async with backend(settings, pool_size=1, pool_max=8) as b:
         for n in range(5):
             b._note_demand()

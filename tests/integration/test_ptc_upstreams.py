@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from mcp_codeexec import Sandbox
-from mcp_codeexec.backends.docker import DockerBackend
+from mcp_codeexec.backends.sandbox import SandboxBackend
 from mcp_codeexec.schemas import CodeInput
 from mcp_codeexec.tools import ToolLimits, ToolRegistry, parse_tools_config
 
 pytestmark = [
     pytest.mark.anyio,
-    pytest.mark.skipif(not hasattr(DockerBackend, "code"), reason="the docker backend has no code_execution REPL yet"),
+    pytest.mark.skipif(not hasattr(SandboxBackend, "code"), reason="the docker backend has no code_execution REPL yet"),
 ]
 
 UPSTREAM = str(Path(__file__).resolve().parents[1] / "support" / "upstream_server.py")

@@ -20,7 +20,7 @@ import docker
 import psutil
 import pytest
 
-from mcp_codeexec.sandboxes import (
+from mcp_codeexec.engines.docker import (
     L_CREATED,
     L_EXPIRES,
     L_ID,

@@ -11,7 +11,7 @@ import anyio
 import docker
 import pytest
 
-from mcp_codeexec.sandboxes import NAME_PREFIX
+from mcp_codeexec.engines.docker import NAME_PREFIX
 from tests.integration.conftest import make_settings
 from tests.support.oracle import assert_hosted_shape
 from tests.support.servers import mcp_client, remove_installation, server_env

@@ -28,7 +28,7 @@ import psycopg
 import pytest
 
 from mcp_codeexec.config import Settings
-from mcp_codeexec.sandboxes import L_ID, L_INSTALL, L_MANAGED, installation_label
+from mcp_codeexec.engines.docker import L_ID, L_INSTALL, L_MANAGED, installation_label
 from tests.integration.conftest import make_settings
 from tests.support.http_probe import legacy_call, modern_call, rpc_payload, tool_result
 from tests.support.servers import free_port, mcp_client, new_token, remove_installation, server_env

@@ -12,7 +12,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from mcp_codeexec.sandboxes import NAME_PREFIX
+from mcp_codeexec.engines.docker import NAME_PREFIX
 from tests.conftest import IN_CI
 from tests.integration.conftest import make_settings
 from tests.support.oracle import assert_hosted_shape

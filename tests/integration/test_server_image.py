@@ -32,8 +32,8 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from mcp_codeexec.config import load_settings
+from mcp_codeexec.engines.docker import SandboxManager
 from mcp_codeexec.image import DEBIAN_BASE, find_ca_bundle
-from mcp_codeexec.sandboxes import SandboxManager
 from tests.conftest import IN_CI
 from tests.support.oracle import assert_hosted_shape
 

@@ -126,7 +126,7 @@ async def test_a_sandbox_with_a_running_service_outlives_the_normal_idle_stop(tm
     import anyio
     import docker
 
-    from mcp_codeexec.sandboxes import NAME_PREFIX
+    from mcp_codeexec.engines.docker import NAME_PREFIX
 
     settings = make_settings(tmp_path, services=True, idle_stop_seconds=1.0, repl_idle_stop_seconds=3600.0,
                              reap_interval_seconds=0.3)

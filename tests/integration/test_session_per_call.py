@@ -14,7 +14,7 @@ import docker
 import pytest
 
 from mcp_codeexec.config import Settings
-from mcp_codeexec.sandboxes import L_INSTALL, SandboxManager, connect, installation_label
+from mcp_codeexec.engines.docker import L_INSTALL, SandboxManager, connect, installation_label
 from tests.integration.conftest import make_settings
 from tests.support.pyclients import client_python, run_client
 from tests.support.servers import mcp_client, remove_installation, server_env

@@ -19,7 +19,7 @@ import httpx2
 import pytest
 
 from mcp_codeexec.config import Settings
-from mcp_codeexec.sandboxes import L_INSTALL, installation_label
+from mcp_codeexec.engines.docker import L_INSTALL, installation_label
 from tests.integration.conftest import make_settings
 from tests.support.servers import free_port, remove_installation, server_env
 

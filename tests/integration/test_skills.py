@@ -209,7 +209,7 @@ async def test_the_anthropic_adapter_takes_container_skills_and_echoes_them_like
 async def test_a_pool_container_carries_the_folder_skills_and_a_rebuilt_container_keeps_its_skills(skilled):
     import docker
 
-    from mcp_codeexec.sandboxes import NAME_PREFIX
+    from mcp_codeexec.engines.docker import NAME_PREFIX
 
     pooled = skilled.model_copy(update={"pool_size": 1})
     async with mcp_client("memory", pooled) as client:

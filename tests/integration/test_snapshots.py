@@ -14,7 +14,7 @@ import pytest
 
 from mcp_codeexec import Sandbox
 from mcp_codeexec.errors import InvalidToolInput
-from mcp_codeexec.sandboxes import NAME_PREFIX, SandboxManager, connect
+from mcp_codeexec.engines.docker import NAME_PREFIX, SandboxManager, connect
 from mcp_codeexec.snapshots import SnapshotStore
 from tests.integration.conftest import make_settings
 from tests.support.servers import remove_installation, server_env

@@ -9,7 +9,7 @@ import sys
 import docker
 
 from mcp_codeexec.config import Settings
-from mcp_codeexec.sandboxes import NAME_PREFIX
+from mcp_codeexec.engines.docker import NAME_PREFIX
 from tests.support.servers import server_env
 
 

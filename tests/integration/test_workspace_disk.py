@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from mcp_codeexec.backends.docker import DockerBackend
+from mcp_codeexec.backends.sandbox import SandboxBackend
 from mcp_codeexec.files import FileStore
 from mcp_codeexec.schemas import BashInput
 from tests.integration.test_pool import ctx
@@ -22,7 +22,7 @@ def allocated(path: str) -> int:
 
 
 async def test_an_empty_workspace_costs_at_most_8_mib_of_disk_and_still_holds_5_gib(settings):
-    async with DockerBackend(settings, FileStore(settings.files_dir, 30)) as b:
+    async with SandboxBackend(settings, FileStore(settings.files_dir, 30)) as b:
         volumes = b._manager.volumes if b._manager else None
         if volumes is None or volumes.mode != "loop":
             pytest.skip("workspaces are plain volumes here (no loop-mounted images)")

@@ -8,6 +8,7 @@
 #   tests/k8s/cluster.sh down    stop all of it, remove the kubelet's containers and every state dir
 #   tests/k8s/cluster.sh build   only build (or check) the cached binaries and the pause image
 #   tests/k8s/cluster.sh status  which components run
+#   tests/k8s/cluster.sh restart-apiserver [S]   stop kube-apiserver, wait S seconds, start it again (fault tests)
 #
 # Built binaries are cached on the machine, never in the repository:
 #   $MCP_CODEEXEC_K8S_CACHE (default /var/cache/mcp-codeexec-k8s)/<debian version>/bin
@@ -338,6 +339,21 @@ check_ports() {
     done
 }
 
+start_apiserver() {
+    spawn kube-apiserver "$BIN/kube-apiserver" --etcd-servers=http://127.0.0.1:2379 \
+        --bind-address=127.0.0.1 --secure-port=6443 --insecure-port=0 \
+        --advertise-address=127.0.0.1 --endpoint-reconciler-type=none --service-cluster-ip-range=10.0.0.0/24 \
+        --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
+        --client-ca-file="$PKI/ca.crt" --token-auth-file="$PKI/tokens.csv" --authorization-mode=Node,RBAC \
+        --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
+        --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+        --api-audiences=https://kubernetes.default.svc.cluster.local \
+        --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+        --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+        --kubelet-certificate-authority="$PKI/ca.crt" --kubelet-preferred-address-types=Hostname --v=1
+    wait_for kube-apiserver 90 api GET /readyz
+}
+
 start_all() {
     [ -d "$RUN" ] || rm -rf "$LOGS"  # a fresh cluster: the logs are its own (down keeps the last ones)
     mkdir -p "$RUN" "$LOGS"
@@ -353,18 +369,7 @@ start_all() {
         --initial-cluster default=http://127.0.0.1:2380 --initial-cluster-state new --logger zap --log-outputs stderr
     wait_for etcd 30 etcdctl --endpoints http://127.0.0.1:2379 endpoint health
 
-    spawn kube-apiserver "$BIN/kube-apiserver" --etcd-servers=http://127.0.0.1:2379 \
-        --bind-address=127.0.0.1 --secure-port=6443 --insecure-port=0 \
-        --advertise-address=127.0.0.1 --endpoint-reconciler-type=none --service-cluster-ip-range=10.0.0.0/24 \
-        --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
-        --client-ca-file="$PKI/ca.crt" --token-auth-file="$PKI/tokens.csv" --authorization-mode=Node,RBAC \
-        --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
-        --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-        --api-audiences=https://kubernetes.default.svc.cluster.local \
-        --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
-        --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
-        --kubelet-certificate-authority="$PKI/ca.crt" --kubelet-preferred-address-types=Hostname --v=1
-    wait_for kube-apiserver 90 api GET /readyz
+    start_apiserver
 
     spawn kube-controller-manager "$BIN/kube-controller-manager" --kubeconfig="$RUN/controller-manager.kubeconfig" \
         --bind-address=127.0.0.1 --secure-port=10257 --port=0 --leader-elect=false \
@@ -500,5 +505,12 @@ case "${1:-}" in
         ;;
     down) stop_all; log "cluster down" ;;
     status) status ;;
-    *) echo "usage: $0 up|down|build|status" >&2; exit 2 ;;
+    restart-apiserver)  # fault tests: the API server goes away (every watch and stream with it) and comes back
+        ensure_built  # sets BIN (nothing to build when the cache is there)
+        stop_one kube-apiserver
+        sleep "${2:-0}"
+        start_apiserver
+        log "kube-apiserver restarted"
+        ;;
+    *) echo "usage: $0 up|down|build|status|restart-apiserver [seconds down]" >&2; exit 2 ;;
 esac

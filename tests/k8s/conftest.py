@@ -7,43 +7,23 @@ missing cluster fails instead, so a CI job that promises a cluster cannot pass b
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import anyio
 import pytest
 
 from mcp_codeexec.agent_client import AgentConnection
 from mcp_codeexec.engines.kubernetes import KubernetesEngine, PodSettings
-from tests.conftest import IN_CI
-
-REQUIRED = IN_CI and os.environ.get("MCP_CODEEXEC_K8S") == "1"
-
-
-def _why_not() -> str | None:
-    path = os.environ.get("MCP_CODEEXEC_KUBECONFIG")
-    if not path:
-        return "no cluster: set MCP_CODEEXEC_KUBECONFIG (tests/k8s/cluster.sh up prints it)"
-    if not Path(path).is_file():
-        return f"MCP_CODEEXEC_KUBECONFIG={path} is not a file"
-    if importlib.util.find_spec("kubernetes") is None:
-        return "the kubernetes client is not installed (pip install -e '.[kubernetes]')"
-    return None
+from tests.support.backends import kubeconfig_or_skip
 
 
 @pytest.fixture(scope="session")
 def kubeconfig() -> str:
-    why = _why_not()
-    if why is not None:
-        if REQUIRED:
-            pytest.fail(f"CI=true and MCP_CODEEXEC_K8S=1 but {why}")
-        pytest.skip(why)
-    return os.environ["MCP_CODEEXEC_KUBECONFIG"]
+    return kubeconfig_or_skip()
 
 
 @pytest.fixture
@@ -71,10 +51,10 @@ class Running:
 async def running_sandbox(engine: KubernetesEngine) -> AsyncIterator[Running]:
     """A sandbox pod with its agent answering over the attach stream; removed on exit."""
     t0 = anyio.current_time()
-    rec = await engine.create("tester")
+    rec, pod = await anyio.to_thread.run_sync(lambda: engine.create("tester"))
     try:
-        await engine.wait_running(rec.id, timeout=120)
-        stream = await engine.open_stream(rec.id)
+        stream, docker_mux = await engine.open_stream(rec, pod)
+        assert docker_mux is False
         conn = AgentConnection(stream, docker_mux=False, name=rec.id)
         async with anyio.create_task_group() as tg:
             tg.start_soon(conn.run_reader)
@@ -86,4 +66,5 @@ async def running_sandbox(engine: KubernetesEngine) -> AsyncIterator[Running]:
                 await conn.aclose()
     finally:
         with anyio.CancelScope(shield=True):
-            await engine.delete(rec.id)
+            await anyio.to_thread.run_sync(engine.remove, rec.id)
+            await anyio.to_thread.run_sync(engine.wait_gone, rec.id)

@@ -131,13 +131,13 @@ async def test_delete_leaves_no_pod_or_network_policy(engine) -> None:
     ns = engine.settings.namespace
     selector = f"{MANAGED_BY}={MANAGER},{L_INSTANCE}={engine.settings.instance}"
     async with running_sandbox(engine) as sandbox:
-        assert [p.id for p in await engine.list()] == [sandbox.id]
-        found = await engine.find(sandbox.id)
-        assert found.owner == "tester" and found.phase == "Running" and not found.expired
+        assert [r.id for r, _ in await anyio.to_thread.run_sync(engine.list)] == [sandbox.id]
+        found, _ = await anyio.to_thread.run_sync(engine.find, sandbox.id)
+        assert found.owner == "tester" and found.status == "running" and not found.expired
         assert len(engine.net.list_namespaced_network_policy(ns, label_selector=selector).items) == 1
-    assert await engine.list() == []
+    assert await anyio.to_thread.run_sync(engine.list) == []
     with pytest.raises(ContainerExpired):
-        await engine.find(sandbox.id)
+        await anyio.to_thread.run_sync(engine.find, sandbox.id)
     assert engine.net.list_namespaced_network_policy(ns, label_selector=selector).items == []
     assert engine.core.list_namespaced_persistent_volume_claim(ns, label_selector=selector).items == []
 
@@ -145,7 +145,7 @@ async def test_delete_leaves_no_pod_or_network_policy(engine) -> None:
 async def test_a_call_in_flight_fails_promptly_when_its_pod_is_deleted(engine) -> None:
     async with running_sandbox(engine) as sandbox:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(engine.delete, sandbox.id)
+            tg.start_soon(anyio.to_thread.run_sync, engine.remove, sandbox.id)
             started = anyio.current_time()
             with pytest.raises(AgentGone):
                 await sandbox.conn.request({"op": "bash", "command": "sleep 60"}, timeout=60)

@@ -17,7 +17,7 @@ from mcp_codeexec.shutdown import hold_signals
 
 hold_signals()
 
-from mcp_codeexec import sandboxes  # noqa: E402
+from mcp_codeexec.engines import docker as sandboxes  # noqa: E402
 from mcp_codeexec.cli import main  # noqa: E402
 
 NAME = os.environ["HELD_METHOD"]

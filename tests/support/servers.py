@@ -95,7 +95,7 @@ async def mcp_client(transport: str, settings: Settings, *, base_url: str | None
 
 def remove_installation(settings: Settings) -> None:
     """Remove every container and workspace a test's server created (they carry its data dir label)."""
-    from mcp_codeexec.sandboxes import SandboxManager, connect
+    from mcp_codeexec.engines.docker import SandboxManager, connect
 
     SandboxManager(settings, connect()).remove_installation()
 

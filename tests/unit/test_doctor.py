@@ -15,11 +15,12 @@ import pytest
 
 from mcp_codeexec import doctor
 from mcp_codeexec.config import load_settings
+from mcp_codeexec.engines import docker_endpoints
 
 
 @pytest.fixture
 def no_default_socket(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(doctor, "DEFAULT_SOCKET", str(tmp_path / "absent" / "docker.sock"))
+    monkeypatch.setattr(docker_endpoints, "DEFAULT_SOCKET", str(tmp_path / "absent" / "docker.sock"))
 
 
 @pytest.fixture
@@ -92,7 +93,7 @@ def test_without_the_default_socket_the_desktop_colima_or_orbstack_socket_is_use
 
 def test_the_default_socket_wins_over_desktop_sockets_when_it_exists(isolated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     default = tmp_path / "run" / "docker.sock"
-    monkeypatch.setattr(doctor, "DEFAULT_SOCKET", str(default))
+    monkeypatch.setattr(docker_endpoints, "DEFAULT_SOCKET", str(default))
     with unix_socket(default), unix_socket(isolated / ".orbstack" / "run" / "docker.sock"):
         assert doctor.local_docker_host({}, isolated, "linux") is None  # docker-py's default is right
         assert doctor.server_endpoint({}, isolated, "linux").url == f"unix://{default}"

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from mcp_codeexec.sandboxes import SERVER_TAG, server_alive
+from mcp_codeexec.engines.docker import SERVER_TAG, server_alive
 
 HOST = socket.gethostname()
 

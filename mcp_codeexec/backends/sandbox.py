@@ -1,7 +1,8 @@
-"""The docker backend: each MCP session gets a hardened sandbox container; calls travel as one
-framed request over the container's attach stream to the agent running as its PID 1.
-
-This module (with ``sandboxes``) is the only importer of ``docker``.
+"""The sandbox backend: what a sandbox *is*, on any engine. Each MCP session gets a hardened
+sandbox; calls travel as one framed request over the sandbox's byte stream to the agent running as
+its PID 1. Sessions -> sandboxes, the warm pool, idle stop, uploads and the calls live here once;
+how a sandbox is created, found, stopped, removed and reached is the engine's (``engines.base.Engine``:
+``engines.docker`` or ``engines.kubernetes``, built from the settings by ``engines.build``).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from anyio.abc import SocketStream, TaskGroup
-from docker.models.containers import Container
+from anyio.abc import TaskGroup
 
 from .. import mount_choice
 from ..agent_client import AgentConnection, AgentGone
 from ..checkpoint import Checkpointer, CheckpointFailed
 from ..config import MiB, Settings
+from ..engines import build_engine
+from ..engines.base import POOL_KEEPALIVE_SECONDS, POOL_OWNER, CreateTicket, Engine, SandboxRecord
 from ..errors import (
     CodeExecError,
     ContainerExpired,
@@ -38,16 +40,6 @@ from ..errors import (
     Unavailable,
 )
 from ..files import FileStore, PendingFile
-from ..sandboxes import (
-    NAME_PREFIX,
-    POOL_KEEPALIVE_SECONDS,
-    POOL_OWNER,
-    CreateTicket,
-    SandboxManager,
-    SandboxRecord,
-    connect,
-    translate_docker_errors,
-)
 from ..schemas import (
     BashInput,
     BashOutputBlock,
@@ -149,13 +141,15 @@ def queue_upload(pending_dir: Path, file_id: str, filename: str, container_id: s
     tmp.replace(queue / file_id)
 
 
-class DockerBackend:
-    name = "docker"
+class SandboxBackend:
+    """The tools in sandboxes of one engine (``settings.backend``: docker or kubernetes)."""
 
-    def __init__(self, settings: Settings, store: FileStore) -> None:
+    def __init__(self, settings: Settings, store: FileStore, engine: Engine | None = None) -> None:
         self.settings = settings
         self.store = store
-        self._manager: SandboxManager | None = None
+        self.name = engine.name if engine is not None else settings.backend
+        self._given_engine = engine
+        self._manager: Engine | None = None  # the engine, once connected, its image checked and its leftovers reaped
         self._sandboxes: dict[str, Sandbox] = {}
         self._sessions: dict[str, str] = {}
         self._locks: dict[str, anyio.Lock] = {}
@@ -187,12 +181,12 @@ class DockerBackend:
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    async def __aenter__(self) -> DockerBackend:
+    async def __aenter__(self) -> SandboxBackend:
         self._tg = await self._stack.enter_async_context(anyio.create_task_group())
         try:
             await self._manager_or_raise()
         except Unavailable as exc:
-            log.warning("docker backend not ready yet: %s", exc.message)
+            log.warning("%s backend not ready yet: %s", self.name, exc.message)
         except BaseException:
             # Cancelled while starting (a signal during start-up): leave the task group we entered,
             # or the caller's cancel scopes unwind out of order.
@@ -256,7 +250,7 @@ class DockerBackend:
         """Check (once per idle stop) that its checkpoint stays within ``checkpoint_max_bytes``."""
         if not self._checkpointable(sandbox) or self._checkpoints is None:
             return False
-        used = await _thread(self._checkpoints.memory_bytes, NAME_PREFIX + sandbox.record.id)
+        used = await _thread(self._checkpoints.memory_bytes, sandbox.record.ref)
         if used is None or used <= self.settings.checkpoint_max_bytes:
             return False
         log.info("sandbox %s: uses %d MiB, more than checkpoint_max_bytes: kept running (repl_idle_stop_seconds)",
@@ -269,7 +263,7 @@ class DockerBackend:
         if not self._checkpointable(sandbox) or self._checkpoints is None:
             return False
         try:
-            stats = await _thread(self._checkpoints.create, NAME_PREFIX + sandbox.record.id)
+            stats = await _thread(self._checkpoints.create, sandbox.record.ref)
         except CheckpointFailed as exc:
             log.warning("sandbox %s: idle checkpoint failed (%s); stopping it, its interpreter is lost", sandbox.record.id, exc)
             return False
@@ -287,11 +281,11 @@ class DockerBackend:
         except AgentGone as exc:
             log.info("sandbox %s: shell state not saved: %s", sandbox.record.id, exc.message)
 
-    async def _manager_or_raise(self) -> SandboxManager:
+    async def _manager_or_raise(self) -> Engine:
         if self._manager is None:
-            client = await _thread(connect)
-            manager = SandboxManager(self.settings, client)
-            manager.checkpoints = self._checkpoints = await _thread(Checkpointer.for_engine, client, self.settings)
+            manager = self._given_engine or await _thread(build_engine, self.settings)
+            # Idle checkpoints with memory are a Docker + runsc feature (checkpoint.py); other engines have none.
+            self._checkpoints = await _thread(manager.checkpointer) if hasattr(manager, "checkpointer") else None
             await _thread(manager.resolve_image)
             self._manager = manager
             # The first reap runs beside the session: with many leftovers (or a busy engine) it
@@ -343,7 +337,7 @@ class DockerBackend:
         now = time.monotonic()
         for cid, sandbox in list(self._sandboxes.items()):
             limit = self.idle_limit(sandbox)
-            if limit <= 0 or sandbox.inflight or now - sandbox.last_used < limit:
+            if limit <= 0 or not self._manager.stoppable or sandbox.inflight or now - sandbox.last_used < limit:
                 continue
             if self.session_map is not None and await self._used_elsewhere(cid, limit):
                 continue  # idle here, busy on another replica: not ours to stop
@@ -525,20 +519,11 @@ class DockerBackend:
 
     # --- containers -------------------------------------------------------------------------
 
-    async def _connect(self, record: SandboxRecord, container: Container, owner: str) -> Sandbox:
+    async def _connect(self, record: SandboxRecord, handle: Any, owner: str) -> Sandbox:
         manager = self._manager
         assert manager is not None and self._tg is not None
-
-        def attach() -> Any:
-            with translate_docker_errors("attaching to a sandbox"):
-                sock = manager.client.api.attach_socket(
-                    container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-                )
-                return sock._sock  # the raw socket under docker-py's SocketIO
-
-        raw = await _thread(attach)
-        stream = await SocketStream.from_socket(raw)
-        conn = AgentConnection(stream, docker_mux=True, name=record.id)
+        stream, docker_mux = await manager.open_stream(record, handle)
+        conn = AgentConnection(stream, docker_mux=docker_mux, name=record.id)
         self._tg.start_soon(conn.run_reader)
         try:
             await conn.request({"op": "hello"}, timeout=30)
@@ -547,13 +532,15 @@ class DockerBackend:
             raise Unavailable(f"the sandbox {record.id} did not start its agent") from None
         return Sandbox(record, conn, owner)
 
-    async def _start_new(self, manager: SandboxManager, *, owner: str, pool: bool, skills: SkillSet | None = None,
+    async def _start_new(self, manager: Engine, *, owner: str, pool: bool, skills: SkillSet | None = None,
                          extra_mounts: list[Any] | None = None) -> Sandbox:
         ticket = CreateTicket()
         try:
             async with self._create_limiter:
+                # Host folders are a Docker engine feature: other engines are only asked for what they know.
+                extra = {"extra_mounts": extra_mounts} if extra_mounts else {}
                 record, container = await _thread(lambda: manager.create(owner, pool=pool, ticket=ticket, skills=skills,
-                                                                         extra_mounts=extra_mounts))
+                                                                         **extra))
         except anyio.get_cancelled_exc_class():
             # The create carries on in its worker thread: it removes what it makes, or (made
             # already) we do. Nothing is left behind that no session and no pool knows of.
@@ -631,7 +618,8 @@ class DockerBackend:
                 sandbox = self._sandboxes.get(container_id)
                 if sandbox is not None and sandbox.owner not in (ctx.principal, "local") and ctx.principal != "local":
                     raise ContainerExpired(container_id)
-                if sandbox is None or sandbox.conn.closed.is_set():
+                if sandbox is None or sandbox.conn.closed.is_set() or sandbox.record.expired:
+                    # (expired: the engine's find says so, even before its reaper or deadline removes it)
                     sandbox = await self._reattach(container_id, ctx.principal)
                     self._sandboxes[container_id] = sandbox
                 await _check_skills(self.settings, sandbox, ctx)
@@ -643,7 +631,7 @@ class DockerBackend:
             if cid is None and self.session_map is not None:
                 cid = await _thread(self.session_map.get, ctx.session_key)
             sandbox = self._sandboxes.get(cid) if cid else None
-            if sandbox is not None and not sandbox.conn.closed.is_set():
+            if sandbox is not None and not sandbox.conn.closed.is_set() and not sandbox.record.expired:
                 await _check_skills(self.settings, sandbox, ctx)
                 return sandbox
             sandbox = None
@@ -737,7 +725,7 @@ class DockerBackend:
             raise error
         return reply["result"]
 
-    async def sandbox_manager(self) -> SandboxManager:
+    async def sandbox_manager(self) -> Engine:
         """The engine-side manager (snapshots.py forks and snapshots through it)."""
         return await self._manager_or_raise()
 

@@ -1,14 +1,14 @@
-"""Sandbox container lifecycle on a Docker engine: create, find again, quota volumes, reap.
+"""The Docker engine: sandboxes as hardened containers; create, find again, quota volumes, reap.
 
-Everything here is synchronous (docker-py and subprocess) and is called through
-``anyio.to_thread`` by ``backends.docker``. Docker-py errors are translated into the project's
-error family by ``translate_docker_errors``, the one choke point for foreign errors.
+Everything here but ``open_stream`` is synchronous (docker-py and subprocess) and is called through
+``anyio.to_thread`` by the lifecycle (``backends.sandbox``). Docker-py errors are translated into
+the project's error family by ``translate_docker_errors``, the one choke point for foreign errors.
+This module is the only importer of ``docker`` on the serving path.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -16,31 +16,46 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio.abc
+import anyio.to_thread
 import docker
 import docker.errors
 import requests.exceptions
+from anyio.abc import SocketStream
 from docker.models.containers import Container
 from docker.types import Mount, Ulimit
 
-from .config import Settings
-from .database import open_owner_registry
-from .errors import ContainerExpired, Unavailable
-from .image import DERIVED_LABEL, derived_tag, image_tag, is_bare_name
-from .mounts import ResolvedMount, StagedMounts, decode, encode, resolve_all
+from ..config import Settings
+from ..database import open_owner_registry
+from ..errors import ContainerExpired, Unavailable
+from ..image import DERIVED_LABEL, derived_tag, image_tag, is_bare_name
+from ..mounts import ResolvedMount, StagedMounts, decode, encode, resolve_all
+from .base import (  # noqa: F401 - re-exported: the names callers knew from ``sandboxes``
+    POOL_KEEPALIVE_SECONDS,
+    POOL_OWNER,
+    POOL_SILENCE_SECONDS,
+    SERVER_TAG,
+    CreateTicket,
+    Leases,
+    SandboxRecord,
+    installation_label,
+    is_valid_container_id,
+    new_container_id,
+    server_alive,
+    utcnow,
+)
 
 if TYPE_CHECKING:
-    from .checkpoint import Checkpointer
-    from .skills import SkillSet
+    from ..checkpoint import Checkpointer
+    from ..skills import SkillSet
 
 log = logging.getLogger(__name__)
 
@@ -62,79 +77,15 @@ L_MOUNTS = f"{LABEL}.mounts"
 NAME_PREFIX = "mcp-codeexec-"
 IMAGE_PREFIX = "ws_"  # workspace image files: ws_<random token>.img
 WORKSPACE = "/workspace"
-POOL_OWNER = ""
 
 
 MASKED_SYS_PATHS = ("/sys/block", "/sys/devices/virtual/block")
-POOL_SILENCE_SECONDS = 45.0
-"""An unclaimed pool container whose server sends nothing for this long exits (and is auto-removed)."""
-POOL_KEEPALIVE_SECONDS = 15.0
-"""How often a server pings its pool containers (well inside POOL_SILENCE_SECONDS)."""
-
 FOREIGN_EXPIRY_GRACE = timedelta(days=1)
 """How long past its expiry another installation's sandbox is left to that installation's reaper."""
 # A workspace or owner record with no container is left alone this long: a create may be between
 # making the workspace and starting its container. Measured from the file's mtime, which a
 # still-mounted loop image moves whenever its journal commits (every ~5 s after a write).
 ORPHAN_GRACE_SECONDS = 120.0
-
-
-def installation_label(data_dir: Path) -> str:
-    """Which data directory (file store, workspaces) a container belongs to."""
-    import hashlib
-
-    return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
-
-
-SERVER_TAG = f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}"
-"""Identifies this server process; a pool container whose server process is gone is a leftover."""
-
-
-def server_alive(tag: str) -> bool:
-    host, _, rest = tag.partition(":")
-    pid, _, started = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True  # another machine's server: not ours to judge
-    if tag == SERVER_TAG:
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = _process_state(int(pid))
-    if proc is not None:
-        state, start = proc
-        if state == "Z":
-            return False  # exited, not yet collected by its parent
-        if started.isdigit() and start > int(started) + 5:
-            return False  # the pid was reused: this process started after the server tagged it
-    return True
-
-
-def _process_state(pid: int) -> tuple[str, float] | None:
-    """(state letter, start time in epoch seconds) of a process, from /proc; None where unknown."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rpartition(")")[2].split()
-        with open("/proc/stat") as fh:
-            boot = next(int(line.split()[1]) for line in fh if line.startswith("btime "))
-        return fields[0], boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
-
-
-def new_container_id() -> str:
-    return "container_" + secrets.token_hex(12)
-
-
-def is_valid_container_id(value: str) -> bool:
-    return value.startswith("container_") and len(value) == 34 and all(c in "0123456789abcdef" for c in value[10:])
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @contextlib.contextmanager
@@ -160,36 +111,14 @@ def translate_docker_errors(what: str) -> Iterator[None]:
 
 def connect(timeout: float = 30.0) -> docker.DockerClient:
     with translate_docker_errors("connecting to Docker"):
-        from .doctor import local_docker_host  # DOCKER_HOST unset: docker context, Docker Desktop, colima, OrbStack...
+        from .docker_endpoints import (
+            local_docker_host,  # DOCKER_HOST unset: docker context, Docker Desktop, colima, OrbStack...
+        )
 
         host = local_docker_host()
         client = docker.DockerClient(base_url=host, timeout=int(timeout)) if host else docker.from_env(timeout=int(timeout))
         client.ping()
         return client
-
-
-@dataclass(frozen=True)
-class SandboxRecord:
-    """What the labels (and the ownership file) say about one sandbox container."""
-
-    id: str
-    docker_id: str
-    created: datetime
-    expires: datetime
-    owner: str
-    pool: bool
-    quota: str
-    status: str
-    install: str
-    server: str
-    skills: tuple[dict[str, str], ...] = ()
-    image: str = ""
-    mounts: str = ""
-    """The host folders it was made with (the mounts label, encoded)."""
-
-    @property
-    def expired(self) -> bool:
-        return utcnow() >= self.expires
 
 
 def record_of(container: Container, owners: OwnerRegistry) -> SandboxRecord:
@@ -201,7 +130,7 @@ def record_of(container: Container, owners: OwnerRegistry) -> SandboxRecord:
     owner = labels.get(L_OWNER) or owners.get(cid) or POOL_OWNER
     return SandboxRecord(
         id=cid,
-        docker_id=container.id,
+        ref=container.id,
         created=datetime.fromtimestamp(float(labels[L_CREATED]), timezone.utc),
         expires=datetime.fromtimestamp(float(labels[L_EXPIRES]), timezone.utc),
         owner=owner,
@@ -275,75 +204,6 @@ class OwnerRegistry:
             return time.time() - (self.root / f"{cid}.json").stat().st_mtime
         except FileNotFoundError:
             return None
-
-
-class Leases:
-    """Which sandboxes a live server is using for a session: an exclusive ``flock`` on
-    ``<data>/leases/<id>.lock``, held while the server uses the sandbox. The kernel drops it when the
-    process ends, however it ends (kill -9 included), so a stale lease cannot exist. The file's
-    mtime, touched on taking and on letting go, says when the sandbox was last used."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self._held: dict[str, int] = {}
-
-    def _path(self, cid: str) -> Path:
-        return self.root / f"{cid}.lock"
-
-    def acquire(self, cid: str) -> bool:
-        if cid in self._held:
-            return True
-        fd = os.open(self._path(cid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        os.utime(fd)
-        self._held[cid] = fd
-        return True
-
-    def holds(self, cid: str) -> bool:
-        return cid in self._held
-
-    def in_use(self, cid: str) -> bool:
-        """Held by this process or another live one."""
-        if cid in self._held:
-            return True
-        try:
-            fd = os.open(self._path(cid), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
-
-    def last_used(self, cid: str) -> float | None:
-        try:
-            return self._path(cid).stat().st_mtime
-        except FileNotFoundError:
-            return None
-
-    def release(self, cid: str) -> None:
-        fd = self._held.pop(cid, None)
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.utime(fd)
-            os.close(fd)
-
-    def release_all(self) -> None:
-        for cid in list(self._held):
-            self.release(cid)
-
-    def forget(self, cid: str) -> None:
-        if cid not in self._held:
-            with contextlib.suppress(FileNotFoundError):
-                self._path(cid).unlink()
 
 
 class QuotaVolumes:
@@ -469,30 +329,11 @@ def _run(argv: list[str]) -> None:
         raise Unavailable(f"{argv[0]} failed: {proc.stderr.strip() or proc.stdout.strip()}")
 
 
-class CreateTicket:
-    """Between a create running in a worker thread and the caller awaiting it: a caller that gives
-    up (cancelled) either stops the create from delivering, or learns what was made to remove it."""
+class DockerEngine:
+    """Creates and finds sandbox containers (``engines.base.Engine``). Synchronous; one per backend."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._abandoned = False
-        self._made: str | None = None
-
-    def deliver(self, cid: str) -> bool:
-        with self._lock:
-            if not self._abandoned:
-                self._made = cid
-            return not self._abandoned
-
-    def abandon(self) -> str | None:
-        """Give up; returns the id of a sandbox that was already delivered (the caller removes it)."""
-        with self._lock:
-            self._abandoned = True
-            return self._made
-
-
-class SandboxManager:
-    """Creates and finds sandbox containers. Synchronous; one instance per backend."""
+    name = "docker"
+    stoppable = True
 
     def __init__(self, settings: Settings, client: docker.DockerClient) -> None:
         self.settings = settings
@@ -516,7 +357,7 @@ class SandboxManager:
     def egress(self) -> Any:
         """The allow-list's networks and proxies (network = "allowlist"; see egress.py)."""
         if self._egress is None:
-            from .egress import Egress, Policy
+            from ..egress import Egress, Policy
 
             s = self.settings
             policy = Policy.from_settings(s.allow_hosts, s.mirrors, s.egress_network)
@@ -529,7 +370,7 @@ class SandboxManager:
         removes sandboxes never needs them)."""
         if self._mounts is None:
             s = self.settings
-            from .mounts import MountError
+            from ..mounts import MountError
 
             try:
                 self._mounts = resolve_all(s.mounts, s.allowed_mount_roots, s.data_dir, s.runtime) if s.mounts else []
@@ -545,7 +386,7 @@ class SandboxManager:
 
     def default_skills(self) -> SkillSet:
         """What a pool container carries: the folder skills (every sandbox has them)."""
-        from .skills import catalog_for
+        from ..skills import catalog_for
 
         return catalog_for(self.settings).folder_set()
 
@@ -573,6 +414,13 @@ class SandboxManager:
                 log.info("built %s with skills %s", tag, ", ".join(s.name for s in skills.skills))
             self._skills_images[key] = tag
             return tag
+
+    def checkpointer(self) -> Checkpointer:
+        """Idle checkpoints with memory (runsc), restored by ``find``: see checkpoint.py."""
+        from ..checkpoint import Checkpointer
+
+        self.checkpoints = Checkpointer.for_engine(self.client, self.settings)
+        return self.checkpoints
 
     def resolve_image(self) -> str:
         """The configured image, or the minimal one when only that is built."""
@@ -758,7 +606,7 @@ class SandboxManager:
         mounts = decode(labels.get(L_MOUNTS))
         if not mounts:
             return []
-        from .mounts import MountError
+        from ..mounts import MountError
 
         s = self.settings
         try:
@@ -1025,3 +873,18 @@ class SandboxManager:
         if not self.detached(known):
             self.remove_skills_images(self.orphan_grace)
         return removed
+
+    async def open_stream(self, record: SandboxRecord, handle: Container) -> tuple[anyio.abc.ByteStream, bool]:
+        """The container's attach socket (PID 1's stdin/stdout, multiplexed by the engine)."""
+
+        def attach() -> Any:
+            with translate_docker_errors("attaching to a sandbox"):
+                sock = self.client.api.attach_socket(handle.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+                return sock._sock  # the raw socket under docker-py's SocketIO
+
+        raw = await anyio.to_thread.run_sync(attach, abandon_on_cancel=True)
+        return await SocketStream.from_socket(raw), True
+
+
+SandboxManager = DockerEngine
+"""The name tests, the CLI and the bench know it by."""
