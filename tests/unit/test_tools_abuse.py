@@ -63,7 +63,12 @@ async def test_a_crashing_upstream_is_restarted_and_the_call_that_killed_it_says
 async def test_an_upstream_that_floods_stdout_is_stopped_at_the_message_limit_and_restarted() -> None:
     async with registry(max_result_bytes=64 * 1024, max_argument_bytes=64 * 1024) as reg:
         text, is_error = await reg.call("local", "t__flood", {"size": 20_000_000})
-        assert is_error and "without a line break" in text and "it is being restarted" in text
+        # The SDK server may write one of its own messages into the middle of the flood (writes
+        # above PIPE_BUF interleave), so the junk is seen either as an overlong line or as a
+        # shorter line that is not JSON-RPC: either way it is stopped, said, and restarted.
+        stopped = ("without a line break" in text or "that is not JSON-RPC" in text
+                   or "-byte limit" in text)
+        assert is_error and stopped and "it is being restarted" in text, text[:300]
         assert await reg.call("local", "t__echo", {"text": "after the flood"}) == ("after the flood", False)
 
 
