@@ -100,6 +100,8 @@ def test_names_are_pinned_to_their_public_addresses_and_mirrors_are_not_resolved
         "151.101.0.223 pypi.org", "151.101.64.223 pypi.org", "10.9.8.7 mirror.example"]
 
 
+# Data for the pinning rule only: a fake resolver returns these strings and nothing is contacted
+# (the module only raises socket.gaierror in the fake; it never opens a socket).
 @pytest.mark.parametrize("answer", [["127.0.0.1"], ["169.254.169.254"], ["10.0.0.5"], ["151.101.0.223", "192.168.1.1"], ["100.64.0.1"], ["0.0.0.0"]])
 def test_a_name_answering_with_any_non_public_address_is_refused_not_pinned(answer: list[str]) -> None:
     # A DNS-rebinding name, or an internal one: refused whole, so no later answer can matter.
