@@ -1,11 +1,13 @@
 """Third-party Python MCP clients (openai-agents, langchain-mcp-adapters) in a virtualenv of their
-own under tests/.pyclients/ (gitignored), installed from PyPI on first use: they pin versions of
+own in the user's cache (``~/.cache/mcp-codeexec/pyclients``, outside the repository so its
+third-party code is never mistaken for the project's), installed from PyPI on first use: they pin versions of
 ``mcp`` that differ from the one this project runs on, so they cannot share its environment. The
 tests drive them as subprocesses. Where the registry is unreachable they skip, except under CI=true."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import venv
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from tests.support.npm import unavailable
 
-CLIENTS_DIR = Path(__file__).resolve().parents[1] / ".pyclients"
+CLIENTS_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mcp-codeexec" / "pyclients"
 
 
 def client_python(name: str, *specs: str) -> Path:
