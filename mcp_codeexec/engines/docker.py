@@ -74,6 +74,19 @@ L_SKILLS = f"{LABEL}.skills"
 L_SKILLS_IMAGE = f"{LABEL}.skills-image"
 SKILLS_IMAGE_REPO = "mcp-codeexec-skills"
 L_MOUNTS = f"{LABEL}.mounts"
+
+# gVisor 2022 ignores PR_SET_DUMPABLE for /proc/<pid>/fd and checks the open against the file's
+# owner instead: the agent's stdio pipes belong to the container's first user. Started as root,
+# they are root's, so code running as 1000 cannot open /proc/1/fd/{0,1,2} (the host channel). The
+# agent drops to 1000:1000 before anything else, emptying the capability bounding set first
+# (SETPCAP), so nothing of root remains; runc honours the dumpable flag and starts as 1000.
+GVISOR_START_CAPS = ("SETUID", "SETGID", "SETPCAP")
+
+
+def _start_user(runtime: str | None) -> str:
+    return "0:0" if runtime == "runsc" else "1000:1000"
+
+
 NAME_PREFIX = "mcp-codeexec-"
 IMAGE_PREFIX = "ws_"  # workspace image files: ws_<random token>.img
 WORKSPACE = "/workspace"
@@ -561,9 +574,11 @@ class DockerEngine:
             detach=True,
             stdin_open=True,
             tty=False,
-            user="1000:1000",
+            # Under gVisor the agent starts as root and drops to 1000 at once (see _start_user).
+            user=_start_user(s.runtime),
             network_mode="bridge" if s.network is True else "none",
             cap_drop=["ALL"],
+            cap_add=list(GVISOR_START_CAPS) if s.runtime == "runsc" else None,
             security_opt=["no-new-privileges:true"],
             read_only=True,
             tmpfs={"/tmp": f"rw,nosuid,nodev,size={s.tmp_bytes},mode=1777", **masks},

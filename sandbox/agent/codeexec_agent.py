@@ -90,7 +90,7 @@ class _OnFirstUse:
 shutil = _OnFirstUse("shutil")
 traceback = _OnFirstUse("traceback")
 
-AGENT_VERSION = "1.2.0"
+AGENT_VERSION = "1.2.1"
 
 # -- framing: a copy of mcp_codeexec/protocol.py -------------------------------------------------
 HEADER = struct.Struct(">II")
@@ -355,6 +355,17 @@ class Reaper:
         with self._cond:
             return self._watched.get(pid)
 
+    def wait(self, pid: int, timeout: float) -> int | None:
+        """The status of a watched pid, waiting up to ``timeout`` for the reaper to collect it."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while pid in self._watched and self._watched[pid] is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return self._watched.get(pid)
+
     def forget(self, pid: int) -> None:
         with self._cond:
             self._watched.pop(pid, None)
@@ -377,6 +388,7 @@ class Reaper:
                 watched = pid in self._watched
                 if watched:
                     self._watched[pid] = status
+                    self._cond.notify_all()  # wakes wait(); the idle loop above re-checks _kick
             if watched:
                 try:
                     os.write(self._wake_fd, b"\0")
@@ -2487,6 +2499,9 @@ class Services:
         status = self._status(svc)
         live = members.get(svc.pid, [])
         running = bool(live)
+        if not running and status is None:
+            # Gone from /proc but not yet collected (gVisor shows the gap): the status follows.
+            status = self.terminal.reaper.wait(svc.pid, 2.0)
         if not running and svc.ended is None:
             svc.ended = time.monotonic()
         end = time.monotonic() if running else svc.ended
@@ -2831,6 +2846,33 @@ def _copy_state(src: str, dst: str) -> None:
         _log(f"cannot save shell state to {dst}: {exc}")
 
 
+SANDBOX_UID = SANDBOX_GID = 1000
+
+
+def _drop_root() -> None:
+    """Under gVisor the container starts as root so that the agent's stdio pipes are root's (the
+    engine's GVISOR_START_CAPS note): become 1000:1000 for good before anything else runs. The
+    bounding set is emptied first (CAP_SETPCAP), so no later exec can regain a capability; any
+    failure ends the agent rather than let user code run as root."""
+    if os.getuid() != 0 and os.geteuid() != 0:
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in range(64):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP; EINVAL past the last capability
+            if ctypes.get_errno() == errno.EINVAL:
+                break
+            os.write(2, f"codeexec-agent: cannot drop capability {cap}: {os.strerror(ctypes.get_errno())}\n".encode())
+            os._exit(70)
+    os.setgroups([])
+    os.setresgid(SANDBOX_GID, SANDBOX_GID, SANDBOX_GID)
+    os.setresuid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID)
+    if 0 in os.getresuid() or 0 in os.getresgid():
+        os.write(2, b"codeexec-agent: still root after dropping privileges\n")
+        os._exit(70)
+
+
 def _set_non_dumpable() -> None:
     try:
         import ctypes
@@ -2856,6 +2898,7 @@ def _release_startup_memory() -> None:
 
 
 def main() -> int:
+    _drop_root()
     if len(sys.argv) >= 3 and sys.argv[1] == "--repl":
         os._exit(repl_main(sys.argv[2]))
     _set_non_dumpable()

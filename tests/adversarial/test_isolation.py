@@ -262,6 +262,12 @@ async def test_capabilities_seccomp_and_no_new_privs(box: Sandbox) -> None:
         assert status["Seccomp"].strip() == "2" and status["NoNewPrivs"].strip() == "1"
     uid = await box.sh("id -u; id -g; id -G")
     assert uid == "1000\n1000\n1000\n"
+    # The agent too (under gVisor it starts as root and drops at once): no uid 0, no capability left.
+    agent = dict(line.split(":\t", 1) for line in (await box.sh("cat /proc/1/status")).splitlines() if ":\t" in line)
+    assert agent["Uid"].split() == ["1000"] * 4 and agent["Gid"].split() == ["1000"] * 4, agent
+    assert agent.get("Groups", "").strip() in ("", "1000"), agent.get("Groups")
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(agent.get(cap, "0"), 16) == 0, (cap, agent.get(cap))
     setuid = await box.sh("find /usr/bin /usr/sbin /usr/lib -maxdepth 2 -perm -4000 -type f 2>/dev/null | head -20")
     if setuid and not GVISOR:
         # Setuid binaries exist in the image (su, mount...): no-new-privileges makes them inert.
@@ -369,14 +375,9 @@ async def test_the_agents_channel_is_out_of_reach_of_user_code(box: Sandbox) -> 
         "cat /proc/1/mem >/dev/null 2>&1 && echo read-mem; ls /proc/1/fd >/dev/null 2>&1 && echo listed-fds; echo done"
     )
     sc = result.structured_content
-    if GVISOR and sc["type"].endswith("_error"):
-        # runsc 2022-12-19 does not honour PR_SET_DUMPABLE for /proc/1/fd: same-uid code can open
-        # the agent's stdin and write into its stdout. The host's frame decoder rejects the garbage and drops the link:
-        # the call answers `unavailable` and the next call attaches afresh. Only this session's own
-        # container is affected (frame ids are random, so forged replies match nothing).
-        assert sc["error_code"] == "unavailable"
-    else:
-        assert sc["stdout"] == "done\n", sc
+    # Under gVisor (whose 2022 build ignores the agent's dumpable flag) the descriptors can be
+    # listed but not opened: the agent started as root, so its stdio pipes are root's.
+    assert sc["stdout"] in (("done\n", "listed-fds\ndone\n") if GVISOR else ("done\n",)), sc
     await box.usable()
 
 

@@ -283,10 +283,14 @@ async def test_frames_forged_or_replayed_by_sandbox_code_never_reach_the_host_as
     for where, report in reports:
         # Other sandbox processes (the bash shell) are the code's own to trace; the agent is not.
         assert 1 not in report["ptrace"] and 1 not in report["vm_write"], (where, report)
-        if not GVISOR:
-            # runc: the agent is non-dumpable, so its /proc/1/fd cannot be opened at all.
-            assert not any(p.startswith("/proc/1/") for p in report["written"]), (where, report)
-            assert report["stole"] == 0, (where, report)
+        # The host channel is the agent's stdio. runc: the agent is non-dumpable, so none of its
+        # /proc/1/fd opens. gVisor 2022 ignores that flag and checks the file's owner: the stdio
+        # pipes are root's (the agent starts as root and drops to 1000), its own later pipes to the
+        # shell are 1000's, as is the shell itself: nothing the code could not already reach.
+        reached = [p for p in report["written"]
+                   if (p in ("/proc/1/fd/0", "/proc/1/fd/1", "/proc/1/fd/2") if GVISOR else p.startswith("/proc/1/"))]
+        assert not reached, (where, report["written"])
+        assert report["stole"] == 0, (where, report)
     # The host's truth: no forged call arrived; the raw control-socket burst stayed within the bound.
     assert stats["forged"] == 0, stats
     assert stats["max_in_progress"] <= IN_FLIGHT, stats
@@ -330,8 +334,9 @@ async def test_oversized_arguments_and_results_are_refused_with_a_clear_error_in
 async def test_frames_carrying_the_live_request_id_are_held_to_the_bound_and_replays_ignored_by_the_host(
     tmp_path: Path, docker_engine: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What gVisor's open /proc/1/fd allows at worst (SECURITY.md): ``tool_call`` frames with the
-    running cell's id arrive on the host channel beside the agent's. Injected here at the host's
+    """Defence in depth should the channel ever be reachable (gVisor's 2022 build opened /proc/1/fd
+    before the agent started as root): ``tool_call`` frames with the running cell's id arrive on
+    the host channel beside the agent's. Injected here at the host's
     frame dispatch: a replay of the cell's real call (same call id) and 50 forged calls at once."""
     from mcp_codeexec.backends.sandbox import SandboxBackend
 
