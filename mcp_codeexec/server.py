@@ -13,7 +13,9 @@ import io
 import json
 import logging
 import re
+import weakref
 from collections.abc import AsyncIterator
+import contextlib
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +23,8 @@ from typing import Any
 import anyio.to_thread
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
-from mcp.server.lowlevel.server import Server
+from mcp.server.lowlevel.server import NotificationOptions, Server
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
 from mcp.shared.exceptions import MCPError
 
 from . import __version__
@@ -491,6 +494,16 @@ class _Refusing:
         return await self.bash(request, ctx)
 
 
+class CodeExecServer(Server[AppState]):
+    """Announces ``tools.listChanged`` on handshake-era connections too: an upstream's new tools
+    change code_execution's description (at 2026-07-28 the listen handler's presence says it)."""
+
+    def create_initialization_options(self, notification_options: NotificationOptions | None = None,
+                                      *args: Any, **kwargs: Any) -> Any:
+        return super().create_initialization_options(notification_options or NotificationOptions(tools_changed=True),
+                                                     *args, **kwargs)
+
+
 def create_server(
     settings: Settings, *, backend: Backend | None = None, store: FileStore | None = None,
     code_tools: CodeTools | None = None, shutdown: Shutdown | None = None,
@@ -503,6 +516,17 @@ def create_server(
         catalog = catalog_for(settings)  # validated here: a server with a bad SKILL.md does not start
     except SkillInvalid as exc:
         raise SystemExit(f"mcp-codeexec: refusing to start: invalid skill: {exc}") from None
+
+    # Who hears that the tool list changed: 2026-07-28 clients through `subscriptions/listen`,
+    # older ones by a notification on each connection that listed the tools.
+    bus = InMemorySubscriptionBus()
+    listeners: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    async def announce_tools_changed() -> None:
+        await bus.publish(ToolsListChanged())
+        for connection in list(listeners):
+            with anyio.move_on_after(1), contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                await connection.send_tool_list_changed()
 
     @asynccontextmanager
     async def lifespan(_: Server[AppState]) -> AsyncIterator[AppState]:
@@ -527,12 +551,17 @@ def create_server(
             registry = None
             if settings.tools_config is not None:
                 registry = await stack.enter_async_context(registry_from_settings(settings))
+                registry.on_change(announce_tools_changed)
             yield AppState(settings, the_backend, file_store, limiter, code_tools, registry=registry)
 
     tools = _with_result_budget(tool_definitions(settings), settings)
 
     async def list_tools(ctx: ServerRequestContext[AppState], params: Any) -> types.ListToolsResult:
         principal = principal_of(ctx)
+        # ctx.session is per request; the connection it wraps (mcp 2.3 keeps it as ``_connection``,
+        # no public accessor on this context) lives as long as the client and sends on its own channel.
+        with contextlib.suppress(TypeError):  # a type without weak references hears nothing
+            listeners.add(getattr(ctx.session, "_connection", ctx.session))
         uploaded = await anyio.to_thread.run_sync(catalog.uploaded, principal)
         code_tools = ctx.lifespan_context.tools_for(principal)
         if not uploaded and code_tools is None:
@@ -640,7 +669,7 @@ def create_server(
             contents=[types.BlobResourceContents(uri=uri, blob=base64.b64encode(data).decode(), mime_type=record.mime_type)]
         )
 
-    return Server(
+    return CodeExecServer(
         "mcp-codeexec",
         version=__version__,
         title="Code execution (bash, text editor, Python REPL) in local sandboxes",
@@ -656,6 +685,7 @@ def create_server(
         on_list_resources=list_resources,
         on_list_resource_templates=list_templates,
         on_read_resource=read_resource,
+        on_subscriptions_listen=ListenHandler(bus),
     )
 
 

@@ -599,6 +599,8 @@ class DockerEngine:
             kwargs.update(auto_remove=True, environment={"CODEEXEC_POOL": "1", "CODEEXEC_POOL_SILENCE": f"{POOL_SILENCE_SECONDS:g}"})
         if s.runtime:
             kwargs["runtime"] = s.runtime
+        if s.runtime == "runsc":
+            kwargs["environment"] = {**kwargs.get("environment", {}), "CODEEXEC_DROP_ROOT": "1"}
         allowlist = s.network == "allowlist"
         if allowlist:  # its own internal network, proxy and proxy variables (removed with the sandbox)
             egress = self.egress.prepare(cid)

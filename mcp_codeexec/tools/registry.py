@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -67,6 +67,17 @@ class ToolRegistry:
         self._limiters = {name: anyio.CapacityLimiter(self.limits.max_concurrent_per_upstream) for name in self.upstreams}
         self._tg: TaskGroup | None = None
         self._rejected: set[tuple[str, str]] = set()
+        self._listeners: list[Callable[[], Awaitable[None]]] = []
+        for upstream in self.upstreams.values():
+            upstream.on_change = self._changed
+
+    def on_change(self, listener: Callable[[], Awaitable[None]]) -> None:
+        """Await ``listener`` whenever an upstream's allowed tools change (after the first listing too)."""
+        self._listeners.append(listener)
+
+    async def _changed(self) -> None:
+        for listener in list(self._listeners):
+            await listener()
 
     # --- lifecycle ----------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +96,8 @@ class Upstream:
         self.connections = 0
         self.relists = 0
         """Tool listings taken after a list_changed (not counting those of each connection)."""
+        self.on_change: Callable[[], Awaitable[None]] | None = None
+        """Awaited when the allowed tools' names, descriptions or schemas change (the server tells its clients)."""
         self._changed = anyio.Event()
         self._client: Client | None = None
         self._broken = anyio.Event()
@@ -234,9 +236,12 @@ class Upstream:
             missing = sorted(set(allowed) - self.listed)
             if missing:
                 log.warning("upstream %s does not list allowed tools %s", self.name, missing)
+        before = _signature(self.tools)
         self.tools = {
             t.name: _tool(t, self.name) for t in listed if allowed is None or t.name in allowed
         }
+        if self.on_change is not None and _signature(self.tools) != before:
+            await self.on_change()
 
     def _describe(self, exc: BaseException | None) -> str:
         parts: list[str] = []
@@ -288,6 +293,12 @@ class Upstream:
             raise CallFailed(
                 self._redact(f"upstream MCP server {self.name!r} returned an unusable result for {tool!r}: {_exc_text(exc)[:500]}")
             ) from None
+
+
+def _signature(tools: dict[str, UpstreamTool]) -> list[tuple[str, str, str, str]]:
+    """What the code_execution tool's description and ``list_tools()`` show of ``tools``."""
+    return sorted((t.name, t.description, json.dumps(t.input_schema, sort_keys=True),
+                   json.dumps(t.output_schema, sort_keys=True)) for t in tools.values())
 
 
 def _exc_text(exc: BaseException) -> str:

@@ -156,3 +156,47 @@ async def test_an_upstream_that_adds_a_tool_at_runtime_is_followed_with_its_allo
             assert gone["return_code"] != 0 and "NameError" in gone["stderr"]
     finally:
         remove_installation(settings)
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_clients_hear_that_the_tool_list_changed_when_an_upstream_grows(mode: str, tmp_path: Path, docker_engine: None) -> None:
+    """code_execution's description names the callable functions, so an upstream's new tool is a
+    change of our tool list: 2026-07-28 clients hear it on their `subscriptions/listen` stream,
+    handshake-era ones as `notifications/tools/list_changed` (announced in the capabilities)."""
+    import anyio
+    import mcp_types as types
+    from mcp import Client
+
+    from mcp_codeexec.server import create_server
+
+    config = tools_config(tmp_path, t={"command": sys.executable, "args": [UPSTREAM], "allowed_tools": ["grow", "echo", "shout"]})
+    settings = make_settings(tmp_path, tools_config=str(config))
+    heard = anyio.Event()
+
+    async def on_message(message) -> None:
+        if isinstance(getattr(message, "root", message), types.ToolListChangedNotification):
+            heard.set()
+
+    try:
+        async with Client(create_server(settings), mode=mode, message_handler=on_message) as client:
+            assert "t__shout" not in {t.name: t for t in (await client.list_tools()).tools}[CODE].description
+
+            async def grow() -> None:
+                grown = await code(client, "print(await t__grow({'name': 'shout'}))")
+                assert grown["stdout"] == "added\n", grown
+
+            with anyio.fail_after(60):
+                if mode == "legacy":
+                    assert client.server_capabilities.tools.list_changed is True
+                    await grow()
+                    await heard.wait()
+                else:
+                    async with client.listen(tools_list_changed=True) as subscription:
+                        assert subscription.honored is not None and subscription.honored.tools_list_changed
+                        await grow()
+                        async for _event in subscription:
+                            break
+            description = {t.name: t for t in (await client.list_tools()).tools}[CODE].description
+            assert "t__shout({text: string})" in description
+    finally:
+        remove_installation(settings)
