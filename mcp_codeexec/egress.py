@@ -352,27 +352,12 @@ class Egress:
 
     def release(self, cid: str) -> None:
         """Remove the proxy and network of ``cid`` (idempotent)."""
-        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError, requests.exceptions.RequestException):
-            self.client.containers.get(PREFIX + cid).remove(force=True)
-        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError, requests.exceptions.RequestException):
-            self.client.networks.get(PREFIX + cid).remove()
+        _release(self.client, cid)
 
     def sweep(self) -> list[str]:
         """Release the proxies and networks of this installation whose sandbox is gone (a pool
         container the engine auto-removed, a sandbox removed behind the server's back)."""
-        released = []
-        with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
-            for net in self.client.networks.list(filters={"label": [f"{L_INSTALL}={self.install}", L_EGRESS]}):
-                cid = net.attrs.get("Labels", {}).get(L_EGRESS, "")
-                if not cid:
-                    continue
-                try:
-                    self.client.containers.get(SANDBOX_PREFIX + cid)
-                except docker.errors.NotFound:
-                    if self._older_than(net, SWEEP_GRACE_SECONDS):
-                        self.release(cid)
-                        released.append(cid)
-        return released
+        return sweep_leftovers(self.client, self.install)
 
     @staticmethod
     def _older_than(net: Any, seconds: float) -> bool:
@@ -384,3 +369,28 @@ class Egress:
         except ValueError:
             return True
         return (datetime.now(UTC) - when).total_seconds() > seconds
+
+
+def sweep_leftovers(client: docker.DockerClient, install: str) -> list[str]:
+    """What ``Egress.sweep`` does, without a policy: every server of an installation runs it from
+    its reaper, so proxies an allow-list server left are released by any later server."""
+    released = []
+    with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
+        for net in client.networks.list(filters={"label": [f"{L_INSTALL}={install}", L_EGRESS]}):
+            cid = net.attrs.get("Labels", {}).get(L_EGRESS, "")
+            if not cid:
+                continue
+            try:
+                client.containers.get(SANDBOX_PREFIX + cid)
+            except docker.errors.NotFound:
+                if Egress._older_than(net, SWEEP_GRACE_SECONDS):
+                    _release(client, cid)
+                    released.append(cid)
+    return released
+
+
+def _release(client: docker.DockerClient, cid: str) -> None:
+    with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError, requests.exceptions.RequestException):
+        client.containers.get(PREFIX + cid).remove(force=True)
+    with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError, requests.exceptions.RequestException):
+        client.networks.get(PREFIX + cid).remove()

@@ -880,6 +880,11 @@ class DockerEngine:
                 with contextlib.suppress(OSError):
                     self.staged.release(cid)
         removed += self.evict_kept()
+        # Allow-list proxies and networks whose sandbox is gone, whatever this server's own network
+        # mode: an allow-list server's leftovers are released by whichever server reaps next.
+        from ..egress import sweep_leftovers
+
+        sweep_leftovers(self.client, self.install)
         # Ownership records of containers that are gone and cannot come back. Written only after
         # their container exists; the age guard covers a create racing this listing.
         for cid in self.owners.ids():

@@ -362,6 +362,29 @@ async def test_the_proxy_and_network_of_a_sandbox_removed_behind_the_servers_bac
         remove_installation(settings)
 
 
+async def test_a_server_without_the_allow_list_reaps_the_proxies_an_allow_list_server_left(
+    tmp_path_factory: pytest.TempPathFactory, stand_in: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same data directory served later with ``network = false``: its reaper releases the
+    proxy and network whose sandbox is gone, though it never makes any itself."""
+    from mcp_codeexec.engines.docker import SandboxManager
+
+    settings = allowlist_settings(tmp_path_factory.mktemp("later"), stand_in)
+    client = docker.from_env()
+    try:
+        record, container = SandboxManager(settings, client).create("alice")
+        container.remove(force=True)
+        later = SandboxManager(settings.model_copy(update={"network": False}), client)
+        monkeypatch.setattr(egress, "SWEEP_GRACE_SECONDS", 0.0)
+        later.reap()
+        with pytest.raises(docker.errors.NotFound):
+            client.containers.get(egress.PREFIX + record.id)
+        with pytest.raises(docker.errors.NotFound):
+            client.networks.get(egress.PREFIX + record.id)
+    finally:
+        remove_installation(settings)
+
+
 async def test_the_python_api_opts_a_sandbox_into_the_allow_list(tmp_path_factory: pytest.TempPathFactory, stand_in: StandIn) -> None:
     from mcp_codeexec.api import Sandbox as ApiSandbox
 
