@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 MIGRATION_LOCK = 0x6D63_7065_0001  # "mcpe" + 1: an application-wide advisory key for migrations
 LEADER_LOCK = 0x6D63_7065_0002  # held (session-level) by the replica that runs the background work
+QUOTA_LOCK = 0x6D63_7065  # with hashtext(principal): held while a replica counts and makes that principal's sandbox
 
 # Bytes are stored as BYTEA chunks of CHUNK_BYTES rows rather than large objects: a file's chunks
 # go with its metadata row (ON DELETE CASCADE, one transaction), so a crash can leave neither a
@@ -234,5 +235,5 @@ def open_leader(settings: Any) -> Any:
     return None
 
 
-__all__ = ["CHUNK_BYTES", "LEADER_LOCK", "MIGRATIONS", "SCHEMA_VERSION", "connect", "is_postgres", "migrate", "open_file_store", "open_leader", "open_owner_registry", "open_rate_limiter",
+__all__ = ["CHUNK_BYTES", "LEADER_LOCK", "QUOTA_LOCK", "MIGRATIONS", "SCHEMA_VERSION", "connect", "is_postgres", "migrate", "open_file_store", "open_leader", "open_owner_registry", "open_rate_limiter",
            "open_session_ledger", "open_session_map"]

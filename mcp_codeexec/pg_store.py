@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .database import CHUNK_BYTES, connect, migrate
+from .database import CHUNK_BYTES, QUOTA_LOCK, connect, migrate
 from .errors import Unavailable
 from .files import _COLUMNS, FileRecord, FileStore, StoredFileNotFound, _to_us, is_file_id
 from .engines.docker import OwnerRegistry
@@ -342,6 +342,26 @@ class SharedSessionMap:
         with self._lock:
             row = self._conn.execute("SELECT last_used FROM container_use WHERE cid = %s", (cid,)).fetchone()
         return float(row[0]) if row else None
+
+    def lock_principal(self, principal: str, timeout: float) -> bool:
+        """Take the cross-replica lock under which ``principal``'s sandboxes are counted and one more
+        is made, so two replicas' creates cannot both pass the quota. Session-level (the database
+        drops it with a dead replica's connection) and polled, so the map's other users are not held
+        up. The caller serialises its own creates per principal: a session's advisory locks nest.
+        False when another replica held it for ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                row = self._conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (QUOTA_LOCK, principal)).fetchone()
+            if row and row[0]:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+    def unlock_principal(self, principal: str) -> None:
+        with self._lock:
+            self._conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (QUOTA_LOCK, principal))
 
 
 class PgSessionLedger:

@@ -68,6 +68,7 @@ POOL_MEMORY_SHARE = 0.25
 POOL_RETRY_SECONDS = 10.0
 LEADER_RECHECK_SECONDS = 1.0
 SHARED_USE_SECONDS = 10.0
+QUOTA_LOCK_WAIT = 60.0  # another replica making this principal's container: a create takes seconds
 """Replicas record a container's use in the database at most this often (idle stop reads it)."""
 """How often a follower replica's pool filler checks whether it has become the leader."""
 # While sessions are taking containers (a burst), refilling waits: its starts would take the CPU
@@ -557,6 +558,25 @@ class SandboxBackend:
             raise
 
     async def _new_for(self, owner: str, wanted: tuple[Any, ...] | None = None, mounts: Any = None) -> Sandbox:
+        if owner == "local":  # the stdio user: no container quota
+            return await self._make_for(owner, wanted, mounts)
+        # Counting the principal's sandboxes and making one more is one step: per principal here,
+        # and across replicas under the shared map's lock, or two creates at once both pass.
+        async with self._lock(f"quota:{owner}"):
+            shared = self.session_map if hasattr(self.session_map, "lock_principal") else None
+            if shared is not None and not await _thread(shared.lock_principal, owner, QUOTA_LOCK_WAIT):
+                raise TooManyRequests(f"another server has been making a container for this principal for "
+                                      f"{QUOTA_LOCK_WAIT:.0f} s; retry shortly")
+            try:
+                sandbox = await self._make_for(owner, wanted, mounts)
+                self._sandboxes[sandbox.record.id] = sandbox  # counted by the next create at once
+                return sandbox
+            finally:
+                if shared is not None:
+                    with anyio.CancelScope(shield=True):
+                        await _thread(shared.unlock_principal, owner)
+
+    async def _make_for(self, owner: str, wanted: tuple[Any, ...] | None, mounts: Any) -> Sandbox:
         owned = sum(1 for s in self._sandboxes.values() if s.owner == owner)
         if owner != "local" and self.session_map is not None and owned < self.settings.max_containers_per_principal:
             # Replicas: the quota counts the principal's running sandboxes on the engine, whichever replica made them.

@@ -308,6 +308,33 @@ async def test_the_per_principal_container_quota_holds_across_replicas(tmp_path:
         remove_installation(s)
 
 
+async def test_simultaneous_creates_on_three_replicas_cannot_pass_the_quota_together(tmp_path: Path, docker_engine: None,
+                                                                                       postgres_url: str) -> None:
+    """Six new sessions at the same instant, two per replica, with a quota of 2: counting and
+    making are one step under a per-principal lock (in each replica and in the database)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.support.http_probe import open_legacy_session
+
+    s = make_settings(tmp_path, database_url=postgres_url, max_containers_per_principal=2)
+    token = new_token()
+    try:
+        with replicas(s, token) as reps, httpx2.Client(timeout=180) as http:
+            sessions = [(r, open_legacy_session(http, r.url, token)) for r in reps for _ in range(2)]
+
+            def first_call(n: int) -> str:
+                r, sid = sessions[n]
+                res = tool_result(legacy_call(http, r.url, token, sid, "bash_code_execution", {"command": "true"}, id=n + 2))
+                return res["structuredContent"].get("error_code", "ok")
+
+            with ThreadPoolExecutor(len(sessions)) as pool:
+                outcomes = await anyio.to_thread.run_sync(lambda: list(pool.map(first_call, range(len(sessions)))))
+            assert sorted(outcomes) == ["ok", "ok"] + ["too_many_requests"] * 4, outcomes
+            assert len(_our_containers(s)) == 2
+    finally:
+        remove_installation(s)
+
+
 def test_the_typescript_sdk_continues_one_session_and_one_container_across_three_replicas(shared: Settings) -> None:
     from tests.support.npm import NODE_DIR, ensure_installed
 
