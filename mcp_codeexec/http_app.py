@@ -38,6 +38,7 @@ from .files import FileRecord, FileStore
 from .files_api import FORM_OVERHEAD_BYTES, files_routes
 from .server import create_backend, create_server
 from .session_ledger import SessionLedger
+from .drain import DrainGate
 from .shutdown import Shutdown
 from .skills import catalog_for
 from .skills_api import skills_routes
@@ -293,6 +294,7 @@ def create_http_app(settings: Settings, *, backend: Backend | None = None, store
     tokens = None if settings.no_auth else load_tokens(settings)
     store = open_file_store(settings) if store is None else store
     backend = create_backend(settings, store) if backend is None else backend
+    shutdown = shutdown or Shutdown()
     server = create_server(settings, backend=backend, store=store, shutdown=shutdown)
 
     def request_principal(request: Request) -> str:
@@ -319,6 +321,7 @@ def create_http_app(settings: Settings, *, backend: Backend | None = None, store
         max_upload=settings.max_upload_bytes, sessions=open_session_ledger(settings),
         session_manager=lambda: server.session_manager,
     )
+    app.add_middleware(DrainGate, shutdown=shutdown)  # outermost: probes need no token, nor the Host check
     return app
 
 

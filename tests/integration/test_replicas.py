@@ -277,11 +277,22 @@ async def test_sigterm_drains_a_replica_its_call_is_answered_and_the_next_call_e
             box["result"] = _stateless(r2.url, token, "bash_code_execution", {
                 "command": "sleep 2; echo finished", "container_id": cid})
 
-        caller = threading.Thread(target=call)
-        caller.start()
-        await anyio.sleep(1)
-        r2.proc.send_signal(signal.SIGTERM)  # within the grace: the call in flight finishes
-        await anyio.to_thread.run_sync(caller.join, 30.0)
+        with httpx2.Client(timeout=30) as probe:  # no token: what a load balancer's probes send
+            assert probe.get(r2.url + "/readyz").status_code == 200
+            assert probe.get(r2.url + "/healthz").json() == {"status": "ok"}
+            caller = threading.Thread(target=call)
+            caller.start()
+            await anyio.sleep(1)
+            r2.proc.send_signal(signal.SIGTERM)  # within the grace: the call in flight finishes
+            await anyio.sleep(0.3)
+            # Draining: not ready, and a new request is refused with a retry hint, not served.
+            ready = probe.get(r2.url + "/readyz")
+            assert ready.status_code == 503 and ready.json() == {"status": "draining"}, ready.text
+            refused = probe.post(r2.url + "/mcp", json={"jsonrpc": "2.0", "id": 9, "method": "tools/list"},
+                                 headers={"Authorization": f"Bearer {token}"})
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1", refused.text
+            assert "shutting down (SIGTERM)" in refused.json()["error"]["message"]
+            await anyio.to_thread.run_sync(caller.join, 30.0)
         assert box["result"]["structuredContent"]["stdout"] == "finished\n", box
         assert await anyio.to_thread.run_sync(r2.proc.wait, 30) == 0
         res = await anyio.to_thread.run_sync(lambda: _stateless(r3.url, token, "bash_code_execution", {
