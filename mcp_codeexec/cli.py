@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     get_settings: Callable[[], Settings] = load_settings
-    for module_name in ("image", "files_cli", "containers_cli", "snapshots_cli", "doctor", "parity", "config_cli"):
+    for module_name in ("image", "files_cli", "containers_cli", "snapshots_cli", "tokens_cli", "doctor", "parity", "config_cli"):
         register = _optional_register(module_name)
         if register is not None:
             if module_name == "image":

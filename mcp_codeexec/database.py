@@ -122,6 +122,18 @@ MIGRATIONS.append((
     );
     """,
 ))
+MIGRATIONS.append((
+    5,
+    """
+    CREATE TABLE http_tokens (
+        id        TEXT PRIMARY KEY,
+        digest    TEXT NOT NULL UNIQUE,
+        principal TEXT NOT NULL,
+        label     TEXT NOT NULL,
+        created   DOUBLE PRECISION NOT NULL
+    );
+    """,
+))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
@@ -226,6 +238,15 @@ def open_session_map(settings: Any) -> Any:
     return None
 
 
+def open_token_store(settings: Any) -> Any:
+    """HTTP tokens made with ``mcp-codeexec tokens add``: in the shared database, else ``tokens.db``."""
+    from .tokens import TokenStore, pg_tokens, sqlite_tokens
+
+    if url := _pg(settings):
+        return TokenStore(pg_tokens(url))
+    return TokenStore(sqlite_tokens(settings.data_dir / "tokens.db"))
+
+
 def open_leader(settings: Any) -> Any:
     """A started ``LeaderElection`` for replicas sharing PostgreSQL; None for one server (it leads)."""
     if url := _pg(settings):
@@ -236,4 +257,4 @@ def open_leader(settings: Any) -> Any:
 
 
 __all__ = ["CHUNK_BYTES", "LEADER_LOCK", "QUOTA_LOCK", "MIGRATIONS", "SCHEMA_VERSION", "connect", "is_postgres", "migrate", "open_file_store", "open_leader", "open_owner_registry", "open_rate_limiter",
-           "open_session_ledger", "open_session_map"]
+           "open_session_ledger", "open_session_map", "open_token_store"]

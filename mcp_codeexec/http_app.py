@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from . import session_adoption
 from .backends.base import Backend
 from .config import Settings
-from .database import open_file_store, open_session_ledger
+from .database import open_file_store, open_session_ledger, open_token_store
 from .files import FileRecord, FileStore
 from .files_api import FORM_OVERHEAD_BYTES, files_routes
 from .server import create_backend, create_server
@@ -63,8 +63,9 @@ def principal_for_token(token: str) -> str:
     return "token-" + hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
-def load_tokens(settings: Settings) -> dict[str, str]:
-    """token -> principal. With none configured, one is generated, stored (0600) and printed once."""
+def load_tokens(settings: Settings, *, stored: bool = False) -> dict[str, str]:
+    """token -> principal. With none configured and none made with ``mcp-codeexec tokens add``
+    (``stored``), one is generated, stored (0600) and printed once."""
     tokens: dict[str, str] = {}
     for entry in settings.auth_tokens:
         principal, sep, token = entry.partition(":")
@@ -76,7 +77,7 @@ def load_tokens(settings: Settings) -> dict[str, str]:
             # "local" is the stdio/--no-auth principal that sees every container and file.
             raise SystemExit(f"auth token principal {principal!r} is reserved; pick another name")
         tokens[token] = principal
-    if tokens:
+    if tokens or stored:
         return tokens
     path = settings.data_dir / "http_token"
     if path.exists():
@@ -99,8 +100,9 @@ class SecurityMiddleware:
 
     def __init__(self, app: ASGIApp, *, tokens: dict[str, str] | None, allowed_hosts: set[str],
                  allowed_origins: set[str], max_body: int, max_upload: int, sessions: SessionLedger | None = None,
-                 session_manager: Callable[[], Any] | None = None) -> None:
+                 session_manager: Callable[[], Any] | None = None, token_store: Any = None) -> None:
         self.app = app
+        self.token_store = token_store if tokens is not None else None  # `mcp-codeexec tokens` (tokens.py)
         # Replicas sharing the session ledger serve each other's sessions (see session_adoption).
         self.session_manager = session_manager
         self.sessions = sessions if tokens is not None else None  # --no-auth: one user, the SDK's own cap
@@ -140,6 +142,8 @@ class SecurityMiddleware:
             auth = headers.get("authorization", "")
             token = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "")
             principal = self._principal_of(token)
+            if principal is None and self.token_store is not None and token.isascii() and 16 <= len(token) <= 512:
+                principal = await anyio.to_thread.run_sync(self.token_store.principal_for, token)
             if principal is None:
                 await _reject(send, 401, "authentication_error", "missing or invalid bearer token",
                               extra=[(b"www-authenticate", b'Bearer realm="mcp-codeexec"')])
@@ -291,7 +295,8 @@ def create_http_app(settings: Settings, *, backend: Backend | None = None, store
         raise SystemExit("--no-auth is only allowed when binding a loopback address (127.0.0.1, ::1, localhost)")
     if settings.no_auth:
         log.warning("HTTP AUTH IS DISABLED (--no-auth): anyone who can reach %s:%s can run code", settings.host, settings.port)
-    tokens = None if settings.no_auth else load_tokens(settings)
+    token_store = None if settings.no_auth else open_token_store(settings)
+    tokens = None if token_store is None else load_tokens(settings, stored=token_store.any())
     store = open_file_store(settings) if store is None else store
     backend = create_backend(settings, store) if backend is None else backend
     shutdown = shutdown or Shutdown()
@@ -319,7 +324,7 @@ def create_http_app(settings: Settings, *, backend: Backend | None = None, store
     app.add_middleware(
         SecurityMiddleware, tokens=tokens, allowed_hosts=hosts, allowed_origins=origins, max_body=settings.max_request_bytes,
         max_upload=settings.max_upload_bytes, sessions=open_session_ledger(settings),
-        session_manager=lambda: server.session_manager,
+        session_manager=lambda: server.session_manager, token_store=token_store,
     )
     app.add_middleware(DrainGate, shutdown=shutdown)  # outermost: probes need no token, nor the Host check
     return app

@@ -8,6 +8,7 @@ anthropic: the backend does the work.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import io
 import json
@@ -15,7 +16,6 @@ import logging
 import re
 import weakref
 from collections.abc import AsyncIterator
-import contextlib
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
