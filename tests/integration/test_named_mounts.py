@@ -77,8 +77,8 @@ def test_named_mounts_are_checked_at_start_up_like_mounts(tmp_path: Path):
 def test_per_principal_limits_name_declared_mounts_and_principals(tmp_path: Path):
     root = tmp_path / "r"
     (root / "src").mkdir(parents=True)
-    base = dict(data_dir=str(tmp_path / "d"), allowed_mount_roots=[str(root)], named_mounts=[f"src={root / 'src'}"],
-                config_file=None)
+    base = {"data_dir": str(tmp_path / "d"), "allowed_mount_roots": [str(root)],
+            "named_mounts": [f"src={root / 'src'}"], "config_file": None}
     for limits, words in (({"nope": ["alice"]}, "not one of the named_mounts"), ({"src": [" "]}, "non-empty")):
         with pytest.raises(ValueError, match=words):
             load_settings(**base, named_mount_principals=limits)
