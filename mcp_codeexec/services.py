@@ -137,7 +137,7 @@ def record_path(data_dir: Path, container_id: str) -> Path:
 def write_record(data_dir: Path, container_id: str, listed: list[dict[str, Any]]) -> None:
     """``<data>/services/<id>.json``: the sandbox's services as of now (atomic replace)."""
     path = record_path(data_dir, container_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # commands may hold what the caller typed
     tmp = path.with_name(f".{container_id}.tmp")
     keep = ("name", "pid", "status", "exit_code", "uptime_seconds", "started_at", "command", "processes", "memory_bytes")
     rows = [{k: s.get(k) for k in keep} for s in listed]
