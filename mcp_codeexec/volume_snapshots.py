@@ -24,6 +24,8 @@ import contextlib
 import secrets
 from typing import Any
 
+import requests
+
 from .errors import ContainerExpired, Unavailable
 
 SNAP_PREFIX = "mcp-codeexec-snap-"
@@ -67,7 +69,7 @@ def copy(manager: Any, src: str, dst: str) -> int:
             return int(out.splitlines()[-1]) * 1024
         except (IndexError, ValueError):
             return 0
-    except errors.DockerException as exc:
+    except (errors.DockerException, requests.exceptions.RequestException) as exc:  # a refusal or a timeout
         raise Unavailable(f"copying workspace volume {src}: {exc}") from exc
     finally:
         if helper is not None:
@@ -90,7 +92,10 @@ def _paused(manager: Any, cid: str) -> contextlib.AbstractContextManager[None]:
         if container is None or container.status != "running":
             yield
             return
-        container.pause()
+        try:
+            container.pause()
+        except errors.APIError as exc:
+            raise Unavailable(f"pausing sandbox {cid} for a consistent copy failed: {exc}") from exc
         try:
             yield
         finally:
@@ -118,15 +123,26 @@ def workspace_volume(manager: Any, cid: str) -> str:
 
 def quiesced_copy(manager: Any, cid: str, dst: str) -> int:
     """Copy sandbox ``cid``'s workspace volume into volume ``dst``, the sandbox paused meanwhile."""
-    src = workspace_volume(manager, cid)
-    with _paused(manager, cid):
-        return copy(manager, src, dst)
+    with _engine_errors(f"copying sandbox {cid}'s workspace"):
+        src = workspace_volume(manager, cid)
+        with _paused(manager, cid):
+            return copy(manager, src, dst)
+
+
+@contextlib.contextmanager
+def _engine_errors(doing: str) -> Any:
+    """The engine's refusals and timeouts as ``unavailable`` (errors.py's codes), with what was being done."""
+    try:
+        yield
+    except (_docker_errors().DockerException, requests.exceptions.RequestException) as exc:
+        raise Unavailable(f"{doing}: {exc}") from exc
 
 
 def save(manager: Any, cid: str, name: str) -> tuple[str, int]:
     """A new snapshot volume holding sandbox ``cid``'s workspace: (volume name, bytes used)."""
     volume = SNAP_PREFIX + secrets.token_hex(8)
-    made = manager.client.volumes.create(volume, labels={L_SNAPSHOT: name, L_SNAPSHOT_INSTALL: manager.install})
+    with _engine_errors("making a snapshot volume"):
+        made = manager.client.volumes.create(volume, labels={L_SNAPSHOT: name, L_SNAPSHOT_INSTALL: manager.install})
     try:
         return volume, quiesced_copy(manager, cid, volume)
     except BaseException:
@@ -135,10 +151,9 @@ def save(manager: Any, cid: str, name: str) -> tuple[str, int]:
         raise
 
 
-def remove(manager_client: Any, volume: str) -> None:
-    errors = _docker_errors()
-    with contextlib.suppress(errors.NotFound):
-        manager_client.volumes.get(volume).remove(force=True)
+def remove(client: Any, volume: str) -> None:
+    with _engine_errors(f"removing snapshot volume {volume}"), contextlib.suppress(_docker_errors().NotFound):
+        client.volumes.get(volume).remove(force=True)
 
 
 def fill(manager: Any, mount: Any, source: Any) -> None:
@@ -146,11 +161,13 @@ def fill(manager: Any, mount: Any, source: Any) -> None:
     ``source``: a snapshot volume name (``str``) or ``("fork", cid)``."""
     labels = ((mount.get("VolumeOptions") or {}).get("Labels")) or {}
     if isinstance(source, str):  # mounting a missing volume would make an empty one: say so instead
-        try:
-            manager.client.volumes.get(source)
-        except _docker_errors().NotFound:
-            raise Unavailable(f"the snapshot's volume {source} is gone (removed outside mcp-codeexec)") from None
-    made = manager.client.volumes.create(mount["Source"], labels=labels)
+        with _engine_errors("looking up a snapshot volume"):
+            try:
+                manager.client.volumes.get(source)
+            except _docker_errors().NotFound:
+                raise Unavailable(f"the snapshot's volume {source} is gone (removed outside mcp-codeexec)") from None
+    with _engine_errors("making a workspace volume"):
+        made = manager.client.volumes.create(mount["Source"], labels=labels)
     try:
         if isinstance(source, tuple):
             quiesced_copy(manager, source[1], mount["Source"])

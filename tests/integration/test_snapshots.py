@@ -318,3 +318,21 @@ async def test_mcp_clients_snapshot_a_volume_workspace_and_start_sandboxes_from_
         removed = await client.call_tool("snapshots", {"action": "remove", "name": "vol-snap"})
         assert removed.structured_content == {"type": "snapshots_result", "removed": "vol-snap"}
     assert snapshot_volumes(settings) == []
+
+
+async def test_a_snapshot_volume_removed_behind_the_servers_back_is_reported_and_its_record_still_removable(volume_settings):
+    from mcp_codeexec.errors import Unavailable
+
+    store = SnapshotStore(volume_settings)
+    async with Sandbox(volume_settings) as sb:
+        await sb.bash("echo x > x.txt")
+        snap = await sb.snapshot("gone")
+    client = docker.from_env()
+    try:
+        client.volumes.get(snap["volume"]).remove(force=True)
+        with pytest.raises(Unavailable, match="is gone"):
+            store.start(SandboxManager(volume_settings, client), "gone", "local")
+        store.remove("gone", client=client)
+    finally:
+        client.close()
+    assert store.list() == [] and snapshot_volumes(volume_settings) == []
