@@ -165,6 +165,11 @@ class Settings(BaseSettings):
         description="Host folders MCP clients may choose by name per sandbox: NAME=HOST[:SANDBOX_PATH][:ro|rw] "
         "(selected with _meta 'io.mcp-codeexec/mounts'; see mount_choice.py).",
     )
+    named_mount_principals: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Per named mount, the HTTP principals that may see and choose it, like an upstream's "
+        "`principals` (a name not listed here: every principal; stdio / the local user: all).",
+    )
     runtime: Literal["runc", "runsc"] | None = None
     cpus: float = 1.0
     memory_bytes: int = 5 * GiB
@@ -316,7 +321,7 @@ class Settings(BaseSettings):
                 resolve_all(self.mounts, self.allowed_mount_roots, self.data_dir, self.runtime)
             except MountError as exc:
                 raise ValueError(str(exc)) from None
-        if self.named_mounts:
+        if self.named_mounts or self.named_mount_principals:
             from .mount_choice import check_named
 
             try:

@@ -110,7 +110,25 @@ def _describe(manager: Any, record: Any, container: Any, sizes: dict[str, int] |
     ) | {"pool": record.pool, "this_data_dir": record.install == manager.install, "docker_id": record.ref[:12],
          "in_use": manager.leases.in_use(record.id)} | _repl(
         manager, record
-    )
+    ) | _services(manager, record, attrs)
+
+
+def _services(manager: Any, record: Any, attrs: dict[str, Any]) -> dict[str, Any]:
+    """The services of a running sandbox as its server last recorded them (services.py says why
+    the CLI does not ask the agent); none for a stopped one (they died with its container)."""
+    from .services import read_record
+
+    if record.status != "running":
+        return {"services": [], "services_as_of_seconds": None}
+    started = (attrs.get("State") or {}).get("StartedAt")
+    try:
+        started_at = datetime.fromisoformat(started).timestamp() if started else None
+    except ValueError:
+        started_at = None
+    found = read_record(manager.settings.data_dir, record.id, started_at)
+    if found is None:
+        return {"services": [], "services_as_of_seconds": None}
+    return {"services": found["services"], "services_as_of_seconds": found["as_of_seconds"]}
 
 
 def _repl(manager: Any, record: Any) -> dict[str, Any]:
@@ -221,10 +239,31 @@ def _ls(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> int:
             d["status"] + (" +repl" if d.get("repl_state") else "") + (" +checkpoint" if d.get("checkpointed") else ""), d["runtime"] or "-", _human_bytes(d["disk_used_bytes"]) + limit,
         ))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
+    for row, d in zip(table, [None, *rows]):
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        for line in _service_lines(d or {}):
+            print("  " + line)
     _print_kept(manager)
     return 0
+
+
+def _service_lines(d: dict[str, Any]) -> list[str]:
+    """One indented line per service under its sandbox's row."""
+    lines = []
+    for svc in d.get("services") or []:
+        state = str(svc.get("status"))
+        if svc.get("exit_code") is not None:
+            state += f" ({svc['exit_code']})"
+        uptime = svc.get("uptime_seconds")
+        up = _human_duration(uptime) if isinstance(uptime, int | float) else "-"
+        lines.append(f"service {svc.get('name')}: {state}, pid {svc.get('pid')}, up {up}, "
+                     f"as of {_human_duration(d['services_as_of_seconds'])} ago: {_short(svc.get('command'))}")
+    return lines
+
+
+def _short(command: Any, width: int = 60) -> str:
+    first = (str(command or "").splitlines() or [""])[0]
+    return first if len(first) <= width and "\n" not in str(command) else first[: width - 3] + "..."
 
 
 def _print_kept(manager: Any) -> None:

@@ -287,6 +287,78 @@ def check_derived_images(p: Probe, settings: Settings, timeout: float) -> Check:
     return Check("derived images", "OK", ", ".join(sorted(names)) + " (entrypoint, user 1000 and agent as their base's)")
 
 
+BUILD_EGRESS = "mcp-codeexec doctor --build-egress-proxy"
+
+
+def _debootstrap_blocker() -> str | None:
+    """Why this host cannot debootstrap the proxy's Debian base (None: it can), as ``image.ensure_base_debian`` needs."""
+    found = shutil.which("debootstrap") or next(
+        (p for p in ("/usr/sbin/debootstrap", "/sbin/debootstrap") if os.access(p, os.X_OK)), None
+    )
+    if found is None:
+        return "debootstrap is not installed"
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        return "debootstrap needs root"
+    return None
+
+
+def check_egress_proxy(p: Probe, settings: Settings, timeout: float) -> Check:
+    """With ``network = "allowlist"``: the allow-list proxy image (egress.py) is on the engine, or
+    can be built there (the server builds it on the first allow-list sandbox, which then waits)."""
+    if settings.network != "allowlist":
+        return Check("egress proxy", "SKIP", 'not used (network is not "allowlist")')
+    import docker.errors
+
+    from .egress import proxy_image_tag
+    from .image import DEBIAN_BASE
+
+    tag = settings.egress_image or proxy_image_tag()
+
+    def present(name: str) -> bool:
+        try:
+            with_deadline(lambda: p.client.images.get(name), timeout)
+        except docker.errors.ImageNotFound:
+            return False
+        return True
+
+    later = "or let the server build it when it makes the first allow-list sandbox (that call waits for the build)"
+    try:
+        if present(tag):
+            return Check("egress proxy", "OK", f"{tag} (the allow-list proxy, {len(settings.allow_hosts)} allowed host(s))",
+                         data={"image": tag, "present": True})
+        if present(DEBIAN_BASE):
+            return Check("egress proxy", "WARN", f"{tag} is not built; buildable from {DEBIAN_BASE} "
+                         "(its apt-get needs a Debian mirror reachable from the build)",
+                         f"{BUILD_EGRESS}, {later}", data={"image": tag, "present": False, "buildable": True})
+        blocker = _debootstrap_blocker()
+        if blocker is None:
+            return Check("egress proxy", "WARN", f"{tag} is not built; buildable after bootstrapping its base "
+                         f"{DEBIAN_BASE} with debootstrap (1-3 min)", f"{BUILD_EGRESS}, {later}",
+                         data={"image": tag, "present": False, "buildable": True})
+        return Check("egress proxy", "FAIL", f"{tag} is not built and cannot be: its base {DEBIAN_BASE} is missing "
+                     f"and {blocker}", f"install debootstrap and run `sudo {BUILD_EGRESS}`, or build "
+                     f"{DEBIAN_BASE} elsewhere and load it", data={"image": tag, "present": False, "buildable": False})
+    except Deadline as exc:
+        return Check("egress proxy", "FAIL", f"the engine did not list images ({exc})", "restart the Docker engine")
+    except docker.errors.DockerException as exc:
+        return Check("egress proxy", "FAIL", f"could not inspect {tag}: {_short_error(exc)}", "restart the Docker engine")
+
+
+def build_egress_proxy(settings: Settings) -> int:
+    """``doctor --build-egress-proxy``: build the allow-list proxy image now (egress.ensure_proxy_image)."""
+    from .egress import ensure_proxy_image, proxy_image_tag
+    from .engines.docker import connect
+    from .errors import CodeExecError
+
+    try:
+        tag = ensure_proxy_image(connect(timeout=600), settings.egress_image or proxy_image_tag())
+    except CodeExecError as exc:
+        print(f"mcp-codeexec: {exc.message}", file=sys.stderr)
+        return 1
+    print(f"egress proxy image: {tag}", file=sys.stderr)
+    return 0
+
+
 def check_mounts(settings: Settings) -> Check:
     """Host folders the operator declared (the config check already refused bad ones)."""
     if not settings.mounts:
@@ -471,7 +543,7 @@ def run_checks(get_settings: Callable[[], Settings], timeout: float = PROBE_TIME
     engine, p = check_engine(timeout)
     checks.append(engine)
     if p is None:
-        for name in ("engine version", "image", "derived images", "runtime", "checkpoint"):
+        for name in ("engine version", "image", "derived images", "runtime", "checkpoint", "egress proxy"):
             checks.append(Check(name, "SKIP", "no engine to ask"))
     else:
         checks.append(check_engine_version(p))
@@ -480,6 +552,7 @@ def run_checks(get_settings: Callable[[], Settings], timeout: float = PROBE_TIME
         runtime, info = check_runtime(p, settings, timeout * 3)
         checks.append(runtime)
         checks.append(check_checkpoint(info, settings) if info else Check("checkpoint", "SKIP", "no `docker info`"))
+        checks.append(check_egress_proxy(p, settings, timeout * 3))
     checks.append(check_mounts(settings))
     checks.append(check_quota(settings, engine_up=p is not None))
     checks.append(check_file_store(settings))
@@ -517,6 +590,8 @@ def render(checks: list[Check], elapsed: float, color: bool = False) -> str:
 
 
 def cmd_doctor(args: argparse.Namespace, get_settings: Callable[[], Settings]) -> int:
+    if getattr(args, "build_egress_proxy", False) and build_egress_proxy(get_settings()):
+        return 1
     started = time.monotonic()
     checks = run_checks(get_settings, timeout=args.timeout, start=getattr(args, "start", False))
     elapsed = time.monotonic() - started
@@ -537,6 +612,8 @@ def register_cli(subparsers: Any, get_settings: Callable[[], Settings]) -> argpa
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--timeout", type=float, default=PROBE_TIMEOUT, help="seconds to wait for the engine (default 3)")
     p.add_argument("--start", action="store_true", help="also start a sandbox, run a command in it and remove it")
+    p.add_argument("--build-egress-proxy", action="store_true",
+                   help='first build the allow-list proxy image (network = "allowlist") when it is missing')
     p.set_defaults(func=lambda ns: cmd_doctor(ns, get_settings))
     return p
 

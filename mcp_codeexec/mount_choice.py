@@ -13,6 +13,13 @@ client never sends a host path, only a name; an unknown name is ``invalid_tool_i
 declared ones, and a later call naming folders its existing sandbox was not made with is refused
 the same way, never a silent change. Without the key nothing changes: the hosted tools' inputs stay
 exactly hosted (the selection is request metadata, not an argument).
+
+Per principal (HTTP token holders), ``named_mount_principals = {src = ["alice"]}`` limits who may
+choose a mount, with the rule of an upstream's ``principals`` (``tools.config.principal_allowed``):
+a mount not listed there is everyone's, the ``local`` principal (stdio, ``--no-auth``, the Python
+API) may choose all. To a principal, a mount it may not choose does not exist: naming one is
+``invalid_tool_input`` listing only the names it may choose (never another principal's names or
+any host path), worded alike whether the name is declared for someone else or not at all.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 
 from .errors import InvalidToolInput
 from .mounts import MountError, ResolvedMount, resolve_all
+from .tools.config import principal_allowed
 
 META_KEY = "io.mcp-codeexec/mounts"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -48,6 +56,19 @@ def check_named(settings: Any) -> None:
             resolve_all([*settings.mounts, spec], settings.allowed_mount_roots, settings.data_dir, settings.runtime)
         except MountError as exc:
             raise MountError(f"named mount {name!r}: {exc}") from None
+    declared = parse_named(settings.named_mounts)
+    for name, principals in settings.named_mount_principals.items():
+        if name not in declared:
+            raise MountError(f"named_mount_principals: {name!r} is not one of the named_mounts")
+        if any(not p.strip() for p in principals):
+            raise MountError(f"named_mount_principals[{name!r}]: principal names must be non-empty")
+
+
+def available(settings: Any, principal: str) -> dict[str, str]:
+    """The named mounts ``principal`` may see and choose: ``{name: spec}``."""
+    limits = settings.named_mount_principals
+    return {name: spec for name, spec in parse_named(settings.named_mounts).items()
+            if principal_allowed(principal, limits.get(name))}
 
 
 def raw_selection(meta: Any) -> Any:
@@ -64,13 +85,14 @@ def selection(value: Any) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(value))
 
 
-def resolve_selected(settings: Any, names: tuple[str, ...]) -> list[ResolvedMount]:
-    """The checked mounts ``names`` select (resolved now, on the host)."""
-    declared = parse_named(settings.named_mounts)
+def resolve_selected(settings: Any, names: tuple[str, ...], principal: str = "local") -> list[ResolvedMount]:
+    """The checked mounts ``names`` select for ``principal`` (resolved now, on the host)."""
+    declared = available(settings, principal)
     unknown = [n for n in names if n not in declared]
     if unknown:
         offered = ", ".join(sorted(declared)) or "none"
-        raise InvalidToolInput(f"unknown mount name(s) {', '.join(map(repr, unknown))}: the operator declared {offered}")
+        whose = "" if principal == "local" else f" for principal {principal!r}"
+        raise InvalidToolInput(f"unknown mount name(s) {', '.join(map(repr, unknown))}: the operator declared {offered}{whose}")
     try:
         both = resolve_all([*settings.mounts, *(declared[n] for n in names)], settings.allowed_mount_roots,
                            settings.data_dir, settings.runtime)
@@ -79,24 +101,24 @@ def resolve_selected(settings: Any, names: tuple[str, ...]) -> list[ResolvedMoun
     return both[len(settings.mounts):]
 
 
-def matches(settings: Any, have_encoded: str, value: Any) -> bool:
+def matches(settings: Any, have_encoded: str, value: Any, principal: str = "local") -> bool:
     """Whether a sandbox made with ``have_encoded`` mounts has every folder ``value`` selects
     (an unknown or malformed selection answers True: the call that uses it reports the error)."""
     try:
-        check_existing(settings, have_encoded, value, "")
+        check_existing(settings, have_encoded, value, "", principal)
     except InvalidToolInput as exc:
         return "created without" not in str(exc)
     return True
 
 
-def check_existing(settings: Any, have_encoded: str, value: Any, cid: str) -> None:
+def check_existing(settings: Any, have_encoded: str, value: Any, cid: str, principal: str = "local") -> None:
     """An existing sandbox keeps the folders it was made with: selecting others is refused."""
     from .mounts import decode
 
     names = selection(value)
     if names is None:
         return
-    wanted = resolve_selected(settings, names)
+    wanted = resolve_selected(settings, names, principal)
     have = decode(have_encoded)
     missing = [n for n, m in zip(names, wanted) if m not in have]
     if missing:

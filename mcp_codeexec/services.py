@@ -18,8 +18,12 @@ service listening there (the container has no other network). All of it dies wit
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
 from typing import Any, Literal
 
+import anyio
 import mcp_types as types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -114,7 +118,49 @@ async def run(backend: Any, request: ServicesInput, ctx: CallContext, settings: 
     # Idle stops wait longer while services run (they would end with the container).
     listed = result if request.action == "list" else (await hook(ctx, request.container_id, {"op": "services", "action": "list"}))[0]
     sandbox.services_alive = any(s.get("status") == "running" for s in listed.get("services", []))
+    await anyio.to_thread.run_sync(write_record, settings.data_dir, sandbox.record.id, listed.get("services", []))
     return result, sandbox.info
+
+
+# `containers ls` runs in another process than the server. It cannot ask the agent itself: Docker
+# copies every attacher's stdin into PID 1's one pipe, unframed, so a second attach could land a
+# request inside a large frame of the server's (a put_file chunk) and break the session's channel;
+# `docker exec` would start a process inside the sandbox (under its limits, killed by its sweeps) and
+# `docker cp` cannot read its tmpfs. So the server records, after each services op (which always
+# ends with a `list`), what the agent said, in a file the CLI reads; the CLI says how old it is.
+
+
+def record_path(data_dir: Path, container_id: str) -> Path:
+    return data_dir / "services" / f"{container_id}.json"
+
+
+def write_record(data_dir: Path, container_id: str, listed: list[dict[str, Any]]) -> None:
+    """``<data>/services/<id>.json``: the sandbox's services as of now (atomic replace)."""
+    path = record_path(data_dir, container_id)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # commands may hold what the caller typed
+    tmp = path.with_name(f".{container_id}.tmp")
+    keep = ("name", "pid", "status", "exit_code", "uptime_seconds", "started_at", "command", "processes", "memory_bytes")
+    rows = [{k: s.get(k) for k in keep} for s in listed]
+    tmp.write_text(json.dumps({"updated": time.time(), "services": rows}))
+    tmp.replace(path)
+
+
+def read_record(data_dir: Path, container_id: str, started_at: float | None, now: float | None = None) -> dict[str, Any] | None:
+    """What the server last recorded for a running container, uptimes brought up to ``now``; None
+    without a record or when the container (re)started after it (its services died with the old start)."""
+    try:
+        data = json.loads(record_path(data_dir, container_id).read_text())
+        updated = float(data["updated"])
+        rows = [dict(r) for r in data["services"] if isinstance(r, dict)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if started_at is not None and started_at > updated:
+        return None
+    now = time.time() if now is None else now
+    for row in rows:
+        if row.get("status") == "running" and isinstance(row.get("started_at"), int | float):
+            row["uptime_seconds"] = round(max(0.0, now - row["started_at"]), 1)
+    return {"as_of_seconds": round(max(0.0, now - updated), 1), "services": rows}
 
 
 def _line(s: dict[str, Any]) -> str:

@@ -17,6 +17,9 @@ reads and writes only the allocated blocks. A running source is copied while its
 frozen (``fsfreeze -f`` on the host mount point: dirty data and the journal are flushed and writers
 block until ``fsfreeze -u``), so the copy is a consistent, cleanly-journalled ext4 image.
 
+Named-volume workspaces (quota ``none``) are copied by the engine instead (volume_snapshots.py); a
+snapshot starts sandboxes only in the mode it was saved in.
+
 Snapshots live outside ``volumes/``, so the reaper (which removes workspace images no sandbox
 links to) never sees them; they stay until ``snapshots rm``. Per principal at most
 ``max_snapshots_per_principal`` within ``max_snapshot_disk_bytes_per_principal`` of host disk.
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import volume_snapshots
 from .config import Settings
 from .errors import CodeExecError, InvalidToolInput, Unavailable
 
@@ -55,6 +59,8 @@ class Snapshot:
     """The image's apparent size (the workspace's capacity plus ext4 metadata)."""
     disk_bytes: int
     """Host disk the snapshot's image has allocated (blocks shared by a reflink are counted in full)."""
+    volume: str | None = None
+    """Volume mode (quota ``none``): the Docker volume holding the files (volume_snapshots.py)."""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -92,7 +98,7 @@ def _freeze(mnt: Path, on: bool) -> None:
 def quiesced_copy(manager: Any, cid: str, dst: Path) -> None:
     """Copy sandbox ``cid``'s workspace image to ``dst``, frozen while it is mounted."""
     if manager.volumes.mode != "loop":
-        raise Unavailable("snapshots and forks need loop-mounted workspaces (quota = loop: root beside a local engine)")
+        raise Unavailable("copying a workspace image needs loop-mounted workspaces (volume_snapshots.py copies volumes)")
     link, mnt = manager.volumes.paths(cid)
     if not link.exists():
         raise Unavailable(f"container_expired: sandbox {cid!r} has no workspace here")
@@ -133,7 +139,10 @@ class SnapshotStore:
             raise SnapshotNotFound(f"no snapshot named {name!r}") from None
         if owner not in (None, "local") and data.get("owner") != owner:
             raise SnapshotNotFound(f"no snapshot named {name!r}")
-        data["disk_bytes"] = image.stat().st_blocks * 512 if image.exists() else 0
+        if data.get("volume"):
+            data.setdefault("disk_bytes", data.get("size_bytes", 0))  # measured by du when saved
+        else:
+            data["disk_bytes"] = image.stat().st_blocks * 512 if image.exists() else 0
         return Snapshot(**data)
 
     def list(self, owner: str | None = None) -> list[Snapshot]:
@@ -156,6 +165,8 @@ class SnapshotStore:
         if used >= s.max_snapshot_disk_bytes_per_principal:
             raise InvalidToolInput(f"{owner}'s snapshots take {used} bytes, at least the {s.max_snapshot_disk_bytes_per_principal} allowed; remove one first")
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if manager.volumes.mode != "loop":
+            return self._save_volume(manager, cid, name, owner)
         tmp = self.root / f".{name}.{secrets.token_hex(4)}.tmp"
         try:
             quiesced_copy(manager, cid, tmp)
@@ -164,14 +175,52 @@ class SnapshotStore:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         record = {"name": name, "owner": owner, "source": cid, "created": time.time(), "size_bytes": image.stat().st_size}
+        old = self._volume_of(name)
+        self._write(meta, record)
+        if old:
+            volume_snapshots.remove(manager.client, old)
+        return self.get(name)
+
+    @staticmethod
+    def _write(meta: Path, record: dict[str, Any]) -> None:
         tmp_meta = meta.with_suffix(".json.tmp")
         tmp_meta.write_text(json.dumps(record))
         os.replace(tmp_meta, meta)
+
+    def _volume_of(self, name: str) -> str | None:
+        """The Docker volume of an existing volume-mode snapshot ``name``."""
+        with contextlib.suppress(CodeExecError):
+            return self.get(name).volume
+        return None
+
+    def _save_volume(self, manager: Any, cid: str, name: str, owner: str) -> Snapshot:
+        """Volume mode: the files go to a new snapshot volume; a replaced snapshot's is removed after."""
+        image, meta = self._paths(name)
+        old = self._volume_of(name)
+        volume, used = volume_snapshots.save(manager, cid, name)
+        record = {"name": name, "owner": owner, "source": cid, "created": time.time(), "size_bytes": used,
+                  "disk_bytes": used, "volume": volume}
+        try:
+            self._write(meta, record)
+        except BaseException:
+            volume_snapshots.remove(manager.client, volume)
+            raise
+        if old:
+            volume_snapshots.remove(manager.client, old)
+        with contextlib.suppress(FileNotFoundError):
+            image.unlink()  # a loop-mode snapshot of that name it replaced
         return self.get(name)
 
-    def remove(self, name: str, owner: str | None = None) -> None:
-        self.get(name, owner)  # exists and is the caller's
+    def remove(self, name: str, owner: str | None = None, client: Any = None) -> None:
+        """``client``: the engine's, to remove a volume-mode snapshot's volume (connected when not given)."""
+        snap = self.get(name, owner)  # exists and is the caller's
         image, meta = self._paths(name)
+        if snap.volume:
+            if client is None:
+                from .engines.docker import connect
+
+                client = connect()
+            volume_snapshots.remove(client, snap.volume)
         meta.unlink()
         with contextlib.suppress(FileNotFoundError):
             image.unlink()
@@ -180,7 +229,12 @@ class SnapshotStore:
         """A new sandbox whose workspace is a copy of snapshot ``name``; returns its id."""
         snap = self.get(name, owner)
         image, _ = self._paths(snap.name)
-        def fill(dst: Path) -> None:
+        _same_mode(manager, snap)
+
+        def fill(dst: Any) -> None:
+            if snap.volume:
+                volume_snapshots.fill(manager, dst, snap.volume)
+                return
             _copy(image, dst)
             _grow(dst, manager.settings.disk_bytes)
 
@@ -188,9 +242,21 @@ class SnapshotStore:
         return record.id
 
 
+def _same_mode(manager: Any, snap: Snapshot) -> None:
+    """A snapshot starts sandboxes in the workspace mode it was saved in (an ext4 image is not a volume)."""
+    loop = manager.volumes.mode == "loop"
+    if loop == bool(snap.volume):
+        saved, here = ("a named volume", "loop-mounted images") if loop else ("a loop-mounted image", "named volumes")
+        raise InvalidToolInput(f"snapshot {snap.name!r} was saved from {saved}; this server's workspaces are {here} "
+                               "(quota setting): save it again here")
+
+
 def fork(manager: Any, cid: str, owner: str) -> str:
     """A new sandbox whose workspace is a consistent copy of sandbox ``cid``'s (running or not)."""
-    def fill(dst: Path) -> None:
+    def fill(dst: Any) -> None:
+        if manager.volumes.mode != "loop":
+            volume_snapshots.fill(manager, dst, ("fork", cid))
+            return
         quiesced_copy(manager, cid, dst)
         _grow(dst, manager.settings.disk_bytes)
 
@@ -273,7 +339,7 @@ async def run(backend: Any, arguments: dict[str, Any], ctx: Any) -> tuple[dict[s
         text = "\n".join(f"{s['name']}: from {s['source']}, {s['disk_bytes']} bytes on disk" for s in items) or "no snapshots"
         return {"snapshots": items}, text
     if action == "remove":
-        await call(lambda: store.remove(name, owner))
+        await call(lambda: store.remove(name, owner, manager.client))
         return {"removed": name}, f"removed snapshot {name}"
     if action == "start":
         await call(lambda: store.get(name, owner))

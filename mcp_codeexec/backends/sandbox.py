@@ -589,7 +589,7 @@ class SandboxBackend:
         # Pool containers carry the folder skills only: they fit only a sandbox that wants just those.
         poolable = [s.container_entry() for s in skills.skills] == [dict(e) for e in _folder_entries(self.settings)]
         names = mount_choice.selection(mounts)
-        extra = await _thread(mount_choice.resolve_selected, self.settings, names) if names else None
+        extra = await _thread(mount_choice.resolve_selected, self.settings, names, owner) if names else None
         poolable = poolable and not extra  # pool containers have the operator's mounts only
         if self.settings.pool_size > 0:
             self._note_demand()
@@ -699,7 +699,7 @@ class SandboxBackend:
                 log.info("not resuming sandbox %s: %s", cid, exc.message)
                 await _thread(manager.leases.release, cid)
                 continue
-            if not await _thread(mount_choice.matches, self.settings, sandbox.record.mounts, mounts):
+            if not await _thread(mount_choice.matches, self.settings, sandbox.record.mounts, mounts, principal):
                 await sandbox.conn.aclose()  # made with other named mounts: not this session's to resume
                 await _thread(manager.leases.release, cid)
                 continue
@@ -1040,7 +1040,8 @@ async def _check_skills(settings: Settings, sandbox: Sandbox, ctx: CallContext) 
     """A container keeps the skills (and named mounts) it was created with: selecting others is refused."""
     if ctx.mounts is not None:
         try:
-            await _thread(mount_choice.check_existing, settings, sandbox.record.mounts, ctx.mounts, sandbox.record.id)
+            await _thread(mount_choice.check_existing, settings, sandbox.record.mounts, ctx.mounts, sandbox.record.id,
+                          ctx.principal)
         except InvalidToolInput as err:
             err.container = sandbox.info
             raise

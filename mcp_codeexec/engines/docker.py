@@ -244,12 +244,14 @@ class QuotaVolumes:
         were named by token) and ``<cid>.mnt``."""
         return self.root / f"{cid}.img", self.root / f"{cid}.mnt"
 
-    def create(self, cid: str, size_bytes: int, fill: Callable[[Path], None] | None = None) -> Mount:
-        """``fill``: writes the new image file instead of mkfs (a snapshot or a fork: snapshots.py)."""
-        if fill is not None and self.mode != "loop":
-            raise Unavailable("snapshots and forks need loop-mounted workspaces (quota = loop: root beside a local engine)")
+    def create(self, cid: str, size_bytes: int, fill: Callable[[Any], None] | None = None) -> Mount:
+        """``fill``: writes the new image file (a Path) instead of mkfs, or in volume mode makes and
+        fills the named volume the returned Mount names (a snapshot or a fork: snapshots.py)."""
         if self.mode != "loop":
-            return Mount(WORKSPACE, f"{NAME_PREFIX}{cid}", type="volume", labels={L_MANAGED: "1", L_ID: cid, L_INSTALL: self.install})
+            mount = Mount(WORKSPACE, f"{NAME_PREFIX}{cid}", type="volume", labels={L_MANAGED: "1", L_ID: cid, L_INSTALL: self.install})
+            if fill is not None:
+                fill(mount)
+            return mount
         link, mnt = self.paths(cid)
         # The loop device's backing file path is what the kernel shows in /sys/block/loopN/loop/backing_file:
         # the image is named by a random token, unrelated to the container id, and found through
@@ -458,7 +460,7 @@ class DockerEngine:
 
     def create(self, owner: str, *, pool: bool = False, ticket: CreateTicket | None = None,
                skills: SkillSet | None = None,
-               workspace_from: Callable[[Path], None] | None = None,
+               workspace_from: Callable[[Any], None] | None = None,
                extra_mounts: list[ResolvedMount] | None = None) -> tuple[SandboxRecord, Container]:
         """Make a sandbox. A create whose caller gave up (``ticket``) or whose server is shutting
         down (``closing``) removes what it made: no create outlives its server unowned."""

@@ -44,6 +44,12 @@ class ToolsConfigError(ValueError):
     """The tools config file cannot be used (the server refuses to start)."""
 
 
+def principal_allowed(principal: str, principals: list[str] | None) -> bool:
+    """The per-principal rule of ``principals`` lists (upstreams here, named mounts in
+    mount_choice.py): ``local`` (the operator) always; others when the list is absent or names them."""
+    return principal == "local" or principals is None or principal in principals
+
+
 class ServerConfig(BaseModel):
     """One entry of ``mcpServers``."""
 
@@ -102,7 +108,7 @@ class ServerConfig(BaseModel):
         return [v for v in values if len(v) >= 4]
 
     def allows(self, principal: str) -> bool:
-        return principal == "local" or self.principals is None or principal in self.principals
+        return principal_allowed(principal, self.principals)
 
     def display_url(self) -> str | None:
         """The URL without userinfo and query, for messages."""

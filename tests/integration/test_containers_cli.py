@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
 
+import anyio
 import pytest
 
 from mcp_codeexec import Sandbox
@@ -134,3 +136,43 @@ def test_doctor_with_the_engine_unreachable_fails_fast_with_the_fix(settings) ->
     assert run.returncode == 1
     assert "FAIL  engine" in run.stdout and "fix:" in run.stdout
     assert elapsed < 15, elapsed
+
+
+async def test_ls_shows_each_running_sandboxs_services_with_status_pid_and_uptime(tmp_path, docker_engine) -> None:
+    """Started through a real MCP client; `ls` (another process) reads what the server recorded,
+    never attaching to the sandbox, so the session goes on undisturbed."""
+    from tests.integration.conftest import make_settings
+    from tests.support.servers import mcp_client, remove_installation
+
+    settings = make_settings(tmp_path, services=True)
+    try:
+        async with mcp_client("memory", settings) as client:
+            started = await client.call_tool("services", {"action": "start", "name": "web", "command": "sleep 600"})
+            assert not started.is_error, started.content
+            await client.call_tool("services", {"action": "start", "name": "job", "command": "exit 4"})
+            cid = started.meta["container"]["id"]
+            await anyio.sleep(1.2)
+            await client.call_tool("services", {"action": "list"})
+            listed = cli(settings, "containers", "ls", "--json")
+            assert listed.returncode == 0, listed.stderr
+            [row] = json.loads(listed.stdout)
+            assert row["id"] == cid and row["services_as_of_seconds"] >= 0
+            by_name = {s["name"]: s for s in row["services"]}
+            assert by_name["web"]["status"] == "running" and by_name["web"]["pid"] > 1
+            assert by_name["web"]["uptime_seconds"] >= 1.0 and by_name["web"]["command"] == "sleep 600"
+            assert by_name["job"]["status"] == "exited" and by_name["job"]["exit_code"] == 4
+
+            table = cli(settings, "containers", "ls").stdout.splitlines()
+            [web] = [line for line in table if line.startswith("  service web: running, pid ")]
+            assert re.search(r", up \d+s, as of \d+s ago: sleep 600$", web), table
+            assert any(line.startswith("  service job: exited (4)") for line in table), table
+
+            still = await client.call_tool("bash_code_execution", {"command": "echo still here"})
+            assert still.structured_content["stdout"] == "still here\n"  # the session was not disturbed
+            await client.call_tool("services", {"action": "stop", "name": "web"})
+        [row] = json.loads(cli(settings, "containers", "ls", "--json").stdout)
+        assert [s["name"] for s in row["services"]] == ["job"]  # stopped services are dropped
+        shown = json.loads(cli(settings, "containers", "inspect", cid).stdout)
+        assert [s["name"] for s in shown["services"]] == ["job"]
+    finally:
+        remove_installation(settings)

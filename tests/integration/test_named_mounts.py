@@ -10,7 +10,7 @@ import pytest
 
 from mcp_codeexec.config import load_settings
 from tests.integration.conftest import make_settings
-from tests.support.servers import mcp_client, remove_installation
+from tests.support.servers import http_server, mcp_client, remove_installation
 
 pytestmark = pytest.mark.anyio
 KEY = "io.mcp-codeexec/mounts"
@@ -72,3 +72,53 @@ def test_named_mounts_are_checked_at_start_up_like_mounts(tmp_path: Path):
                        (["x=/"], "root")):
         with pytest.raises(ValueError, match=words):
             load_settings(data_dir=str(tmp_path / "d"), allowed_mount_roots=[str(root)], named_mounts=bad, config_file=None)
+
+
+def test_per_principal_limits_name_declared_mounts_and_principals(tmp_path: Path):
+    root = tmp_path / "r"
+    (root / "src").mkdir(parents=True)
+    base = {"data_dir": str(tmp_path / "d"), "allowed_mount_roots": [str(root)],
+            "named_mounts": [f"src={root / 'src'}"], "config_file": None}
+    for limits, words in (({"nope": ["alice"]}, "not one of the named_mounts"), ({"src": [" "]}, "non-empty")):
+        with pytest.raises(ValueError, match=words):
+            load_settings(**base, named_mount_principals=limits)
+
+
+@pytest.fixture
+def per_principal(tmp_path: Path, docker_engine: None):
+    root = tmp_path / "host"
+    for name in ("src", "data", "shared"):
+        (root / name).mkdir(parents=True)
+        (root / name / "hello.txt").write_text(f"from {name}\n")
+    s = make_settings(tmp_path, allowed_mount_roots=[str(root)],
+                      named_mounts=[f"src={root / 'src'}", f"data={root / 'data'}:/mnt/data", f"shared={root / 'shared'}"],
+                      named_mount_principals={"src": ["alice"], "data": ["bob"]})
+    yield s, root
+    remove_installation(s)
+
+
+@pytest.mark.skipif(GVISOR, reason="gVisor 2022 build: host-folder binds fail with EINVAL on this host (see test_mounts.py)")
+async def test_each_http_principal_chooses_only_the_named_mounts_allowed_to_it(per_principal):
+    settings, root = per_principal
+    tokens = {"alice": "tok-alice-0123456789abcdef", "bob": "tok-bob-0123456789abcdef00"}
+    with http_server(settings, token=",".join(f"{p}:{t}" for p, t in tokens.items())) as url:
+        async with mcp_client("http", settings, base_url=url, token=tokens["bob"]) as bob:
+            refused = await bash(bob, "true", meta={KEY: ["src"]})  # alice's
+            assert refused.is_error and refused.structured_content["error_code"] == "invalid_tool_input"
+            text = refused.content[0].text
+            assert "declared data, shared for principal 'bob'" in text, text
+            assert str(root) not in text
+            mixed = await bash(bob, "true", meta={KEY: ["shared", "nope"]})  # unknown and not-allowed read alike
+            assert mixed.content[0].text == text.replace("'src'", "'nope'")
+            ok = await bash(bob, "cat /mnt/data/hello.txt /workspace/shared/hello.txt", meta={KEY: ["data", "shared"]})
+            assert ok.structured_content["stdout"] == "from data\nfrom shared\n", ok.structured_content
+        async with mcp_client("http", settings, base_url=url, token=tokens["alice"]) as alice:
+            refused = await bash(alice, "true", meta={KEY: ["src", "data"]})  # bob's
+            text = refused.content[0].text
+            assert refused.is_error and "declared shared, src for principal 'alice'" in text, text
+            assert str(root) not in text
+            ok = await bash(alice, "cat /workspace/src/hello.txt; test -e /mnt/data; echo $?", meta={KEY: ["src"]})
+            assert ok.structured_content["stdout"] == "from src\n1\n", ok.structured_content
+    async with mcp_client("memory", settings.model_copy(update={"resume_sandbox": False})) as local:
+        every = await bash(local, "cat /workspace/src/hello.txt /mnt/data/hello.txt", meta={KEY: ["src", "data"]})
+        assert every.structured_content["stdout"] == "from src\nfrom data\n"  # the local user may choose all

@@ -232,3 +232,107 @@ async def test_a_sandbox_started_from_a_smaller_snapshot_gets_its_own_larger_dis
             assert (await grown.bash("head -c 150000000 /dev/zero > /workspace/f && echo ok")).stdout == "ok\n"
     finally:
         remove_installation(small)
+
+
+# --------------------------------------------------------------------------- named-volume workspaces (quota = none)
+
+
+@pytest.fixture
+def volume_settings(tmp_path, docker_engine):
+    import os
+
+    if (os.environ.get("MCP_CODEEXEC_RUNTIME") or "runc") == "runsc":
+        pytest.skip("gVisor 2022 build: named-volume mounts fail with EINVAL on this host (stat of the mount point)")
+    settings = make_settings(tmp_path, quota="none", memory_bytes=768 * 1024**2)
+    yield settings
+    remove_installation(settings)
+
+
+def snapshot_volumes(settings) -> list[str]:
+    from mcp_codeexec.engines.docker import installation_label
+    from mcp_codeexec.volume_snapshots import L_SNAPSHOT_INSTALL
+
+    client = docker.from_env()
+    try:
+        found = client.volumes.list(filters={"label": f"{L_SNAPSHOT_INSTALL}={installation_label(settings.data_dir)}"})
+        return sorted(v.name for v in found)
+    finally:
+        client.close()
+
+
+async def test_a_volume_workspace_forks_with_the_parents_files_owners_and_shell_state_and_its_own_id(volume_settings):
+    async with Sandbox(volume_settings) as parent:
+        assert (await parent.bash(FILL)).return_code == 0
+        before = (await parent.bash(HASHES)).stdout
+        started = time.monotonic()
+        child_id = await parent.fork()
+        took = time.monotonic() - started
+        assert child_id != parent.container_id
+        async with Sandbox(volume_settings, container_id=child_id, keep=False) as child:
+            assert (await child.bash(HASHES)).stdout == before and "blob.bin" in before
+            kept = await child.bash("pwd; echo $FROM_PARENT; readlink /workspace/data/link; "
+                                     "stat -c '%a %u' /workspace/data/deep /workspace/data/blob.bin")
+            assert kept.stdout == "/workspace/data\nyes\nblob.bin\n700 1000\n644 1000\n", kept.stdout
+            await child.bash("echo child-only > /workspace/data/child.txt")
+            assert (await parent.bash("test -e /workspace/data/child.txt; echo $?")).stdout == "1\n"
+            info = inspect(child_id)
+            assert info["HostConfig"]["Memory"] == volume_settings.memory_bytes
+            assert [m["Name"] for m in info["Mounts"] if m["Destination"] == "/workspace"] == [NAME_PREFIX + child_id]
+        assert inspect(parent.container_id)["State"]["Paused"] is False  # resumed after the copy
+        assert took < 30, took
+    helpers = docker.from_env().containers.list(all=True, filters={"label": "io.mcp-codeexec.copy-helper"})
+    assert not [c for c in helpers if c.labels.get("io.mcp-codeexec.copy-helper") == SandboxManager(volume_settings, connect()).install]
+
+
+async def test_mcp_clients_snapshot_a_volume_workspace_and_start_sandboxes_from_it_that_outlive_prune(volume_settings):
+    from tests.support.servers import mcp_client
+
+    settings = volume_settings.model_copy(update={"snapshots": True})
+    async with mcp_client("memory", settings) as client:
+        first = await client.call_tool("bash_code_execution", {"command": FILL + " && " + HASHES})
+        saved = await client.call_tool("snapshots", {"action": "save", "name": "vol-snap"})
+        assert not saved.is_error, saved.content
+        snap = saved.structured_content["snapshot"]
+        assert snap["source"] == first.meta["container"]["id"] and snap["disk_bytes"] >= 3_000_000
+        assert snap["volume"] in snapshot_volumes(settings)
+        await client.call_tool("bash_code_execution", {"command": "echo later > /workspace/data/later.txt"})
+    manager = SandboxManager(settings, connect())
+    manager.orphan_grace = 0
+    manager.reap()
+    manager.remove_installation()  # `containers prune --all`: sandboxes go, snapshots stay
+    assert snapshot_volumes(settings) == [snap["volume"]]
+    async with mcp_client("memory", settings) as client:
+        ids = set()
+        for _ in range(2):
+            started = await client.call_tool("snapshots", {"action": "start", "name": "vol-snap"})
+            assert not started.is_error, started.content
+            cid = started.structured_content["container_id"]
+            ran = await client.call_tool("bash_code_execution", {"command": HASHES, "container_id": cid})
+            assert ran.structured_content["stdout"] == first.structured_content["stdout"]  # not later.txt
+            ids.add(cid)
+        assert len(ids) == 2
+        replaced = await client.call_tool("snapshots", {"action": "save", "name": "vol-snap", "replace": True,
+                                                        "container_id": cid})
+        assert replaced.structured_content["snapshot"]["volume"] != snap["volume"]
+        assert snapshot_volumes(settings) == [replaced.structured_content["snapshot"]["volume"]]  # the old one went
+        removed = await client.call_tool("snapshots", {"action": "remove", "name": "vol-snap"})
+        assert removed.structured_content == {"type": "snapshots_result", "removed": "vol-snap"}
+    assert snapshot_volumes(settings) == []
+
+
+async def test_a_snapshot_volume_removed_behind_the_servers_back_is_reported_and_its_record_still_removable(volume_settings):
+    from mcp_codeexec.errors import Unavailable
+
+    store = SnapshotStore(volume_settings)
+    async with Sandbox(volume_settings) as sb:
+        await sb.bash("echo x > x.txt")
+        snap = await sb.snapshot("gone")
+    client = docker.from_env()
+    try:
+        client.volumes.get(snap["volume"]).remove(force=True)
+        with pytest.raises(Unavailable, match="is gone"):
+            store.start(SandboxManager(volume_settings, client), "gone", "local")
+        store.remove("gone", client=client)
+    finally:
+        client.close()
+    assert store.list() == [] and snapshot_volumes(volume_settings) == []

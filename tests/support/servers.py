@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import socket
@@ -37,6 +38,8 @@ def server_env(settings: Settings, **extra: str) -> dict[str, str]:
             value = "true" if value else "false"
         elif isinstance(value, list):
             value = ",".join(map(str, value))
+        elif isinstance(value, dict):
+            value = json.dumps(value)  # pydantic-settings decodes a dict field's env value as JSON
         env[f"MCP_CODEEXEC_{name.upper()}"] = str(value)
     env.update(extra)
     return env

@@ -178,8 +178,8 @@ def test_json_output_lists_every_check_and_the_verdict(
     report = json.loads(capsys.readouterr().out)
     assert status == 1 and report["ok"] is False
     names = [c["name"] for c in report["checks"]]
-    assert names == ["config", "engine", "engine version", "image", "derived images", "runtime", "checkpoint", "mounts",
-                     "disk quota", "file store"]
+    assert names == ["config", "engine", "engine version", "image", "derived images", "runtime", "checkpoint",
+                     "egress proxy", "mounts", "disk quota", "file store"]
     assert all(c["status"] in ("OK", "WARN", "FAIL", "SKIP") for c in report["checks"])
     assert all(c["fix"] for c in report["checks"] if c["status"] == "FAIL")
 
@@ -236,3 +236,69 @@ def test_checkpoint_is_available_under_runsc_with_experimental_mode_and_runscs_s
     monkeypatch.setattr(checkpoint, "RUNSC_ROOTS", (tmp_path / "absent",))
     blocked = doctor.check_checkpoint({"ExperimentalBuild": True}, settings)
     assert blocked.data["available"] is False and "runsc's state directory" in blocked.message
+
+
+class _Images:
+    def __init__(self, present: set[str]) -> None:
+        self.present = present
+
+    def get(self, name: str) -> object:
+        import docker.errors
+
+        if name not in self.present:
+            raise docker.errors.ImageNotFound(name)
+        return object()
+
+
+def _probe_with(*images: str) -> doctor.Probe:
+    return doctor.Probe(doctor.Endpoint("unix:///fake.sock", "test"), client=argparse.Namespace(images=_Images(set(images))))
+
+
+def test_the_egress_proxy_check_skips_without_the_allowlist_and_passes_when_the_image_is_built(tmp_path) -> None:
+    from mcp_codeexec.egress import proxy_image_tag
+
+    plain = doctor.check_egress_proxy(_probe_with(), load_settings(data_dir=str(tmp_path), config_file=None), 1.0)
+    assert plain.status == "SKIP" and "allowlist" in plain.message
+    allowlist = load_settings(data_dir=str(tmp_path), network="allowlist", allow_hosts=["pypi.org"], config_file=None)
+    ok = doctor.check_egress_proxy(_probe_with(proxy_image_tag()), allowlist, 1.0)
+    assert ok.status == "OK" and ok.data == {"image": proxy_image_tag(), "present": True}
+    custom = allowlist.model_copy(update={"egress_image": "my-squid:1"})
+    assert doctor.check_egress_proxy(_probe_with("my-squid:1"), custom, 1.0).status == "OK"
+
+
+def test_a_missing_egress_proxy_image_says_whether_it_can_be_built_and_the_command_that_builds_it(tmp_path, monkeypatch) -> None:
+    from mcp_codeexec.image import DEBIAN_BASE
+
+    allowlist = load_settings(data_dir=str(tmp_path), network="allowlist", allow_hosts=["pypi.org"], config_file=None)
+    from_base = doctor.check_egress_proxy(_probe_with(DEBIAN_BASE), allowlist, 1.0)
+    assert from_base.status == "WARN" and from_base.data["buildable"] is True and DEBIAN_BASE in from_base.message
+    assert from_base.fix and from_base.fix.startswith("mcp-codeexec doctor --build-egress-proxy")
+
+    monkeypatch.setattr(doctor.shutil, "which", lambda name: "/usr/sbin/debootstrap")
+    monkeypatch.setattr(doctor.os, "geteuid", lambda: 0)
+    bootstrap = doctor.check_egress_proxy(_probe_with(), allowlist, 1.0)
+    assert bootstrap.status == "WARN" and "debootstrap" in bootstrap.message and bootstrap.data["buildable"] is True
+
+    monkeypatch.setattr(doctor.os, "geteuid", lambda: 1000)
+    not_root = doctor.check_egress_proxy(_probe_with(), allowlist, 1.0)
+    assert not_root.status == "FAIL" and "needs root" in not_root.message and not_root.data["buildable"] is False
+    assert not_root.fix and "sudo mcp-codeexec doctor --build-egress-proxy" in not_root.fix
+
+    monkeypatch.setattr(doctor.shutil, "which", lambda name: None)
+    monkeypatch.setattr(doctor.os, "access", lambda path, mode: False)
+    missing = doctor.check_egress_proxy(_probe_with(), allowlist, 1.0)
+    assert missing.status == "FAIL" and "debootstrap is not installed" in missing.message
+
+
+def test_doctor_build_egress_proxy_builds_the_image_before_checking(isolated: Path, monkeypatch, capsys) -> None:
+    from mcp_codeexec import egress
+    from mcp_codeexec.engines import docker as engine
+
+    built: list[str] = []
+    monkeypatch.setattr(engine, "connect", lambda timeout: "client")
+    monkeypatch.setattr(egress, "ensure_proxy_image", lambda client, tag: built.append(tag) or tag)
+    monkeypatch.setattr(doctor, "run_checks", lambda get_settings, timeout, start: [doctor.Check("config", "OK", "fine")])
+    settings = load_settings(network="allowlist", allow_hosts=["pypi.org"], egress_image="my-squid:2")
+    ns = argparse.Namespace(build_egress_proxy=True, json=False, timeout=1.0, start=False)
+    assert doctor.cmd_doctor(ns, lambda: settings) == 0
+    assert built == ["my-squid:2"] and "egress proxy image: my-squid:2" in capsys.readouterr().err
