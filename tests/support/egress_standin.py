@@ -1,7 +1,8 @@
 """Stand-in servers for the egress allow-list tests: nothing they do leaves this machine.
 
 ``standin()`` makes an internal Docker network (``internal: true``: no route off the machine), starts a
-container of the sandbox image on it that makes its own test CA, and serves over TLS on :443 (and
+container of the sandbox image on it that makes its own test CA, and serves over TLS on :443 (or
+``tls_port``) (and
 plainly on :8080) a PEP 503 simple index with one tiny wheel, ``tinypkg``; or any other files a test
 gives (``files``: an npm registry's package document and tarball), and with ``git_repo`` a git
 repository over smart HTTP (``git http-backend`` as a CGI, on an image that has git). Every request
@@ -109,7 +110,7 @@ ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.load_cert_chain("srv.pem", "srv.key")
 def remember(sock, name, _ctx): sock.standin_sni = name
 ctx.sni_callback = remember
-tls = S(("0.0.0.0", 443), H)
+tls = S(("0.0.0.0", int(os.environ.get("STANDIN_TLS_PORT", "443"))), H)
 tls.socket = ctx.wrap_socket(tls.socket, server_side=True)
 plain = S(("0.0.0.0", 8080), H)
 threading.Thread(target=plain.serve_forever, daemon=True).start()
@@ -143,10 +144,11 @@ class StandIn:
     network: str
     address: str
     container: Any
+    tls_port: int = 443
 
     @property
     def tls(self) -> str:
-        return f"{self.address}:443"
+        return f"{self.address}:{self.tls_port}"
 
     @property
     def plain(self) -> str:
@@ -184,9 +186,11 @@ def tiny_npm_package(registry: str, name: str = "tinynpm", version: str = "1.0.0
 
 
 @contextmanager
-def standin(image: str, names: list[str], files: dict[str, Any] | None = None, git_repo: str | None = None) -> Iterator[StandIn]:
+def standin(image: str, names: list[str], files: dict[str, Any] | None = None, git_repo: str | None = None,
+            tls_port: int = 443) -> Iterator[StandIn]:
     """The stand-in on a new internal network. ``files`` (path: body, or [content type, body]; latin-1
-    text) replace the default tiny index; ``git_repo`` ("owner/name") needs an ``image`` with git."""
+    text) replace the default tiny index; ``git_repo`` ("owner/name") needs an ``image`` with git;
+    ``tls_port`` moves the TLS server off 443 (then nothing listens there)."""
     client = docker.from_env()
     tag = secrets.token_hex(4)
     if files is None:
@@ -196,7 +200,7 @@ def standin(image: str, names: list[str], files: dict[str, Any] | None = None, g
             "/simple/tinypkg/": f'<html><body><a href="/packages/{filename}#sha256={sha}">{filename}</a></body></html>',
             f"/packages/{filename}": wheel.decode("latin-1"),
         }
-    environment = {"STANDIN_FILES": json.dumps(files), "HOME": "/tmp"}
+    environment = {"STANDIN_FILES": json.dumps(files), "HOME": "/tmp", "STANDIN_TLS_PORT": str(tls_port)}
     if git_repo:
         environment["STANDIN_GIT"] = git_repo
     net = client.networks.create(f"mcp-codeexec-egtest-{tag}", driver="bridge", internal=True,
@@ -218,7 +222,7 @@ def standin(image: str, names: list[str], files: dict[str, Any] | None = None, g
             time.sleep(0.2)
         container.reload()
         address = container.attrs["NetworkSettings"]["Networks"][net.name]["IPAddress"]
-        yield StandIn(net.name, address, container)
+        yield StandIn(net.name, address, container, tls_port)
     finally:
         if container is not None:
             container.remove(force=True)
