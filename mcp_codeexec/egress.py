@@ -65,7 +65,7 @@ USER proxy
 # The config arrives in the environment (the root filesystem is read-only); the key pair only lets
 # squid peek at ClientHellos (it never terminates TLS), so a throwaway one made at start is enough.
 # EGRESS_RELAYS: "LOOPBACK_ADDRESS ADDRESS:PORT" lines, a relay each for mirrors on ports other than 443.
-ENTRYPOINT ["/bin/sh", "-c", "umask 077 && printf '%s\\\\n' \\"$EGRESS_RELAYS\\" | while read -r at to; do [ -n \\"$to\\" ] && socat TCP-LISTEN:443,bind=$at,reuseaddr,fork TCP:$to,connect-timeout=15 & done; n=$(printf '%s\\\\n' \\"$EGRESS_RELAYS\\" | grep -c .); i=0; while [ $(ss -Hltn 'sport = :443' | wc -l) -lt $n ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; printf '%s\\\\n' \\"$EGRESS_SQUID_CONF\\" > /tmp/squid.conf && printf '%s\\\\n' \\"$EGRESS_HOSTS\\" > /tmp/hosts && openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=mcp-codeexec-egress -days 3650 -keyout /tmp/key.pem -out /tmp/cert.pem 2>/dev/null && exec /usr/sbin/squid -N -f /tmp/squid.conf"]
+ENTRYPOINT ["/bin/sh", "-c", "umask 077 && printf '%s\\\\n' \\"$EGRESS_RELAYS\\" | while read -r at to; do [ -n \\"$to\\" ] && socat TCP-LISTEN:443,bind=$at,reuseaddr,fork,backlog=64 TCP:$to,connect-timeout=15 & done; n=$(printf '%s\\\\n' \\"$EGRESS_RELAYS\\" | grep -c .); i=0; while [ $(ss -Hltn 'sport = :443' | wc -l) -lt $n ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; printf '%s\\\\n' \\"$EGRESS_SQUID_CONF\\" > /tmp/squid.conf && printf '%s\\\\n' \\"$EGRESS_HOSTS\\" > /tmp/hosts && openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=mcp-codeexec-egress -days 3650 -keyout /tmp/key.pem -out /tmp/cert.pem 2>/dev/null && exec /usr/sbin/squid -N -f /tmp/squid.conf"]
 LABEL io.mcp-codeexec.egress-image=1
 """
 
