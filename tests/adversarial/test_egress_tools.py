@@ -2,7 +2,7 @@
 
 The default sandbox image has neither tool (it stays the hosted box), so this module derives one with
 the project's own mechanism (`image build --from`, tests/fixtures/images/egress-tools/Dockerfile:
-Debian's git, nodejs and npm), once per session, and removes it at the end. The stand-in (on an
+Debian's git, nodejs and npm), once, and removes it when the module ends. The stand-in (on an
 internal network, as in test_egress.py: nothing leaves this machine, not even from the proxy) plays
 an npm registry (a package document and its .tgz) and a git host over smart HTTP (`git http-backend`),
 both over TLS under the stand-in's own CA, which the clients are given the way an operator gives a
@@ -40,8 +40,10 @@ DOCKERFILE = Path(__file__).parents[1] / "fixtures" / "images" / "egress-tools" 
 NPM_FLAGS = "--no-audit --no-fund --no-update-notifier --fetch-retries=0"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tools_image(docker_engine: None) -> Iterator[str]:
+    # Once per session (only this module uses it), and gone before later modules run: `doctor` and
+    # `image ls` tests elsewhere see every derived image on the engine.
     name = f"egtools{secrets.token_hex(3)}"
     try:
         yield build_derived(name, dockerfile=DOCKERFILE, progress=False)
