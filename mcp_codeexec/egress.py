@@ -16,7 +16,10 @@ Shape, per sandbox ``cid``:
 Names are resolved here, once, when the proxy is made (public addresses only) and pinned in squid's
 ``hosts_file``; squid itself has no name server. So a rebinding answer can never reach the proxy, and a
 name not on the list has no address at all. A mirror (``mirrors = {name = "ADDRESS:PORT"}``) replaces
-a name's address and port: a company mirror, and the tests' stand-in servers.
+a name's address and port: a company mirror, and the tests' stand-in servers. A mirror on 443 is the
+name's pinned address; one on another port gets a loopback address of the proxy container instead,
+where a relay (Debian's socat) listening on :443 forwards to ADDRESS:PORT (squid tunnels CONNECT to
+the CONNECT port and has no port rewriting of its own).
 
 Not supported under runsc: this project registers gVisor with ``--network=none``.
 """
@@ -55,13 +58,14 @@ SWEEP_GRACE_SECONDS = 60.0  # a create in progress has its network and proxy bef
 PROXY_DOCKERFILE = """\
 FROM {base}
 RUN apt-get update \\
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends squid-openssl openssl iproute2 \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends squid-openssl openssl iproute2 socat \\
  && rm -rf /var/lib/apt/lists/* \\
  && squid -v | grep -q -- --with-openssl
 USER proxy
 # The config arrives in the environment (the root filesystem is read-only); the key pair only lets
 # squid peek at ClientHellos (it never terminates TLS), so a throwaway one made at start is enough.
-ENTRYPOINT ["/bin/sh", "-c", "umask 077 && printf '%s\\\\n' \\"$EGRESS_SQUID_CONF\\" > /tmp/squid.conf && printf '%s\\\\n' \\"$EGRESS_HOSTS\\" > /tmp/hosts && openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=mcp-codeexec-egress -days 3650 -keyout /tmp/key.pem -out /tmp/cert.pem 2>/dev/null && exec /usr/sbin/squid -N -f /tmp/squid.conf"]
+# EGRESS_RELAYS: "LOOPBACK_ADDRESS ADDRESS:PORT" lines, a relay each for mirrors on ports other than 443.
+ENTRYPOINT ["/bin/sh", "-c", "umask 077 && printf '%s\\\\n' \\"$EGRESS_RELAYS\\" | while read -r at to; do [ -n \\"$to\\" ] && socat TCP-LISTEN:443,bind=$at,reuseaddr,fork,backlog=64 TCP:$to,connect-timeout=15 & done; n=$(printf '%s\\\\n' \\"$EGRESS_RELAYS\\" | grep -c .); i=0; while [ $(ss -Hltn 'sport = :443' | wc -l) -lt $n ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; printf '%s\\\\n' \\"$EGRESS_SQUID_CONF\\" > /tmp/squid.conf && printf '%s\\\\n' \\"$EGRESS_HOSTS\\" > /tmp/hosts && openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=mcp-codeexec-egress -days 3650 -keyout /tmp/key.pem -out /tmp/cert.pem 2>/dev/null && exec /usr/sbin/squid -N -f /tmp/squid.conf"]
 LABEL io.mcp-codeexec.egress-image=1
 """
 
@@ -90,18 +94,16 @@ def check_host(name: str) -> str:
 
 
 def parse_mirror(host: str, target: str) -> tuple[str, int]:
-    """``ADDRESS:PORT`` (an IPv4 address; port 443) of a mirror standing in for ``host``. The
-    mirror's address replaces the name's in the proxy's pinned hosts table; squid tunnels CONNECT
-    to that address on the CONNECT port (it sends CONNECT on, never tunnels, to a cache_peer), so a
-    mirror must serve TLS on 443 (``ADDRESS`` alone means :443)."""
+    """``ADDRESS:PORT`` (an IPv4 address and a TCP port; ``ADDRESS`` alone means :443) of a mirror
+    serving TLS for ``host``. The sandbox still asks for ``host:443``; see ``relays`` for other ports."""
     addr, sep, port = target.strip().partition(":")
     try:
         ip = ipaddress.IPv4Address(addr)
         number = int(port) if sep else 443
     except ValueError:
-        raise EgressError(f"mirrors: {host} = {target!r}: want ADDRESS:PORT (an IPv4 address and port 443)") from None
-    if number != 443:
-        raise EgressError(f"mirrors: {host} = {target!r}: only port 443 is supported (the proxy tunnels CONNECT :443 only)")
+        raise EgressError(f"mirrors: {host} = {target!r}: want ADDRESS:PORT (an IPv4 address and a port)") from None
+    if not 0 < number < 65536:
+        raise EgressError(f"mirrors: {host} = {target!r}: the port must be 1-65535")
     return str(ip), number
 
 
@@ -150,9 +152,27 @@ def pin(policy: Policy, resolve: Any = None) -> dict[str, list[str]]:
     return pins
 
 
+def relays(policy: Policy) -> dict[str, tuple[str, str]]:
+    """Mirrors on ports other than 443: host -> (loopback address in the proxy container, ADDRESS:PORT).
+    squid connects to the CONNECT port (443) of the name's address and cannot rewrite the port (a
+    cache_peer gets the CONNECT passed on, not tunnelled), so the name's address is a loopback one
+    where a relay listens on :443 and forwards to the mirror: squid's checks (name, port 443, SNI) are
+    unchanged, and the relay only ever reaches the one address and port the operator configured."""
+    odd = sorted(host for host, (_, port) in policy.mirrors.items() if port != 443)
+    first = ipaddress.IPv4Address("127.0.0.2")
+    return {host: (str(first + i), ":".join(map(str, policy.mirrors[host]))) for i, host in enumerate(odd)}
+
+
+def relay_lines(policy: Policy) -> str:
+    return "\n".join(f"{at} {to}" for at, to in relays(policy).values())
+
+
 def hosts_file(policy: Policy, pins: Mapping[str, list[str]]) -> str:
-    """squid's only name table: the pinned public addresses, and each mirror's address for its name."""
-    table = {**pins, **{host: [addr] for host, (addr, _) in policy.mirrors.items()}}
+    """squid's only name table: the pinned public addresses, and each mirror's address for its name
+    (its relay's loopback address when the mirror is on another port than 443)."""
+    relayed = relays(policy)
+    mirrored = {host: [relayed[host][0] if host in relayed else addr] for host, (addr, _) in policy.mirrors.items()}
+    table = {**pins, **mirrored}
     return "\n".join(f"{addr} {host}" for host, addrs in table.items() for addr in addrs)
 
 
@@ -284,7 +304,10 @@ class Egress:
                        "/var/spool/squid": "rw,nosuid,nodev,noexec,size=1m,uid=13,gid=13"},
                 cap_drop=["ALL"], security_opt=["no-new-privileges:true"], network=name, dns=["127.0.0.1"],
                 mem_limit=128 * 2**20, memswap_limit=128 * 2**20, pids_limit=64, nano_cpus=int(0.5e9),
-                environment={"EGRESS_SQUID_CONF": squid_conf(self.policy), "EGRESS_HOSTS": hosts_file(self.policy, self._pins)},
+                environment={"EGRESS_SQUID_CONF": squid_conf(self.policy), "EGRESS_HOSTS": hosts_file(self.policy, self._pins),
+                             "EGRESS_RELAYS": relay_lines(self.policy)},
+                # The relays listen on :443 of the proxy's own loopback, as the unprivileged user.
+                sysctls={"net.ipv4.ip_unprivileged_port_start": "443"} if relays(self.policy) else None,
                 labels=self._labels(cid), restart_policy={"Name": "no"}, hostname="egress",
                 log_config={"type": "json-file", "config": {"max-size": "1m", "max-file": "1"}},
             )

@@ -385,6 +385,32 @@ async def test_a_server_without_the_allow_list_reaps_the_proxies_an_allow_list_s
         remove_installation(settings)
 
 
+async def test_a_mirror_on_a_port_other_than_443_is_reached_through_the_proxys_relay(
+    tmp_path_factory: pytest.TempPathFactory, docker_engine: None
+) -> None:
+    # A stand-in with nothing on :443: pip still asks the proxy for pypi.org:443, and the proxy's
+    # relay forwards that one name to ADDRESS:8443. Other ports, and the relay's loopback address as
+    # an IP literal, stay refused.
+    with standin(image_tag("full"), ALLOWED, tls_port=8443) as odd:
+        settings = allowlist_settings(tmp_path_factory.mktemp("odd-port"), odd)
+        try:
+            async with open_sandbox(settings, "egress-odd-port") as sandbox:
+                await sandbox.edit(command="create", path="/workspace/probe.py", file_text=PROBE)
+                await sandbox.edit(command="create", path="/workspace/ca.pem", file_text=odd.ca_pem())
+                out = await sandbox.sh(
+                    "PIP_CERT=/workspace/ca.pem pip install -q --target /workspace/site tinypkg 2>&1 && "
+                    "PYTHONPATH=/workspace/site python3 -c 'import tinypkg; print(tinypkg.HELLO)'"
+                )
+                assert out.strip().endswith("hello from tinypkg"), out
+                assert {"path": "/simple/tinypkg/", "host": "pypi.org", "sni": "pypi.org"} in seen(odd)
+                before = len(seen(odd))
+                for target in ("pypi.org:8443", "127.0.0.2:443", f"{odd.address}:8443"):
+                    assert await refused_by_proxy(sandbox, target), target
+                assert len(seen(odd)) == before
+        finally:
+            remove_installation(settings)
+
+
 async def test_the_python_api_opts_a_sandbox_into_the_allow_list(tmp_path_factory: pytest.TempPathFactory, stand_in: StandIn) -> None:
     from mcp_codeexec.api import Sandbox as ApiSandbox
 

@@ -74,7 +74,8 @@ def test_allowlist_comes_from_serve_flags(tmp_path: Path) -> None:
     ({"network": "allowlist", "allow_hosts": ["localhost"]}, "not a host name"),
     ({"network": "allowlist", "allow_hosts": ["pypi.org:8443"]}, "not a host name"),
     ({"network": "allowlist", "allow_hosts": ["pypi.org"], "mirrors": {"npmjs.org": "10.0.0.1:443"}}, "not in allow_hosts"),
-    ({"network": "allowlist", "allow_hosts": ["pypi.org"], "mirrors": {"pypi.org": "10.0.0.1:8443"}}, "only port 443"),
+    ({"network": "allowlist", "allow_hosts": ["pypi.org"], "mirrors": {"pypi.org": "10.0.0.1:70000"}}, "port must be 1-65535"),
+    ({"network": "allowlist", "allow_hosts": ["pypi.org"], "mirrors": {"pypi.org": "10.0.0.1:0"}}, "port must be 1-65535"),
     ({"network": "allowlist", "allow_hosts": ["pypi.org"], "mirrors": {"pypi.org": "mirror.corp:443"}}, "IPv4 address"),
 ])
 def test_bad_allowlist_settings_are_refused_with_a_reason(tmp_path: Path, values: dict[str, Any], message: str) -> None:
@@ -98,6 +99,20 @@ def test_names_are_pinned_to_their_public_addresses_and_mirrors_are_not_resolved
     assert pins == {"pypi.org": ["151.101.0.223", "151.101.64.223"]} and calls == ["pypi.org"]
     assert egress.hosts_file(policy, pins).splitlines() == [
         "151.101.0.223 pypi.org", "151.101.64.223 pypi.org", "10.9.8.7 mirror.example"]
+
+
+def test_a_mirror_on_another_port_than_443_is_reached_through_a_relay_on_a_proxy_loopback_address() -> None:
+    # squid still checks name, port 443 and SNI; the name's address is the relay's, which forwards
+    # to the one ADDRESS:PORT configured. Mirrors on 443 need no relay.
+    policy = egress.Policy.from_settings(["pypi.org", "github.com", "registry.npmjs.org"],
+                                         {"pypi.org": "10.9.8.7:8443", "github.com": "10.9.8.6", "registry.npmjs.org": "10.9.8.5:4873"})
+    assert egress.relays(policy) == {"pypi.org": ("127.0.0.2", "10.9.8.7:8443"),
+                                     "registry.npmjs.org": ("127.0.0.3", "10.9.8.5:4873")}
+    assert egress.relay_lines(policy).splitlines() == ["127.0.0.2 10.9.8.7:8443", "127.0.0.3 10.9.8.5:4873"]
+    assert sorted(egress.hosts_file(policy, {}).splitlines()) == [
+        "10.9.8.6 github.com", "127.0.0.2 pypi.org", "127.0.0.3 registry.npmjs.org"]
+    assert "acl tls_port port 443" in egress.squid_conf(policy).splitlines()
+    assert egress.relays(egress.Policy.from_settings(["pypi.org"], {"pypi.org": "10.9.8.7:443"})) == {}
 
 
 # Data for the pinning rule only: a fake resolver returns these strings and nothing is contacted
