@@ -291,6 +291,14 @@ async def test_an_allowed_name_that_resolves_to_a_private_address_is_refused_at_
         remove_installation(settings)
 
 
+def assert_proxy_released(client: docker.DockerClient, cid: str) -> None:
+    """Neither the sandbox's proxy container nor its internal network is left."""
+    with pytest.raises(docker.errors.NotFound):
+        client.containers.get(egress.PREFIX + cid)
+    with pytest.raises(docker.errors.NotFound):
+        client.networks.get(egress.PREFIX + cid)
+
+
 async def test_removing_an_allowlist_sandbox_removes_its_proxy_and_network(
     tmp_path_factory: pytest.TempPathFactory, stand_in: StandIn
 ) -> None:
@@ -303,10 +311,7 @@ async def test_removing_an_allowlist_sandbox_removes_its_proxy_and_network(
         record, _ = manager.create("alice")
         assert client.containers.get(egress.PREFIX + record.id).status == "running"
         manager.remove(record.id)
-        with pytest.raises(docker.errors.NotFound):
-            client.containers.get(egress.PREFIX + record.id)
-        with pytest.raises(docker.errors.NotFound):
-            client.networks.get(egress.PREFIX + record.id)
+        assert_proxy_released(client, record.id)
     finally:
         remove_installation(settings)
 
@@ -352,10 +357,7 @@ async def test_the_proxy_and_network_of_a_sandbox_removed_behind_the_servers_bac
         assert client.networks.get(egress.PREFIX + record.id)
         monkeypatch.setattr(egress, "SWEEP_GRACE_SECONDS", 0.0)
         assert manager.egress.sweep() == [record.id]
-        with pytest.raises(docker.errors.NotFound):
-            client.containers.get(egress.PREFIX + record.id)
-        with pytest.raises(docker.errors.NotFound):
-            client.networks.get(egress.PREFIX + record.id)
+        assert_proxy_released(client, record.id)
         with pytest.raises(docker.errors.NotFound):
             client.containers.get(NAME_PREFIX + record.id)
     finally:
@@ -377,10 +379,7 @@ async def test_a_server_without_the_allow_list_reaps_the_proxies_an_allow_list_s
         later = SandboxManager(settings.model_copy(update={"network": False}), client)
         monkeypatch.setattr(egress, "SWEEP_GRACE_SECONDS", 0.0)
         later.reap()
-        with pytest.raises(docker.errors.NotFound):
-            client.containers.get(egress.PREFIX + record.id)
-        with pytest.raises(docker.errors.NotFound):
-            client.networks.get(egress.PREFIX + record.id)
+        assert_proxy_released(client, record.id)
     finally:
         remove_installation(settings)
 

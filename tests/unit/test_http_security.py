@@ -34,6 +34,7 @@ from tests.support.http_probe import (
     serve_app,
     tool_result,
 )
+from tests.support.isolation import isolate_settings
 from tests.support.oracle import assert_hosted_shape
 
 ALICE = "alice-token-0123456789abcdef"
@@ -45,10 +46,7 @@ BASH = "bash_code_execution"
 
 @pytest.fixture(autouse=True)
 def _no_user_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MCP_CODEEXEC_CONFIG", str(tmp_path / "no-config.toml"))
-    for key in list(os.environ):
-        if key.startswith("MCP_CODEEXEC_") and key != "MCP_CODEEXEC_CONFIG":
-            monkeypatch.delenv(key)
+    isolate_settings(tmp_path, monkeypatch)
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:

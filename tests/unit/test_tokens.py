@@ -23,14 +23,12 @@ from mcp_codeexec.http_app import create_http_app
 from mcp_codeexec.tokens import TokenError, TokenStore, pg_tokens, sqlite_tokens
 from tests.support.dummy_backend import DummyBackend
 from tests.support.http_probe import modern_call, serve_app, tool_result
+from tests.support.isolation import isolate_settings
 
 
 @pytest.fixture(autouse=True)
 def _no_user_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MCP_CODEEXEC_CONFIG", str(tmp_path / "no-config.toml"))
-    for key in list(os.environ):
-        if key.startswith("MCP_CODEEXEC_") and key != "MCP_CODEEXEC_CONFIG":
-            monkeypatch.delenv(key)
+    isolate_settings(tmp_path, monkeypatch)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
