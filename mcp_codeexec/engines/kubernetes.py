@@ -254,12 +254,25 @@ def translate_k8s_errors(doing: str, cid: str | None = None) -> Iterator[None]:
         if exc.status == 404 and cid is not None:
             raise ContainerExpired(cid) from None
         if exc.status == 403 and "exceeded quota" in body:
-            raise TooManyRequests(f"{doing}: the namespace quota is used up ({exc.reason})") from None
+            # The API's message names the quota and what it limits ("exceeded quota: q, requested:
+            # pods=1, used: pods=4, limited: pods=4"): the caller sees the cause.
+            raise TooManyRequests(f"{doing}: the namespace's ResourceQuota is used up: {_api_message(body)}") from None
         if exc.status == 429:
             raise TooManyRequests(f"{doing}: the Kubernetes API is throttling ({exc.reason})") from None
         raise Unavailable(f"{doing} failed: Kubernetes API {exc.status} {exc.reason}", detail=body[:2000]) from None
     except (HTTPError, OSError) as exc:
         raise Unavailable(f"{doing} failed: the Kubernetes API is unreachable: {exc}") from None
+
+
+def _api_message(body: str) -> str:
+    """The ``message`` of a Kubernetes Status body (or the body itself, shortened)."""
+    import json
+
+    try:
+        message = json.loads(body).get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or body)[:500]
 
 
 POLL_SECONDS = 0.1
