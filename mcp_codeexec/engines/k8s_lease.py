@@ -19,7 +19,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from .base import SERVER_TAG
@@ -30,7 +31,7 @@ LEASE_PREFIX = "mcp-codeexec-leader-"
 
 
 def _micro_time() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaseElection:
@@ -196,7 +197,23 @@ def open_lease_election(settings: Any) -> LeaseElection:
                                                                         context=config.context))  # type: ignore[union-attr]
 
     name = LEASE_PREFIX + installation_label(settings.data_dir)
-    return LeaseElection(api, config.namespace, name, duration=settings.k8s_lease_seconds).start()  # type: ignore[union-attr]
+    return LeaseElection(api, lease_namespace(settings), name, duration=settings.k8s_lease_seconds).start()
 
 
-__all__ = ["LEASE_PREFIX", "LeaseElection", "open_lease_election"]
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def lease_namespace(settings: Any) -> str:
+    """``k8s_lease_namespace``; unset: the server's own namespace when it runs in a pod (its
+    service account says), else the sandboxes' namespace."""
+    if settings.k8s_lease_namespace:
+        return str(settings.k8s_lease_namespace)
+    if settings.kubeconfig is None:
+        try:
+            return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or settings.k8s_namespace
+        except OSError:
+            pass
+    return str(settings.k8s_namespace)
+
+
+__all__ = ["LEASE_PREFIX", "LeaseElection", "lease_namespace", "open_lease_election"]

@@ -275,6 +275,8 @@ def _api_message(body: str) -> str:
     return str(message or body)[:500]
 
 
+_NETWORK_VERDICTS: dict[tuple[Any, ...], Any] = {}
+"""The network self-check's verdict per cluster and pod configuration, once per process."""
 POLL_SECONDS = 0.1
 START_TIMEOUT = 120.0
 ORPHAN_GRACE_SECONDS = 120.0
@@ -312,6 +314,7 @@ class KubernetesEngine:
         self._creates = threading.Condition()
         self._active_creates = 0
         self.orphan_grace = ORPHAN_GRACE_SECONDS
+        self.network_check = "off"  # from_settings sets k8s_network_check (engines built by hand skip it)
 
     @classmethod
     def from_settings(cls, settings: Settings, config: KubernetesEngineConfig) -> KubernetesEngine:
@@ -336,9 +339,11 @@ class KubernetesEngine:
         from kubernetes.config.config_exception import ConfigException
 
         try:
-            return cls(pods, kubeconfig=config.kubeconfig, context=config.context, data_dir=settings.data_dir)
+            engine = cls(pods, kubeconfig=config.kubeconfig, context=config.context, data_dir=settings.data_dir)
         except (OSError, ValueError, ConfigException) as exc:  # kubeconfig unreadable, or not inside a cluster
             raise Unavailable(f"connecting to Kubernetes: {exc}") from None
+        engine.network_check = config.network_check
+        return engine
 
     @property
     def stoppable(self) -> bool:
@@ -349,10 +354,36 @@ class KubernetesEngine:
         self.api_client.close()
 
     def resolve_image(self) -> str:
-        """The image is the nodes' business (pulled or preloaded): checked when a pod starts."""
+        """The image is the nodes' business (pulled or preloaded): checked when a pod starts. Here:
+        the API answers, and (once per process and pod configuration) the network self-check."""
+        from kubernetes.client.exceptions import ApiException
+
         with translate_k8s_errors("reaching the Kubernetes API"):
-            self.core.read_namespace(self.settings.namespace)
+            try:
+                self.core.read_namespace(self.settings.namespace)
+            except ApiException as exc:
+                if exc.status != 403:  # a namespaced Role may not read the namespace object
+                    raise
+                self.core.list_namespaced_pod(self.settings.namespace, limit=1)
+        self._check_network()
         return self.settings.image
+
+    def _check_network(self) -> None:
+        """``k8s_network_check``: refuse (Unavailable) or warn unless a canary pod shows no route out."""
+        if self.network_check == "off":
+            return
+        from .k8s_netcheck import network_check
+
+        s = self.settings
+        key = (self.api_client.configuration.host, s.namespace, s.image, s.runtime_class)
+        verdict = _NETWORK_VERDICTS.get(key)
+        if verdict is None:
+            verdict = _NETWORK_VERDICTS[key] = network_check(self)
+        if verdict.isolated:
+            return
+        if self.network_check == "refuse":
+            raise Unavailable(f"refusing to serve sandboxes (k8s_network_check = refuse): {verdict.summary}; {verdict.fix}")
+        log.warning("network self-check: %s (k8s_network_check = warn: serving anyway)", verdict.summary)
 
     def drain_creates(self, timeout: float) -> bool:
         with self._creates:

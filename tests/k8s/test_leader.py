@@ -16,9 +16,9 @@ from mcp_codeexec.database import open_file_store
 from mcp_codeexec.engines.base import installation_label
 from mcp_codeexec.engines.k8s_lease import LEASE_PREFIX, LeaseElection
 from mcp_codeexec.engines.kubernetes import L_INSTANCE, L_POOL, MANAGED_BY, MANAGER
+from tests.support.backends import backend_settings
 
 from .test_faults import engine_of, no_leftovers
-from tests.support.backends import backend_settings
 
 pytestmark = pytest.mark.anyio
 

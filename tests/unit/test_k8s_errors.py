@@ -8,10 +8,10 @@ import pytest
 
 pytest.importorskip("kubernetes")
 
-from kubernetes.client.exceptions import ApiException  # noqa: E402
+from kubernetes.client.exceptions import ApiException
 
-from mcp_codeexec.engines.kubernetes import translate_k8s_errors  # noqa: E402
-from mcp_codeexec.errors import ContainerExpired, TooManyRequests, Unavailable  # noqa: E402
+from mcp_codeexec.engines.kubernetes import translate_k8s_errors
+from mcp_codeexec.errors import ContainerExpired, TooManyRequests, Unavailable
 
 
 def api_error(status: int, reason: str, message: str) -> ApiException:

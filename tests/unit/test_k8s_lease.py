@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("kubernetes")
 
-from kubernetes.client.exceptions import ApiException  # noqa: E402
+from kubernetes.client.exceptions import ApiException
 
-from mcp_codeexec.engines.k8s_lease import LeaseElection  # noqa: E402
+from mcp_codeexec.engines.k8s_lease import LeaseElection
 
 
 class _Serializer:
