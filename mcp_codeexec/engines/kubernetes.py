@@ -33,7 +33,7 @@ import anyio
 import anyio.abc
 
 from ..errors import ContainerExpired, TooManyRequests, Unavailable
-from .base import POOL_OWNER, POOL_SILENCE_SECONDS, SERVER_TAG, CreateTicket, Leases, SandboxRecord, new_container_id
+from .base import POOL_OWNER, POOL_SILENCE_SECONDS, SERVER_TAG, CreateTicket, Leases, SandboxRecord, new_container_id, server_alive
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -315,6 +315,7 @@ class KubernetesEngine:
         self._active_creates = 0
         self.orphan_grace = ORPHAN_GRACE_SECONDS
         self.network_check = "off"  # from_settings sets k8s_network_check (engines built by hand skip it)
+        self.lease_namespace = settings.namespace
 
     @classmethod
     def from_settings(cls, settings: Settings, config: KubernetesEngineConfig) -> KubernetesEngine:
@@ -343,6 +344,9 @@ class KubernetesEngine:
         except (OSError, ValueError, ConfigException) as exc:  # kubeconfig unreadable, or not inside a cluster
             raise Unavailable(f"connecting to Kubernetes: {exc}") from None
         engine.network_check = config.network_check
+        from .k8s_lease import lease_namespace
+
+        engine.lease_namespace = lease_namespace(settings)
         return engine
 
     @property
@@ -634,7 +638,22 @@ class KubernetesEngine:
         for cid in sorted(ids - {""}):
             with contextlib.suppress(ContainerExpired):
                 self.remove(cid)
+        self._delete_lease()
         return sorted(ids - {""})
+
+    def _delete_lease(self) -> None:
+        """The installation's leader Lease (``k8s_lease``), when it is in ``lease_namespace``."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        from .k8s_lease import LEASE_PREFIX
+
+        with translate_k8s_errors("removing the leader lease"):
+            try:
+                client.CoordinationV1Api(self.api_client).delete_namespaced_lease(LEASE_PREFIX + self.install, self.lease_namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
 
     def reap(self) -> list[str]:
         """Remove this instance's expired sandboxes, ended pool pods (their agent exits when its
@@ -648,7 +667,10 @@ class KubernetesEngine:
             present.add(record.id)
             phase = (pod.get("status") or {}).get("phase", "Pending")
             ended = phase in ("Succeeded", "Failed")
-            if record.expired or (ended and (record.pool or not s.storage_class)):
+            # A pool pod whose server process (on this host) is gone: only that server could have
+            # handed it out, so nobody will; do not wait for its agent's pool-silence exit.
+            orphan = record.pool and not server_alive(record.server)
+            if record.expired or orphan or (ended and (record.pool or not s.storage_class)):
                 self.remove(record.id)
                 removed.append(record.id)
         selector = f"{MANAGED_BY}={MANAGER},{L_INSTANCE}={s.instance}"

@@ -97,9 +97,5 @@ async def test_one_server_fills_the_pool_and_reaps_and_the_other_takes_over_when
         lease_b.stop()
         lease_a.stop()
         store.close()
-        await anyio.to_thread.run_sync(eng_a.remove_installation)
+        await anyio.to_thread.run_sync(eng_a.remove_installation)  # the Lease too
         await no_leftovers(probe)
-        lease_name = LEASE_PREFIX + installation_label(settings.data_dir)
-        from kubernetes import client
-
-        client.CoordinationV1Api(probe.api_client).delete_namespaced_lease(lease_name, settings.k8s_namespace)

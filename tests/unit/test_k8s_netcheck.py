@@ -71,3 +71,40 @@ def test_the_canary_is_a_sandbox_pod_that_runs_a_file_reading_script_and_needs_n
     # It only reads: no tool in the script can open a socket.
     for word in ("curl", "wget", "nc ", "/dev/tcp", "ping", "getent", "python"):
         assert word not in SCRIPT
+
+
+def _engine(mode: str, verdict: object, monkeypatch: pytest.MonkeyPatch) -> object:
+    from types import SimpleNamespace
+
+    from mcp_codeexec.engines import k8s_netcheck, kubernetes
+
+    engine = kubernetes.KubernetesEngine.__new__(kubernetes.KubernetesEngine)
+    engine.settings = PodSettings(namespace="ns-" + mode)
+    engine.network_check = mode
+    engine.api_client = SimpleNamespace(configuration=SimpleNamespace(host="https://127.0.0.1:6443"))
+    calls: list[int] = []
+    monkeypatch.setattr(k8s_netcheck, "network_check", lambda e: calls.append(1) or verdict)
+    monkeypatch.setattr(kubernetes, "_NETWORK_VERDICTS", {})
+    engine.calls = calls  # type: ignore[attr-defined]
+    return engine
+
+
+def test_refuse_makes_a_routed_canary_refuse_to_serve_and_warn_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcp_codeexec.errors import Unavailable
+
+    routed = judge(report(LO + ETH0, DEFAULT_ROUTE, LO6))
+    refusing = _engine("refuse", routed, monkeypatch)
+    with pytest.raises(Unavailable, match="refusing to serve"):
+        refusing._check_network()  # type: ignore[attr-defined]
+    warning = _engine("warn", routed, monkeypatch)
+    warning._check_network()  # type: ignore[attr-defined]
+    off = _engine("off", routed, monkeypatch)
+    off._check_network()  # type: ignore[attr-defined]
+    assert off.calls == []  # type: ignore[attr-defined]
+
+
+def test_the_canary_runs_once_per_process_and_pod_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = _engine("refuse", judge(report(LO, "", LO6)), monkeypatch)
+    engine._check_network()  # type: ignore[attr-defined]
+    engine._check_network()  # type: ignore[attr-defined]
+    assert engine.calls == [1]  # type: ignore[attr-defined]
