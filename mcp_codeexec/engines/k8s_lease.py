@@ -54,6 +54,7 @@ class LeaseElection:
         self._valid_until = 0.0
         self._seen: tuple[str, str] | None = None  # (resourceVersion, holder) last read
         self._seen_at = 0.0  # when (this clock) the Lease last changed as far as we know
+        self._acquired: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -103,11 +104,10 @@ class LeaseElection:
                                 "labels": {"app.kubernetes.io/managed-by": "mcp-codeexec"}}
         if lease is not None:
             meta["resourceVersion"] = lease["metadata"]["resourceVersion"]
-            spec["acquireTime"] = (lease.get("spec") or {}).get("acquireTime") or now
-            if holder != (lease.get("spec") or {}).get("holderIdentity"):
-                spec["acquireTime"] = now
-        else:
-            spec["acquireTime"] = now
+        # Our own record of when we took it (the read-back time's format is not the API's MicroTime).
+        if self._acquired is None or holder != self.identity or ((lease or {}).get("spec") or {}).get("holderIdentity") != holder:
+            self._acquired = now
+        spec["acquireTime"] = self._acquired
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": spec}
 
     def step(self) -> bool:

@@ -774,13 +774,18 @@ def sandbox_record(pod: dict[str, Any], settings: PodSettings) -> SandboxRecord:
 
 def _why(pod: dict[str, Any]) -> str:
     status = pod.get("status") or {}
-    for cond in status.get("conditions") or []:
-        if cond.get("status") == "False" and cond.get("message"):
+    conditions = [c for c in status.get("conditions") or [] if c.get("status") == "False" and c.get("message")]
+    # Not scheduled says why first; then the container's own state (ErrImageNeverPull, ...), which
+    # says more than the Ready condition's "containers with unready status".
+    for cond in conditions:
+        if cond.get("type") == "PodScheduled":
             return f"{cond.get('reason', '')}: {cond['message']}"
     for cs in status.get("containerStatuses") or []:
         for state in (cs.get("state") or {}).values():
             if state and (state.get("reason") or state.get("message")):
                 return f"{state.get('reason', '')}: {state.get('message', '')}".strip(": ")
+    for cond in conditions:
+        return f"{cond.get('reason', '')}: {cond['message']}"
     return status.get("reason") or status.get("message") or status.get("phase", "Pending")
 
 

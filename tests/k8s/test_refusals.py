@@ -5,6 +5,7 @@ the image. Nothing is left behind."""
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,11 @@ def quota_namespace(kubeconfig: str) -> Iterator[str]:
     api.create_namespace({"metadata": {"name": name}})
     api.create_namespaced_resource_quota(name, {"metadata": {"name": "no-more-pods"}, "spec": {"hard": {"pods": "0"}}})
     try:
+        # Until the quota controller has filled in its status, admission answers "status unknown".
+        deadline = time.monotonic() + 60
+        while not (api.read_namespaced_resource_quota("no-more-pods", name).status or client.V1ResourceQuotaStatus()).hard:
+            assert time.monotonic() < deadline, "the quota controller did not fill in the quota's status"
+            time.sleep(0.2)
         yield name
     finally:
         api.delete_namespace(name)
