@@ -113,7 +113,10 @@ def _hex(text: str) -> bool:
     return True
 
 
-def canary_manifest(engine: KubernetesEngine, cid: str, now: float) -> dict[str, Any]:
+CANARY_RESOURCES = {"cpu": "50m", "memory": "32Mi"}
+
+
+def canary_manifest(engine: KubernetesEngine, cid: str, now: float, *, requests: bool = False) -> dict[str, Any]:
     from .kubernetes import pod_manifest
 
     pod = pod_manifest(cid, "", engine.settings, now=now, expires=now + CANARY_SECONDS, server="network-check")
@@ -126,6 +129,13 @@ def canary_manifest(engine: KubernetesEngine, cid: str, now: float) -> dict[str,
     (container,) = spec["containers"]
     container.update({"command": ["/bin/sh", "-c", SCRIPT], "args": [], "stdin": False,
                       "terminationMessagePolicy": "FallbackToLogsOnError"})
+    # It reads three files and exits: it reserves nothing, so a node full of sandboxes (a server
+    # restarting beside its old ones) still runs it. A namespace whose quota demands requests gets
+    # the small ones of ``CANARY_RESOURCES`` (``network_check`` retries with them).
+    if requests:
+        container["resources"] = {"requests": dict(CANARY_RESOURCES), "limits": dict(CANARY_RESOURCES)}
+    else:
+        container.pop("resources", None)
     return pod
 
 
@@ -143,10 +153,18 @@ def network_check(engine: KubernetesEngine, *, timeout: float = CANARY_SECONDS) 
     s = engine.settings
     cid = new_container_id()
     now = time.time()
+    from kubernetes.client.exceptions import ApiException
+
     try:
         with translate_k8s_errors("starting the network self-check's canary pod"):
             engine.net.create_namespaced_network_policy(s.namespace, network_policy_manifest(cid, s))
-            engine.core.create_namespaced_pod(s.namespace, canary_manifest(engine, cid, now))
+            try:
+                engine.core.create_namespaced_pod(s.namespace, canary_manifest(engine, cid, now))
+            except ApiException as exc:
+                if exc.status != 403 or "must specify" not in str(exc.body or ""):
+                    raise
+                # A ResourceQuota on cpu/memory wants requests and limits: the small ones.
+                engine.core.create_namespaced_pod(s.namespace, canary_manifest(engine, cid, now, requests=True))
         deadline = time.monotonic() + timeout
         while True:
             pod = engine._read_pod(cid)

@@ -382,7 +382,15 @@ class KubernetesEngine:
         key = (self.api_client.configuration.host, s.namespace, s.image, s.runtime_class)
         verdict = _NETWORK_VERDICTS.get(key)
         if verdict is None:
-            verdict = _NETWORK_VERDICTS[key] = network_check(self)
+            try:
+                verdict = _NETWORK_VERDICTS[key] = network_check(self)
+            except (TooManyRequests, Unavailable) as exc:
+                if self.network_check == "warn":
+                    log.warning("network self-check did not run (k8s_network_check = warn: serving anyway): %s", exc.message)
+                    return
+                # Unavailable, not too_many_requests: the server retries at the next call.
+                raise Unavailable(f"refusing to serve sandboxes until the network self-check runs "
+                                  f"(k8s_network_check = refuse): {exc.message}") from None
         if verdict.isolated:
             return
         if self.network_check == "refuse":

@@ -62,7 +62,10 @@ def test_the_canary_is_a_sandbox_pod_that_runs_a_file_reading_script_and_needs_n
     canary = canary_manifest(engine, cid, now=1000.0)  # type: ignore[arg-type]
     sandbox = pod_manifest(cid, "", settings, now=1000.0, expires=1120.0, server="network-check")
     (c,), (s,) = canary["spec"]["containers"], sandbox["spec"]["containers"]
-    assert c["securityContext"] == s["securityContext"] and c["resources"] == s["resources"] and c["image"] == s["image"]
+    assert c["securityContext"] == s["securityContext"] and c["image"] == s["image"]
+    assert "resources" not in c  # it reserves nothing: a node full of sandboxes still runs it
+    small = canary_manifest(engine, cid, now=1000.0, requests=True)["spec"]["containers"][0]["resources"]  # type: ignore[arg-type]
+    assert small["requests"] == small["limits"] == {"cpu": "50m", "memory": "32Mi"}
     for key in ("securityContext", "dnsPolicy", "dnsConfig", "automountServiceAccountToken", "enableServiceLinks", "runtimeClassName"):
         assert canary["spec"][key] == sandbox["spec"][key]
     assert c["command"][:2] == ["/bin/sh", "-c"] and c["stdin"] is False
@@ -108,3 +111,19 @@ def test_the_canary_runs_once_per_process_and_pod_configuration(monkeypatch: pyt
     engine._check_network()  # type: ignore[attr-defined]
     engine._check_network()  # type: ignore[attr-defined]
     assert engine.calls == [1]  # type: ignore[attr-defined]
+
+
+def test_a_canary_that_cannot_run_refuses_with_unavailable_or_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcp_codeexec.engines import k8s_netcheck
+    from mcp_codeexec.errors import TooManyRequests, Unavailable
+
+    def full(engine: object) -> object:
+        raise TooManyRequests("the cluster has no room for the network self-check's canary pod: Insufficient cpu")
+
+    refusing = _engine("refuse", None, monkeypatch)
+    monkeypatch.setattr(k8s_netcheck, "network_check", full)
+    with pytest.raises(Unavailable, match="until the network self-check runs.*Insufficient cpu"):
+        refusing._check_network()  # type: ignore[attr-defined]
+    warning = _engine("warn", None, monkeypatch)
+    monkeypatch.setattr(k8s_netcheck, "network_check", full)
+    warning._check_network()  # type: ignore[attr-defined]
