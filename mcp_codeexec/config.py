@@ -140,6 +140,15 @@ class Settings(BaseSettings):
         default=None, description="StorageClass of a PVC per /workspace (hard size, survives pod loss); unset: emptyDir sizeLimit (soft)."
     )
     k8s_image_pull_policy: Literal["Never", "IfNotPresent", "Always"] = "IfNotPresent"
+    k8s_lease_seconds: float = Field(
+        default=15.0, gt=0, description="Lease (coordination.k8s.io) duration: a server that stops renewing it loses pool and reaper after this."
+    )
+    k8s_lease_namespace: str | None = Field(
+        default=None, description="Namespace of the leader Lease (unset: the server's own namespace in a cluster, else k8s_namespace)."
+    )
+    k8s_network_check: Literal["refuse", "warn", "off"] = Field(
+        default="refuse", description="Start-up canary pod: refuse to serve (or warn) unless it shows the sandbox network isolated."
+    )
 
     # --- sandboxes (docker backend)
     image: str | None = Field(

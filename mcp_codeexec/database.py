@@ -248,7 +248,12 @@ def open_token_store(settings: Any) -> Any:
 
 
 def open_leader(settings: Any) -> Any:
-    """A started ``LeaderElection`` for replicas sharing PostgreSQL; None for one server (it leads)."""
+    """A started ``LeaderElection`` for replicas sharing PostgreSQL; None for one server (it leads).
+    On the kubernetes backend the servers of one installation elect theirs with a Lease."""
+    if getattr(settings, "backend", None) == "kubernetes":
+        from .engines.k8s_lease import open_lease_election
+
+        return open_lease_election(settings)
     if url := _pg(settings):
         from .leader import LeaderElection
 

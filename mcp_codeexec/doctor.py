@@ -540,6 +540,15 @@ def run_checks(get_settings: Callable[[], Settings], timeout: float = PROBE_TIME
     checks.append(Check("config", "OK", f"backend {settings.backend}, data dir {settings.data_dir}"))
     if settings.backend == "hosted":
         checks.append(check_hosted(settings))
+    if settings.backend == "kubernetes":  # the cluster instead of a Docker engine
+        from .engines.k8s_doctor import kubernetes_checks
+
+        checks.extend(kubernetes_checks(settings, timeout, start=start))
+        checks.append(check_file_store(settings))
+        if start:
+            ready = not any(c.status == "FAIL" for c in checks)
+            checks.append(check_sandbox(settings, 120) if ready else Check("sandbox", "SKIP", "not started: fix the failures above first"))
+        return checks
     engine, p = check_engine(timeout)
     checks.append(engine)
     if p is None:

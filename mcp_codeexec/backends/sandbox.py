@@ -298,6 +298,9 @@ class SandboxBackend:
 
     async def _reap_once(self) -> None:
         assert self._manager is not None
+        if not self.is_leader():  # the leader reaps (for every server sharing its engine)
+            self.first_reap_done.set()
+            return
         try:
             removed = await _thread(self._manager.reap)
         except Unavailable as exc:

@@ -35,6 +35,7 @@ class KubernetesEngineConfig(BaseModel):
     runtime_class: str | None = None
     storage_class: str | None = None
     image_pull_policy: str = "IfNotPresent"
+    network_check: Literal["refuse", "warn", "off"] = "refuse"
 
     def build(self, settings: Settings) -> Engine:
         from .kubernetes import KubernetesEngine
@@ -51,6 +52,7 @@ def engine_config(settings: Settings) -> DockerEngineConfig | KubernetesEngineCo
             "type": "kubernetes", "kubeconfig": settings.kubeconfig, "context": settings.k8s_context,
             "namespace": settings.k8s_namespace, "runtime_class": settings.k8s_runtime_class,
             "storage_class": settings.k8s_storage_class, "image_pull_policy": settings.k8s_image_pull_policy,
+            "network_check": settings.k8s_network_check,
         }
     else:
         data = {"type": "docker"}

@@ -33,7 +33,7 @@ import anyio
 import anyio.abc
 
 from ..errors import ContainerExpired, TooManyRequests, Unavailable
-from .base import POOL_OWNER, POOL_SILENCE_SECONDS, SERVER_TAG, CreateTicket, Leases, SandboxRecord, new_container_id
+from .base import POOL_OWNER, POOL_SILENCE_SECONDS, SERVER_TAG, CreateTicket, Leases, SandboxRecord, new_container_id, server_alive
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -254,7 +254,9 @@ def translate_k8s_errors(doing: str, cid: str | None = None) -> Iterator[None]:
         if exc.status == 404 and cid is not None:
             raise ContainerExpired(cid) from None
         if exc.status == 403 and "exceeded quota" in body:
-            raise TooManyRequests(f"{doing}: the namespace quota is used up ({exc.reason})") from None
+            # The API's message names the quota and what it limits ("exceeded quota: q, requested:
+            # pods=1, used: pods=4, limited: pods=4"): the caller sees the cause.
+            raise TooManyRequests(f"{doing}: the namespace's ResourceQuota is used up: {_api_message(body)}") from None
         if exc.status == 429:
             raise TooManyRequests(f"{doing}: the Kubernetes API is throttling ({exc.reason})") from None
         raise Unavailable(f"{doing} failed: Kubernetes API {exc.status} {exc.reason}", detail=body[:2000]) from None
@@ -262,6 +264,19 @@ def translate_k8s_errors(doing: str, cid: str | None = None) -> Iterator[None]:
         raise Unavailable(f"{doing} failed: the Kubernetes API is unreachable: {exc}") from None
 
 
+def _api_message(body: str) -> str:
+    """The ``message`` of a Kubernetes Status body (or the body itself, shortened)."""
+    import json
+
+    try:
+        message = json.loads(body).get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or body)[:500]
+
+
+_NETWORK_VERDICTS: dict[tuple[Any, ...], Any] = {}
+"""The network self-check's verdict per cluster and pod configuration, once per process."""
 POLL_SECONDS = 0.1
 START_TIMEOUT = 120.0
 ORPHAN_GRACE_SECONDS = 120.0
@@ -299,6 +314,8 @@ class KubernetesEngine:
         self._creates = threading.Condition()
         self._active_creates = 0
         self.orphan_grace = ORPHAN_GRACE_SECONDS
+        self.network_check = "off"  # from_settings sets k8s_network_check (engines built by hand skip it)
+        self.lease_namespace = settings.namespace
 
     @classmethod
     def from_settings(cls, settings: Settings, config: KubernetesEngineConfig) -> KubernetesEngine:
@@ -323,9 +340,14 @@ class KubernetesEngine:
         from kubernetes.config.config_exception import ConfigException
 
         try:
-            return cls(pods, kubeconfig=config.kubeconfig, context=config.context, data_dir=settings.data_dir)
+            engine = cls(pods, kubeconfig=config.kubeconfig, context=config.context, data_dir=settings.data_dir)
         except (OSError, ValueError, ConfigException) as exc:  # kubeconfig unreadable, or not inside a cluster
             raise Unavailable(f"connecting to Kubernetes: {exc}") from None
+        engine.network_check = config.network_check
+        from .k8s_lease import lease_namespace
+
+        engine.lease_namespace = lease_namespace(settings)
+        return engine
 
     @property
     def stoppable(self) -> bool:
@@ -336,10 +358,44 @@ class KubernetesEngine:
         self.api_client.close()
 
     def resolve_image(self) -> str:
-        """The image is the nodes' business (pulled or preloaded): checked when a pod starts."""
+        """The image is the nodes' business (pulled or preloaded): checked when a pod starts. Here:
+        the API answers, and (once per process and pod configuration) the network self-check."""
+        from kubernetes.client.exceptions import ApiException
+
         with translate_k8s_errors("reaching the Kubernetes API"):
-            self.core.read_namespace(self.settings.namespace)
+            try:
+                self.core.read_namespace(self.settings.namespace)
+            except ApiException as exc:
+                if exc.status != 403:  # a namespaced Role may not read the namespace object
+                    raise
+                self.core.list_namespaced_pod(self.settings.namespace, limit=1)
+        self._check_network()
         return self.settings.image
+
+    def _check_network(self) -> None:
+        """``k8s_network_check``: refuse (Unavailable) or warn unless a canary pod shows no route out."""
+        if self.network_check == "off":
+            return
+        from .k8s_netcheck import network_check
+
+        s = self.settings
+        key = (self.api_client.configuration.host, s.namespace, s.image, s.runtime_class)
+        verdict = _NETWORK_VERDICTS.get(key)
+        if verdict is None:
+            try:
+                verdict = _NETWORK_VERDICTS[key] = network_check(self)
+            except (TooManyRequests, Unavailable) as exc:
+                if self.network_check == "warn":
+                    log.warning("network self-check did not run (k8s_network_check = warn: serving anyway): %s", exc.message)
+                    return
+                # Unavailable, not too_many_requests: the server retries at the next call.
+                raise Unavailable(f"refusing to serve sandboxes until the network self-check runs "
+                                  f"(k8s_network_check = refuse): {exc.message}") from None
+        if verdict.isolated:
+            return
+        if self.network_check == "refuse":
+            raise Unavailable(f"refusing to serve sandboxes (k8s_network_check = refuse): {verdict.summary}; {verdict.fix}")
+        log.warning("network self-check: %s (k8s_network_check = warn: serving anyway)", verdict.summary)
 
     def drain_creates(self, timeout: float) -> bool:
         with self._creates:
@@ -590,7 +646,22 @@ class KubernetesEngine:
         for cid in sorted(ids - {""}):
             with contextlib.suppress(ContainerExpired):
                 self.remove(cid)
+        self._delete_lease()
         return sorted(ids - {""})
+
+    def _delete_lease(self) -> None:
+        """The installation's leader Lease (``k8s_lease``), when it is in ``lease_namespace``."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        from .k8s_lease import LEASE_PREFIX
+
+        with translate_k8s_errors("removing the leader lease"):
+            try:
+                client.CoordinationV1Api(self.api_client).delete_namespaced_lease(LEASE_PREFIX + self.install, self.lease_namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
 
     def reap(self) -> list[str]:
         """Remove this instance's expired sandboxes, ended pool pods (their agent exits when its
@@ -604,7 +675,10 @@ class KubernetesEngine:
             present.add(record.id)
             phase = (pod.get("status") or {}).get("phase", "Pending")
             ended = phase in ("Succeeded", "Failed")
-            if record.expired or (ended and (record.pool or not s.storage_class)):
+            # A pool pod whose server process (on this host) is gone: only that server could have
+            # handed it out, so nobody will; do not wait for its agent's pool-silence exit.
+            orphan = record.pool and not server_alive(record.server)
+            if record.expired or orphan or (ended and (record.pool or not s.storage_class)):
                 self.remove(record.id)
                 removed.append(record.id)
         selector = f"{MANAGED_BY}={MANAGER},{L_INSTANCE}={s.instance}"
@@ -708,13 +782,18 @@ def sandbox_record(pod: dict[str, Any], settings: PodSettings) -> SandboxRecord:
 
 def _why(pod: dict[str, Any]) -> str:
     status = pod.get("status") or {}
-    for cond in status.get("conditions") or []:
-        if cond.get("status") == "False" and cond.get("message"):
+    conditions = [c for c in status.get("conditions") or [] if c.get("status") == "False" and c.get("message")]
+    # Not scheduled says why first; then the container's own state (ErrImageNeverPull, ...), which
+    # says more than the Ready condition's "containers with unready status".
+    for cond in conditions:
+        if cond.get("type") == "PodScheduled":
             return f"{cond.get('reason', '')}: {cond['message']}"
     for cs in status.get("containerStatuses") or []:
         for state in (cs.get("state") or {}).values():
             if state and (state.get("reason") or state.get("message")):
                 return f"{state.get('reason', '')}: {state.get('message', '')}".strip(": ")
+    for cond in conditions:
+        return f"{cond.get('reason', '')}: {cond['message']}"
     return status.get("reason") or status.get("message") or status.get("phase", "Pending")
 
 
