@@ -90,7 +90,7 @@ class _OnFirstUse:
 shutil = _OnFirstUse("shutil")
 traceback = _OnFirstUse("traceback")
 
-AGENT_VERSION = "1.2.1"
+AGENT_VERSION = "1.2.2"
 
 # -- framing: a copy of mcp_codeexec/protocol.py -------------------------------------------------
 HEADER = struct.Struct(">II")
@@ -1876,46 +1876,27 @@ class Repl:
             had = self.alive() and self.cells > 0
             self.stop()
             self.note = "restart was requested" if had else None
-        elif self.pid and not self.alive():
-            self._lost(_describe_exit(self.terminal.reaper.status(self.pid)))
         restarted = None
-        if not self.alive():
-            self._start()
-            if self.note:
-                restarted = self.note
-                err.feed(
-                    f"[the Python interpreter was restarted: {self.note}; variables, imports and "
-                    f"definitions from earlier cells are gone]\n".encode()
-                )
-            self.note = None
-            self._write_marker()
-        self.current = call
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        try:
-            message = {
-                "t": "run", "code": code, "outdir": outdir, "cell": seq, "tools": tools,
-                "pending_timeout": pending_timeout, "max_in_flight": max_in_flight,
-            }
-            body_len = len(json.dumps(message, ensure_ascii=False).encode("utf-8", "surrogatepass"))
-            if body_len > REPL_MAX_FRAME:
-                raise _invalid(f"the code and tool list are larger than {REPL_MAX_FRAME} bytes")
-            start = time.monotonic()  # the cell's clock: an interpreter start above does not count
+        for attempt in (1, 2):
+            restarted = self._ensure_started(err) or restarted
+            self.current = call
+            sent = self._send_cell(call, code, outdir, seq, tools, pending_timeout, max_in_flight)
+            if sent is None:
+                if attempt == 1:
+                    continue
+                raise ToolError("unavailable", "the Python interpreter could not be reached; retry the call")
+            out_r, err_r, start = sent
             try:
-                with self._send_lock:
-                    _ctl_send(self.sock, message, (out_w, err_w))
-            except OSError as exc:
-                self._lost(f"its channel broke ({exc.strerror or exc})")
-                raise ToolError("unavailable", "the Python interpreter could not be reached; retry the call") from None
-        finally:
-            os.close(out_w)
-            os.close(err_w)
-        try:
-            rc, timed_out, interrupted, lost = self._pump(call, out_r, err_r, out, err, start, timeout,
-                                                          interval, max_in_flight)
-        finally:
-            os.close(out_r)
-            os.close(err_r)
+                rc, timed_out, interrupted, lost, started = self._pump(
+                    call, out_r, err_r, out, err, start, timeout, interval, max_in_flight)
+            finally:
+                os.close(out_r)
+                os.close(err_r)
+            # An interpreter killed between cells (say by `pkill` from bash) can still look alive
+            # when the next cell is sent; it dies without having read it. None of the cell ran, so
+            # it runs once more on a fresh interpreter, whose note says why the old state is gone.
+            if not (lost and not started and not interrupted and not timed_out and attempt == 1):
+                break
         if interrupted:
             err.feed(
                 f"\ndetection_timeout: the cell ran past its {timeout:g} s wall-clock limit and was "
@@ -1939,9 +1920,57 @@ class Repl:
             result["interrupted"] = interrupted
             self.channel.result(rid, result)
 
+    def _ensure_started(self, err: Capture) -> str | None:
+        """A live interpreter for the next cell; returns the restart note fed to ``err``, if any."""
+        if self.pid and not self.alive():
+            self._lost(_describe_exit(self.terminal.reaper.status(self.pid)))
+        if self.alive():
+            return None
+        self._start()
+        note, self.note = self.note, None
+        if note:
+            err.feed(
+                f"[the Python interpreter was restarted: {note}; variables, imports and "
+                f"definitions from earlier cells are gone]\n".encode()
+            )
+        self._write_marker()
+        return note
+
+    def _send_cell(self, call, code, outdir, seq, tools, pending_timeout, max_in_flight):
+        """Hand the cell and its output pipes to the interpreter; returns (stdout, stderr, clock),
+        or None when the interpreter could not take it (it is gone: the caller may start another)."""
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            message = {
+                "t": "run", "code": code, "outdir": outdir, "cell": seq, "tools": tools,
+                "pending_timeout": pending_timeout, "max_in_flight": max_in_flight,
+            }
+            body_len = len(json.dumps(message, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+            if body_len > REPL_MAX_FRAME:
+                raise _invalid(f"the code and tool list are larger than {REPL_MAX_FRAME} bytes")
+            start = time.monotonic()  # the cell's clock: an interpreter start does not count
+            try:
+                with self._send_lock:
+                    _ctl_send(self.sock, message, (out_w, err_w))
+            except OSError as exc:
+                status = self._exit_status(0.5)
+                self._lost(_describe_exit(status) if status is not None else f"its channel broke ({exc.strerror or exc})")
+                os.close(out_r)
+                os.close(err_r)
+                return None
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        return out_r, err_r, start
+
     def _pump(self, call, out_r, err_r, out, err, start, timeout, interval, max_in_flight):
         """Read the cell's pipes and the control socket until ``done`` (or the limit); returns
-        (return_code, timed_out, interrupted, lost reason)."""
+        (return_code, timed_out, interrupted, lost reason, whether the interpreter took the cell)."""
         paused = 0.0  # seconds spent with a tool call pending: not counted against the cell's limit
         paused_since = None
         if interval:
@@ -1949,7 +1978,7 @@ class Repl:
         next_progress = start + interval if interval else None
         interrupt_at = None
         rc = None
-        interrupted = timed_out = False
+        interrupted = timed_out = started = False
         lost = None
         sel = selectors.PollSelector()
         try:
@@ -1999,6 +2028,8 @@ class Repl:
                     elif key.data == "ctl":
                         try:
                             frames = self.reader.read()
+                        except ConnectionResetError:  # it died with our frame unread
+                            frames = None
                         except (OSError, ValueError) as exc:
                             lost = f"it sent a malformed message ({exc})"
                             frames = None
@@ -2006,7 +2037,9 @@ class Repl:
                             lost = lost or self._why_channel_closed()
                             break
                         for frame in frames:
-                            if frame.get("t") == "done":
+                            if frame.get("t") == "started":
+                                started = True
+                            elif frame.get("t") == "done":
                                 value = frame.get("return_code")
                                 rc = value if isinstance(value, int) and not isinstance(value, bool) else 1
                             elif frame.get("t") == "tool_call":
@@ -2053,16 +2086,17 @@ class Repl:
             call.pending.pop(call_id, None)
         if rc is None:
             rc = 128 + signal.SIGKILL if lost else 1
-        return rc, timed_out, interrupted, lost
+        return rc, timed_out, interrupted, lost, started
+
+    def _exit_status(self, limit: float):
+        """The interpreter's exit status, waiting up to ``limit`` s for the reaper; None if it lives."""
+        return self.terminal.reaper.wait(self.pid, limit)
 
     def _why_channel_closed(self) -> str:
         """The control socket hit EOF: the interpreter exited (say how) or the cell closed it."""
-        end = time.monotonic() + 0.5
-        while time.monotonic() < end:
-            status = self.terminal.reaper.status(self.pid)
-            if status is not None:
-                return _describe_exit(status)
-            time.sleep(0.005)
+        status = self._exit_status(0.5)
+        if status is not None:
+            return _describe_exit(status)
         return "its channel to the agent was closed (by the cell's code)"
 
     def _sweep_cell(self) -> None:
@@ -2304,6 +2338,10 @@ def repl_main(workspace: str) -> int:
             frame, fds = runs.get()
         except KeyboardInterrupt:  # a late interrupt, between cells
             continue
+        try:
+            send({"t": "started"})  # before any of the cell runs: a loss before this is safe to rerun
+        except OSError:
+            os._exit(70)
         rc = 1
         try:
             reap_children()  # the last cell's swept children (os.fork without wait): no zombies pile up

@@ -168,6 +168,27 @@ def test_os_exit_is_the_return_code_and_the_next_cell_reports_the_lost_interpret
     assert after["stderr"].startswith("[the Python interpreter was restarted: it exited with status 3")
 
 
+def test_a_cell_sent_to_an_interpreter_dying_between_cells_runs_on_a_fresh_one(agent: AgentClient) -> None:
+    """The race CI met: ``pkill -9`` from bash, and the next cell reaches the agent before the
+    reaper has collected the interpreter. Made deterministic here: the interpreter is stopped, so
+    it cannot read the cell, and killed while the agent waits; none of the cell ran, so it runs
+    again on a fresh interpreter, whose note says why the state is gone."""
+    import signal
+
+    pid = int(py(agent, "import os\nkept = 1\nprint(os.getpid())")["stdout"])
+    os.kill(pid, signal.SIGSTOP)
+    killer = threading.Timer(0.5, os.kill, (pid, signal.SIGKILL))
+    killer.start()
+    try:
+        result = py(agent, "import os\nprint('kept' in globals(), os.getpid() != %d)" % pid)
+    finally:
+        killer.join()
+    assert (result["stdout"], result["return_code"]) == ("False True\n", 0), result
+    assert result["stderr"].startswith("[the Python interpreter was restarted: it was killed by SIGKILL"), result
+    assert "stopped" not in result["stderr"]
+    assert py(agent, "print(1)")["stderr"] == ""
+
+
 def test_restart_starts_a_fresh_interpreter_and_says_so(agent: AgentClient) -> None:
     py(agent, "x = 1")
     result = py(agent, "print('x' in globals())", restart=True)
