@@ -527,10 +527,18 @@ class SandboxBackend:
         manager = self._manager
         assert manager is not None and self._tg is not None
         stream, docker_mux = await manager.open_stream(record, handle)
-        conn = AgentConnection(stream, docker_mux=docker_mux, name=record.id)
+
+        async def reconnect() -> tuple[Any, bool]:
+            # Only a live sandbox of the same id is attached again; the agent's hello then tells
+            # whether it is still the same container life (engines/base.py, stream_resume_seconds).
+            again, again_handle = await _thread(manager.find, record.id)
+            return await manager.open_stream(again, again_handle)
+
+        conn = AgentConnection(stream, docker_mux=docker_mux, name=record.id, reconnect=reconnect,
+                               resume_seconds=getattr(manager, "stream_resume_seconds", 0.0))
         self._tg.start_soon(conn.run_reader)
         try:
-            await conn.request({"op": "hello"}, timeout=30)
+            await conn.hello(timeout=30)
         except AgentGone:
             await conn.aclose()
             raise Unavailable(f"the sandbox {record.id} did not start its agent") from None

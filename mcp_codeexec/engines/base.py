@@ -223,6 +223,9 @@ class Engine(Protocol):
     leases: Leases
     stoppable: bool
     """Whether ``stop`` keeps the files (else the lifecycle never stops an idle sandbox)."""
+    stream_resume_seconds: float
+    """How long a broken agent stream is retried under running requests (0: never). Worth it where
+    the stream crosses an API server that restarts while sandboxes live on (Kubernetes)."""
 
     def resolve_image(self) -> str: ...
 

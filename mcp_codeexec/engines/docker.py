@@ -349,6 +349,9 @@ class DockerEngine:
 
     name = "docker"
     stoppable = True
+    # The attach stream is a local socket to dockerd: it breaks only when dockerd or the container
+    # goes, and neither comes back under a running request, so a broken stream fails it at once.
+    stream_resume_seconds = 0.0
 
     def __init__(self, settings: Settings, client: docker.DockerClient) -> None:
         self.settings = settings

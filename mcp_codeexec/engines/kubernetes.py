@@ -295,6 +295,9 @@ class KubernetesEngine:
     the same per-machine ``flock`` as on Docker."""
 
     name = "kubernetes"
+    # The attach stream crosses the API server: when it restarts (an upgrade, a blip) the pods run
+    # on, and running requests are resumed over a new attach within this window.
+    stream_resume_seconds = 60.0
 
     def __init__(self, settings: PodSettings, *, kubeconfig: str | None = None, context: str | None = None,
                  data_dir: Path | None = None) -> None:

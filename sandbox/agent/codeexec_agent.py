@@ -292,32 +292,115 @@ class LineCounter:
 
 
 # -- the reply channel -----------------------------------------------------------------------------
+# Every frame of a request (progress aside) is also kept, by request id, so that a host whose stream
+# broke (an API server restart, a network blip) can ask for it again with `replay` instead of running
+# the request twice or losing its reply. Bounded: at most JOURNAL_BYTES of frames and JOURNAL_IDS
+# requests; evicted ids stay known (a tombstone) so a replay of one says "lost", never "unknown".
+JOURNAL_BYTES = 4 * 1024 * 1024
+JOURNAL_IDS = 256
+JOURNAL_TOMBSTONES = 65536
+UNJOURNALED_OPS = ("ping", "hello", "cancel", "tool_result", "claim", "replay")
+
+
+class _Journal:
+    __slots__ = ("frames", "size", "final", "lost")
+
+    def __init__(self) -> None:
+        self.frames: list = []
+        self.size = 0
+        self.final = False
+        self.lost = False
+
+
 class Channel:
-    """Writes whole frames to the output fd under one lock."""
+    """Writes whole frames to the output fd under one lock, and keeps them for ``replay``."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._lock = threading.Lock()
         self._failed = False
+        self._journal: dict = {}  # request id -> _Journal, oldest first
+        self._journal_bytes = 0
+        self._evicted: dict = {}  # tombstones, oldest first
+
+    def track(self, rid: int) -> None:
+        """A request arrived: from now on a replay of ``rid`` is answered from the journal."""
+        with self._lock:
+            if rid not in self._journal and rid not in self._evicted:
+                self._journal[rid] = _Journal()
+                self._trim()
 
     def send(self, message: dict, blob: bytes = b"") -> None:
         body = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
         if len(body) > MAX_JSON or len(blob) > MAX_BLOB:
             _log(f"reply to request {message.get('id')!r} too large ({len(body)} bytes); sending an error")
-            body = json.dumps(
-                {"id": message.get("id"), "type": "error", "code": "unavailable", "message": "reply too large"}
-            ).encode()
+            message = {"id": message.get("id"), "type": "error", "code": "unavailable", "message": "reply too large"}
+            body = json.dumps(message).encode()
             blob = b""
-        data = memoryview(HEADER.pack(len(body), len(blob)) + body + blob)
+        data = HEADER.pack(len(body), len(blob)) + body + blob
         with self._lock:
-            try:
-                while data:
-                    data = data[os.write(self._fd, data) :]
-                self._failed = False
-            except OSError as exc:
-                if not self._failed:
-                    _log(f"cannot write a reply: {exc}")
-                self._failed = True
+            self._write(data)
+            kind = message.get("type")
+            entry = self._journal.get(message.get("id")) if kind != "progress" else None
+            if entry is not None:
+                if not entry.lost:
+                    entry.frames.append(data)
+                    entry.size += len(data)
+                    self._journal_bytes += len(data)
+                if kind in ("result", "error"):
+                    entry.final = True
+                self._trim()
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+            self._failed = False
+        except OSError as exc:
+            if not self._failed:
+                _log(f"cannot write a reply: {exc}")
+            self._failed = True
+
+    def _trim(self) -> None:
+        """Evict the oldest answered requests past the bounds; if the unanswered ones alone are past
+        them, the oldest of those gives up its frames (its replay then says "lost")."""
+        while self._journal_bytes > JOURNAL_BYTES or len(self._journal) > JOURNAL_IDS:
+            victim = next((rid for rid, e in self._journal.items() if e.final), None)
+            if victim is not None:
+                entry = self._journal.pop(victim)
+                self._evicted[victim] = None
+                if len(self._evicted) > JOURNAL_TOMBSTONES:
+                    del self._evicted[next(iter(self._evicted))]
+            else:
+                entry = next((e for e in self._journal.values() if e.size), None)
+                if entry is None:
+                    return
+                entry.lost = True
+            self._journal_bytes -= entry.size
+            entry.frames, entry.size = [], 0
+
+    def replay(self, rid: int, target) -> None:
+        """Write ``target``'s frames again, between a ``replay_begin`` and this request's result:
+        its state is done (all frames, the reply among them), running (the frames so far; the rest
+        follow as they come), unknown (never received: safe to send again) or lost (evicted)."""
+        with self._lock:
+            self._write(self._frame({"id": rid, "type": "replay_begin", "target": target}))
+            entry = self._journal.get(target) if isinstance(target, int) else None
+            if entry is None:
+                state = "lost" if target in self._evicted else "unknown"
+            elif entry.lost:
+                state = "lost"
+            else:
+                for data in entry.frames:
+                    self._write(data)
+                state = "done" if entry.final else "running"
+            self._write(self._frame({"id": rid, "type": "result", "result": {"target": target, "state": state}}))
+
+    @staticmethod
+    def _frame(message: dict) -> bytes:
+        body = json.dumps(message, separators=(",", ":")).encode()
+        return HEADER.pack(len(body), 0) + body
 
     def result(self, rid: int, result: dict) -> None:
         self.send({"id": rid, "type": "result", "result": result})
@@ -2740,7 +2823,8 @@ class Agent:
             "uid": os.getuid(),
             "workspace": WORKSPACE,
             "pid": os.getpid(),
-            "ops": sorted(["hello", "ping", "cancel", "save_state", "put_file", "tool_result", *self._threaded]),
+            "ops": sorted(["hello", "ping", "cancel", "save_state", "put_file", "tool_result", "replay", *self._threaded]),
+            "boot": AGENT_BOOT,
             "repl_alive": self.repl.alive(),
         }
 
@@ -2778,6 +2862,11 @@ class Agent:
             self.claimed = True  # handed out (`claim`, or any real work): the container outlives its server
         if op == "claim":
             return
+        if op == "replay":
+            self.channel.replay(rid, req.get("target"))
+            return
+        if op not in UNJOURNALED_OPS:
+            self.channel.track(rid)
         if op == "cancel":
             if not self.repl.cancel(req.get("target")):
                 self.terminal.cancel(req.get("target"))

@@ -228,7 +228,7 @@ def process_gone(pid: int) -> bool:
 
 def test_hello_reports_version_python_uid_workspace_and_pid(agent: AgentClient) -> None:
     result = agent.result("hello")
-    assert set(result) == {"agent_version", "python", "uid", "workspace", "pid", "ops", "repl_alive"}
+    assert set(result) == {"agent_version", "python", "uid", "workspace", "pid", "ops", "repl_alive", "boot"}
     assert "python" in result["ops"] and "tool_result" in result["ops"]
     assert result["workspace"] == str(agent.workspace)
     assert result["pid"] == agent.proc.pid
