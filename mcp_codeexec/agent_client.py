@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 from anyio.abc import ByteStream, ObjectSendStream
 
-from .errors import ContainerExpired, Unavailable
+from .errors import CodeExecError, ContainerExpired, Unavailable
 from .protocol import FrameDecoder, ProtocolError, encode_frame
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,9 @@ class AgentConnection:
                 log.info("sandbox %s: stream broke; opening it again (%s)", self.name, exc.message)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+            except CodeExecError as exc:  # e.g. throttled: not worth holding the requests for
+                log.warning("sandbox %s: stream broke and could not be opened again: %s", self.name, exc.message)
+                return False
         if self._closing:
             await stream.aclose()
             return False
