@@ -33,7 +33,17 @@ import anyio
 import anyio.abc
 
 from ..errors import ContainerExpired, TooManyRequests, Unavailable
-from .base import POOL_OWNER, POOL_SILENCE_SECONDS, SERVER_TAG, CreateTicket, Leases, SandboxRecord, new_container_id, server_alive
+from .base import (
+    POOL_OWNER,
+    POOL_SILENCE_SECONDS,
+    SERVER_TAG,
+    CreateTicket,
+    SandboxRecord,
+    new_container_id,
+    server_alive,
+)
+from .k8s_holds import PodHolds
+from .k8s_holds import last_used as pod_last_used
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -312,7 +322,9 @@ class KubernetesEngine:
         self.core = client.CoreV1Api(self.api_client)
         self.net = client.NetworkingV1Api(self.api_client)
         self.install = settings.instance
-        self.leases = Leases((data_dir or Path(tempfile.gettempdir()) / f"mcp-codeexec-k8s-{settings.instance}") / "leases")
+        # This machine's locks, and a hold on the pod for servers on other machines (k8s_holds.py).
+        self.leases = PodHolds((data_dir or Path(tempfile.gettempdir()) / f"mcp-codeexec-k8s-{settings.instance}") / "leases",
+                               self)
         self.closing = threading.Event()
         self._creates = threading.Condition()
         self._active_creates = 0
@@ -358,6 +370,7 @@ class KubernetesEngine:
         return bool(self.settings.storage_class)
 
     def close(self) -> None:
+        self.leases.stop()
         self.api_client.close()
 
     def resolve_image(self) -> str:
@@ -710,8 +723,8 @@ class KubernetesEngine:
         return removed
 
     def resumable(self, owner: str) -> list[str]:
-        """``owner``'s unexpired sandboxes of this instance that no server here is using, most
-        recently used first."""
+        """``owner``'s unexpired sandboxes of this instance that no server is using (here: its lock;
+        elsewhere: its hold on the pod), most recently used first."""
         s = self.settings
         selector = f"{MANAGED_BY}={MANAGER},{L_INSTANCE}={s.instance},{L_OWNER_HASH}={owner_hash(owner)},{L_POOL}=0"
         with translate_k8s_errors("listing sandboxes"):
@@ -723,9 +736,11 @@ class KubernetesEngine:
             except ContainerExpired:
                 continue
             phase = (pod.get("status") or {}).get("phase", "Pending")
-            if record.owner != owner or record.expired or phase not in ("Running", "Pending") or self.leases.in_use(record.id):
+            if (record.owner != owner or record.expired or phase not in ("Running", "Pending")
+                    or self.leases.in_use(record.id, pod)):
                 continue
-            candidates.append((max(self.leases.last_used(record.id) or 0.0, record.created.timestamp()), record.id))
+            used = max(self.leases.last_used(record.id) or 0.0, pod_last_used(pod) or 0.0, record.created.timestamp())
+            candidates.append((used, record.id))
         return [cid for _, cid in sorted(candidates, reverse=True)]
 
     # --- data path ----------------------------------------------------------------------------
