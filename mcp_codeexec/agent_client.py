@@ -12,6 +12,7 @@ without saying so (docs/DESIGN.md, "Agent protocol v1").
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import secrets
@@ -33,6 +34,7 @@ Reconnect = Callable[[], Awaitable[tuple[ByteStream, bool]]]
 _DOCKER_MUX = struct.Struct(">BxxxL")
 # Ops that read only: sent again when the agent no longer has their reply.
 _IDEMPOTENT = frozenset({"hello", "ping", "view", "get_file"})
+NOTE_SECONDS = 10.0
 
 
 def _reason(exc: BaseException) -> str:
@@ -59,6 +61,9 @@ class _Pending:
     sent_on: int | None = None
     """The stream generation the request went out on; None: not (yet) sent."""
     send_failed: bool = False
+    seen: int = 0
+    """Frames (progress aside) handed to the request: a replay writes them again, to be skipped."""
+    skip: int = 0
 
 
 class DockerDemux:
@@ -101,6 +106,7 @@ class AgentConnection:
         self._replays: dict[int, int] = {}  # replay request id -> the request it replays
         self._resume_targets: list[int] = []
         self._generation = 0  # +1 per stream opened again
+        self._notes: collections.deque[tuple[float, dict[str, Any]]] = collections.deque()
         self.resumes = 0
 
     async def hello(self, *, timeout: float = 30.0) -> dict[str, Any]:
@@ -156,6 +162,11 @@ class AgentConnection:
         pending = self._pending.get(rid)
         if pending is None or pending.discard:
             return  # another server's reply, a request we gave up on, or the broken stream's era
+        if message.get("type") != "progress":  # progress is never replayed; everything else is, in order
+            if pending.skip:
+                pending.skip -= 1
+                return  # had it before the stream broke
+            pending.seen += 1
         try:
             pending.send.send_nowait((message, blob))
         except anyio.WouldBlock:
@@ -221,6 +232,12 @@ class AgentConnection:
                 await self._fail(target, "the sandbox restarted while the request ran (its stream broke and "
                                          "came back to a new container life); it may have run in part")
             return
+        # Notifications of the last seconds may have died with the stream: a tool_result (the code
+        # would wait for it) or a cancel. Both are idempotent in the agent; send them again.
+        for _, note in list(self._notes):
+            if note.get("target") in self._pending:
+                with contextlib.suppress(AgentGone):
+                    await self._send_frame(note)
         for target in targets:
             if target not in self._pending:
                 continue
@@ -236,7 +253,8 @@ class AgentConnection:
         pending = self._pending.get(target)
         if message.get("type") == "replay_begin":
             if pending is not None:
-                pending.discard = False  # the frames that follow are the request's, in order
+                pending.discard = False  # the frames that follow are the request's, in order...
+                pending.skip = pending.seen  # ...from its first: those it had already are dropped
             return
         del self._replays[rid]
         if pending is None:
@@ -368,5 +386,16 @@ class AgentConnection:
             send.close()
 
     async def notify(self, message: dict[str, Any]) -> None:
-        """Send a request that has no reply (e.g. ``cancel``)."""
-        await self.send({**message, "id": self._take_id()})
+        """Send a request that has no reply (``cancel``, ``tool_result``). On a resumable stream
+        the last few seconds of them are kept, and sent again after a resume."""
+        note = {**message, "id": self._take_id()}
+        if self._reconnect is not None:
+            now = anyio.current_time()
+            while self._notes and self._notes[0][0] < now - NOTE_SECONDS:
+                self._notes.popleft()
+            self._notes.append((now, note))
+        try:
+            await self.send(note)
+        except AgentGone:
+            if self._reconnect is None or self._closing or self.closed.is_set():
+                raise

@@ -177,13 +177,13 @@ def bash(command: str) -> dict[str, Any]:
 async def test_a_reply_written_while_the_stream_was_down_comes_back_by_replay_and_the_command_ran_once(
         tmp_path: Path) -> None:
     async with linked_agent(tmp_path) as (conn, link, ws):
-        # Two refused reconnects (an API server still starting): the reply is written into the gap.
-        link.refuse = [Unavailable("apiserver down"), Unavailable("apiserver down")]
+        # Refused reconnects (an API server still starting): the reply is written into the gap.
+        link.refuse = [Unavailable("apiserver down")] * 4  # 0.2 + 0.4 + 0.8 + 1.6 s of backoff
         async with anyio.create_task_group() as tg:
             replies = []
 
             async def call() -> None:
-                replies.append(await conn.request(bash("echo ran >> count.txt; sleep 0.3; echo finished"), timeout=30))
+                replies.append(await conn.request(bash("echo ran >> count.txt; sleep 1; echo finished"), timeout=30))
 
             tg.start_soon(call)
             await anyio.sleep(0.15)
@@ -201,7 +201,7 @@ async def test_a_request_still_running_after_the_resume_finishes_on_the_new_stre
             replies = []
 
             async def call() -> None:
-                replies.append(await conn.request(bash("echo ran >> count.txt; sleep 1; echo finished"), timeout=30))
+                replies.append(await conn.request(bash("echo ran >> count.txt; sleep 2; echo finished"), timeout=30))
 
             tg.start_soon(call)
             await anyio.sleep(0.3)
@@ -229,7 +229,8 @@ async def test_many_requests_across_a_cut_each_run_exactly_once(tmp_path: Path) 
         async def call(i: int) -> None:
             replies[i] = await conn.request({"op": "create", "path": str(ws / f"f{i}.txt"), "file_text": f"{i}\n"},
                                             timeout=30)
-            replies[i] = await conn.request(bash(f"echo {i} >> all.txt"), timeout=30)
+            # bash calls take turns on the one terminal: 20 × 0.1 s keeps most in flight at the cut
+            replies[i] = await conn.request(bash(f"echo {i} >> all.txt; sleep 0.1"), timeout=60)
 
         async with anyio.create_task_group() as tg:
             for i in range(20):
@@ -276,7 +277,7 @@ async def test_a_new_container_life_behind_the_resumed_stream_fails_the_request_
             replies = []
 
             async def call() -> None:
-                replies.append(await conn.request(bash("sleep 1"), timeout=30))
+                replies.append(await conn.request(bash("sleep 3"), timeout=30))
 
             tg.start_soon(call)
             await anyio.sleep(0.2)
@@ -302,3 +303,33 @@ async def test_without_a_resume_window_a_broken_stream_fails_the_request_as_befo
             link.cut()
         assert outcome and link.opens == 1
 
+
+
+ECHO = [{"name": "echo", "description": "Echo the input back.", "input_schema": {"type": "object"}}]
+
+
+@pytest.mark.anyio
+async def test_tool_calls_across_a_cut_run_once_and_a_lost_tool_result_is_sent_again(tmp_path: Path) -> None:
+    """A cell calls a tool twice. The stream is cut when the second call arrives, before its
+    answer goes out: the answer is kept and sent again after the resume, and the replay's copies of
+    both tool_call frames (had already) are not handed to the host a second time."""
+    async with linked_agent(tmp_path) as (conn, link, _):
+        calls: list[str] = []
+
+        async def on_frame(frame: dict[str, Any], blob: bytes) -> None:
+            if frame["type"] != "tool_call":
+                return
+            calls.append(frame["call_id"])
+            if len(calls) == 2:
+                link.cut()
+            await conn.notify({"op": "tool_result", "target": frame["id"], "call_id": frame["call_id"],
+                               "text": f"echo:{frame['input']['n']}", "is_error": False})
+
+        code = "a = await echo({'n': 1})\nb = await echo({'n': 2})\nprint(a, b)"
+        fields = {"code": code, "timeout": 20.0, "max_output": 100_000, "max_spill": 10_000_000,
+                  "max_file": 10_000_000, "progress_interval": None, "tools": ECHO}
+        reply = await conn.request({"op": "python", **fields}, on_frame=on_frame, timeout=30)
+        assert reply["type"] == "result", reply
+        assert reply["result"]["stdout"] == "echo:1 echo:2\n", reply
+        assert len(calls) == 2 and len(set(calls)) == 2
+        assert conn.resumes == 1
