@@ -284,6 +284,9 @@ volumePluginDir: $RUN/volume-plugins
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "100Mi"}
+# A pod spec cannot bound its processes: the node does. 512, the Docker backend's pids_limit
+# (tests/adversarial fork-bomb a pod and refuse to without it).
+podPidsLimit: 512
 CFG
 }
 
