@@ -186,10 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _attach_upload(record: Any, container_id: str) -> None:
     """`files upload --container`: check the container exists, then queue the file for it."""
     from .backends.sandbox import queue_upload
-    from .engines.docker import SandboxManager, connect
+    from .engines import build_engine
 
     settings = load_settings()
-    SandboxManager(settings, connect()).find(container_id)
+    build_engine(settings).find(container_id)  # the configured backend's (a pod on kubernetes)
     queue_upload(settings.data_dir / "pending", record.id, record.filename, container_id)
     print(f"queued for {container_id}: it appears in /workspace/inputs/{record.filename} before the next call", file=sys.stderr)
 

@@ -11,8 +11,9 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-# postgres_server / postgres_url: a throwaway PostgreSQL cluster (tests/support/postgres.py).
-pytest_plugins = ["tests.support.postgres"]
+# postgres_server / postgres_url: a throwaway PostgreSQL cluster (tests/support/postgres.py);
+# backend_name / any_settings / @docker_only: one test over docker and kubernetes (tests/support/backends.py).
+pytest_plugins = ["tests.support.postgres", "tests.support.backends"]
 
 
 def docker_available() -> str | None:

@@ -69,6 +69,9 @@ A_CREATED = "mcp-codeexec/created-at"
 A_EXPIRES = "mcp-codeexec/expires-at"
 NAME_PREFIX = "mcp-codeexec-"
 CONTAINER = "agent"
+MASKED_SYS_PATHS = ("/sys/block", "/sys/devices/virtual/block")
+"""Covered by empty read-only mounts, as on Docker: the node's block devices are none of the sandbox's
+business (``/sys/block/loopN/loop/backing_file`` names host paths, e.g. loop-backed volumes of other pods)."""
 WORKSPACE = "/workspace"
 
 
@@ -176,12 +179,14 @@ def pod_manifest(cid: str, owner: str, settings: PodSettings, *, now: float, exp
                 "volumeMounts": [
                     {"name": "workspace", "mountPath": WORKSPACE},
                     {"name": "tmp", "mountPath": "/tmp"},
+                    *({"name": f"mask-{i}", "mountPath": path, "readOnly": True} for i, path in enumerate(MASKED_SYS_PATHS)),
                 ],
             }
         ],
         "volumes": [
             workspace,
             {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": _quantity(settings.tmp_bytes)}},
+            *({"name": f"mask-{i}", "emptyDir": {"medium": "Memory", "sizeLimit": "4Ki"}} for i in range(len(MASKED_SYS_PATHS))),
         ],
     }
     if settings.runtime_class:

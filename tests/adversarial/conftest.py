@@ -4,6 +4,11 @@ Each module shares one or two sandboxes (module-scoped MCP clients over the in-m
 each with its own server and container) so that the suite stays fast: a case that must leave the
 container usable proves it by the next case running in the same container.
 
+Both backends: a module whose shared sandboxes take the ``backend_name`` fixture (module-scoped,
+tests/support/backends.py) runs every case on Docker, then on Kubernetes (pods; skipped without a
+cluster); ``@docker_only("feature")`` marks a case whose Kubernetes run does not apply and
+``@outside_kubernetes_subset("why")`` one left out of it to keep CI short.
+
 Runtime awareness: ``GVISOR`` is true when the suite runs with ``MCP_CODEEXEC_RUNTIME=runsc``.
 Where gVisor (Debian's 2022 build that CI installs) genuinely behaves differently, the assertion
 says so next to it; nothing is skipped silently.
@@ -27,8 +32,9 @@ import pytest
 
 from mcp_codeexec.config import Settings
 from mcp_codeexec.engines.docker import NAME_PREFIX
+from tests.support.backends import backend_settings, on_kubernetes, remove_backend_installation
 from tests.support.oracle import assert_hosted_shape
-from tests.support.servers import mcp_client, remove_installation
+from tests.support.servers import mcp_client
 
 RUNTIME = os.environ.get("MCP_CODEEXEC_RUNTIME") or "runc"
 GVISOR = RUNTIME == "runsc"
@@ -44,13 +50,11 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def adversarial_settings(data_dir: Path, **overrides: Any) -> Settings:
+def adversarial_settings(data_dir: Path, backend: str = "docker", **overrides: Any) -> Settings:
     """The suite's settings: a short call limit (T = 5 s) so that time-limit cases stay cheap."""
-    from tests.integration.conftest import make_settings
-
     values: dict[str, Any] = {"call_timeout": 5.0}
     values.update(overrides)
-    return make_settings(data_dir, **values)
+    return backend_settings(backend, data_dir, **values)
 
 
 class Sandbox:
@@ -92,7 +96,38 @@ class Sandbox:
 
     def docker_container(self) -> Any:
         assert self.container_id, "no call has run yet"
+        assert not on_kubernetes(self.settings), "a Docker-only check ran on kubernetes (mark it @docker_only)"
         return docker.from_env().containers.get(NAME_PREFIX + self.container_id)
+
+
+async def pod_pids_limit(sandbox: Sandbox) -> int:
+    """The pids limit of ``sandbox``'s pod (Kubernetes), read on the node (this machine) from the pod's
+    cgroup: the kubelet's ``podPidsLimit``, the only pids bound a pod has. Without one a fork bomb
+    would take the node's PIDs (every other sandbox's and the host's), so such a case refuses to run."""
+    from mcp_codeexec.engines import build_engine
+    from mcp_codeexec.engines.kubernetes import KubernetesEngine, object_name
+    from tests.support.backends import K8S_REQUIRED
+
+    assert sandbox.container_id, "no call has run yet"
+    engine = build_engine(sandbox.settings)
+    assert isinstance(engine, KubernetesEngine)
+    try:
+        pod = await anyio.to_thread.run_sync(engine.core.read_namespaced_pod, object_name(sandbox.container_id), engine.settings.namespace)
+    finally:
+        engine.close()
+    uid = pod.metadata.uid
+    # cgroupfs: kubepods/pod<uid> (Guaranteed pods sit right under kubepods); systemd: kubepods-pod<uid_>.slice.
+    found = [p for pattern in (f"*/pod{uid}/pids.max", f"*/kubepods-pod{uid.replace('-', '_')}.slice/pids.max")
+             for root in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")) for p in root.glob(pattern)]
+    if not found:
+        pytest.skip(f"the cgroup of pod {pod.metadata.name} is not on this machine (a remote node): its pids limit is unknown")
+    limit = found[0].read_text().strip()
+    if limit == "max":
+        why = "the node's kubelet sets no podPidsLimit: a fork bomb in a pod would take the node's PIDs (docs/KUBERNETES.md)"
+        if K8S_REQUIRED:
+            pytest.fail(why)
+        pytest.skip(why)
+    return int(limit)
 
 
 @asynccontextmanager
@@ -104,17 +139,18 @@ async def open_sandbox(settings: Settings, name: str) -> AsyncIterator[Sandbox]:
 
 
 @asynccontextmanager
-async def sandboxes(tmp_path_factory: pytest.TempPathFactory, name: str, count: int, **overrides: Any) -> AsyncIterator[list[Sandbox]]:
-    """``count`` sandboxes (separate servers and containers) sharing one data directory."""
+async def sandboxes(tmp_path_factory: pytest.TempPathFactory, name: str, count: int, backend: str = "docker",
+                    **overrides: Any) -> AsyncIterator[list[Sandbox]]:
+    """``count`` sandboxes (separate servers and containers, or pods) sharing one data directory."""
     from contextlib import AsyncExitStack
 
-    settings = adversarial_settings(tmp_path_factory.mktemp(name), **overrides)
+    settings = adversarial_settings(tmp_path_factory.mktemp(name if backend == "docker" else f"{name}-{backend}"), backend, **overrides)
     try:
         async with AsyncExitStack() as stack:
             boxes = [await stack.enter_async_context(open_sandbox(settings, f"{name}-{i}")) for i in range(count)]
             yield boxes
     finally:
-        remove_installation(settings)
+        remove_backend_installation(settings)
 
 
 # --- the host --------------------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 One sandbox takes the probes; a second session is there for the cross-session cases. The server
 runs in this process with canary secrets in its environment: none may be visible inside.
+
+Both backends (``backend_name``): on Kubernetes the two sessions are pods and every probe of what the
+sandbox can see or do runs there too; ``@docker_only`` marks the few that are about Docker itself.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import docker
 import pytest
 
 from tests.adversarial.conftest import GVISOR, Sandbox, sandboxes
+from tests.support.backends import docker_only, on_kubernetes, outside_kubernetes_subset
 from tests.support.servers import mcp_client
 
 pytestmark = pytest.mark.anyio
@@ -23,11 +27,11 @@ CANARY_ENV = {"ANTHROPIC_API_KEY": f"sk-ant-{CANARY}", "MCP_CODEEXEC_AUTH_TOKENS
 
 
 @pytest.fixture(scope="module")
-async def pair(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> AsyncIterator[tuple[Sandbox, Sandbox]]:
+async def pair(tmp_path_factory: pytest.TempPathFactory, docker_engine: None, backend_name: str) -> AsyncIterator[tuple[Sandbox, Sandbox]]:
     with pytest.MonkeyPatch.context() as mp:
         for key, value in CANARY_ENV.items():
             mp.setenv(key, value)
-        async with sandboxes(tmp_path_factory, "isolation", 2) as (box, other):
+        async with sandboxes(tmp_path_factory, "isolation", 2, backend_name) as (box, other):
             yield box, other
 
 
@@ -149,6 +153,8 @@ async def test_nothing_of_the_host_is_visible(box: Sandbox) -> None:
                 "urandom", "zero"}
     if GVISOR:
         expected |= {"fuse", "net"}  # gVisor's own emulated devices (/dev/net/tun, /dev/fuse), served by the Sentry
+    if on_kubernetes(box.settings):
+        expected |= {"termination-log"}  # the container's own termination message file (read by the kubelet)
     assert set(devices) <= expected, devices
     hostname, *mounts = lines[lines.index("---") + 1 :]
     assert hostname == "sandbox"
@@ -275,6 +281,7 @@ async def test_capabilities_seccomp_and_no_new_privs(box: Sandbox) -> None:
         assert "0\n" not in out.split("rc=")[0]
 
 
+@docker_only("Docker's AppArmor profile (docker-default) and its engine's security options")
 async def test_apparmor_profile_when_the_host_has_apparmor(box: Sandbox) -> None:
     options = docker.from_env().info().get("SecurityOptions") or []
     label = (await box.sh("cat /proc/self/attr/current 2>/dev/null || echo none")).strip()
@@ -343,13 +350,16 @@ async def test_container_ids_are_unguessable_and_a_guess_is_refused(box: Sandbox
         assert "container_expired" in result.content[0].text
 
 
-async def test_another_principal_naming_my_container_is_refused_over_http(tmp_path, docker_engine: None) -> None:
+@outside_kubernetes_subset("principals are the server's, the same on every backend "
+                           "(tests/integration/test_files_flow.py checks them on pods)")
+async def test_another_principal_naming_my_container_is_refused_over_http(tmp_path, docker_engine: None, backend_name: str) -> None:
     """HTTP principals: B presenting A's container id gets the same answer as for an unknown id.
     (tests/integration/test_http_security.py covers this in depth; here it is one hostile client.)"""
     from tests.adversarial.conftest import adversarial_settings
-    from tests.support.servers import http_server, remove_installation
+    from tests.support.backends import remove_backend_installation
+    from tests.support.servers import http_server
 
-    settings = adversarial_settings(tmp_path)
+    settings = adversarial_settings(tmp_path, backend_name)
     token_a, token_b = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     try:
         with http_server(settings, token=f"alice:{token_a},bob:{token_b}") as url:
@@ -363,7 +373,7 @@ async def test_another_principal_naming_my_container_is_refused_over_http(tmp_pa
                 viewed = await Sandbox(bob, settings, "bob").edit(command="view", path="/workspace/m.txt", container_id=cid)
                 assert viewed.structured_content["type"] == "text_editor_code_execution_tool_result_error"
     finally:
-        remove_installation(settings)
+        remove_backend_installation(settings)
 
 
 async def test_the_agents_channel_is_out_of_reach_of_user_code(box: Sandbox) -> None:

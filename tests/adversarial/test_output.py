@@ -2,6 +2,10 @@
 
 The server runs in this process (in-memory transport), so its memory is this process's RSS,
 sampled while the floods run. T is 20 s here: these cases must finish well inside it.
+
+Both backends (``backend_name``): on Kubernetes the floods cross the pod's attach stream, so the
+cases about the stream (a flood capped, both streams at once, fake frames, a flood beside another
+session) run there too; ``@outside_kubernetes_subset`` marks the rest, the agent's own encoding, the same anywhere.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import psutil
 import pytest
 
 from tests.adversarial.conftest import GVISOR, MiB, Sandbox, adversarial_settings, open_sandbox, sandboxes
-from tests.support.servers import remove_installation
+from tests.support.backends import outside_kubernetes_subset, remove_backend_installation
+
+SUBSET = "the agent's own capping and decoding, the same in a pod"
 
 pytestmark = pytest.mark.anyio
 
@@ -23,8 +29,8 @@ MARKER = re.compile(r"\n\[\.\.\. (\d+) bytes omitted; (?:full output|first \d+ b
 
 
 @pytest.fixture(scope="module")
-async def box(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> AsyncIterator[Sandbox]:
-    async with sandboxes(tmp_path_factory, "output", 1, call_timeout=20.0) as (sandbox,):
+async def box(tmp_path_factory: pytest.TempPathFactory, docker_engine: None, backend_name: str) -> AsyncIterator[Sandbox]:
+    async with sandboxes(tmp_path_factory, "output", 1, backend_name, call_timeout=20.0) as (sandbox,):
         yield sandbox
 
 
@@ -81,6 +87,7 @@ async def test_stdout_flood_is_capped_with_a_marker_and_server_memory_stays_boun
     assert head == "y\n" * 5 and 0 < int(size) <= box.settings.max_spill_bytes
 
 
+@outside_kubernetes_subset(SUBSET)
 async def test_binary_floods_on_both_streams_give_valid_utf8_capped(box: Sandbox) -> None:
     cap = box.settings.max_output_bytes
     with peak_rss() as rss:
@@ -94,11 +101,12 @@ async def test_binary_floods_on_both_streams_give_valid_utf8_capped(box: Sandbox
     assert rss[1] - rss[0] < 64 * MiB
 
 
-async def test_binary_output_over_stdio_is_well_formed_json(tmp_path, docker_engine: None) -> None:
+@outside_kubernetes_subset(SUBSET)
+async def test_binary_output_over_stdio_is_well_formed_json(tmp_path, docker_engine: None, backend_name: str) -> None:
     """Over a real wire (stdio JSON-RPC) undecodable bytes and NULs arrive as valid JSON text."""
     from tests.support.servers import mcp_client
 
-    settings = adversarial_settings(tmp_path, call_timeout=20.0)
+    settings = adversarial_settings(tmp_path, backend_name, call_timeout=20.0)
     try:
         async with mcp_client("stdio", settings) as client:
             sandbox = Sandbox(client, settings, "stdio")
@@ -109,7 +117,7 @@ async def test_binary_output_over_stdio_is_well_formed_json(tmp_path, docker_eng
             assert_valid_utf8(sc["stdout"])
             assert (await sandbox.sh("echo alive")) == "alive\n"
     finally:
-        remove_installation(settings)
+        remove_backend_installation(settings)
 
 
 async def test_simultaneous_floods_on_stdout_and_stderr_do_not_deadlock(box: Sandbox) -> None:
@@ -122,6 +130,7 @@ async def test_simultaneous_floods_on_stdout_and_stderr_do_not_deadlock(box: San
     assert (await box.sh("pgrep -c yes || true")).strip() == "0"
 
 
+@outside_kubernetes_subset(SUBSET)
 async def test_a_multibyte_character_at_the_cap_is_not_split(box: Sandbox) -> None:
     result = await box.bash("python3 -c 'print(\"語\"*10**6)'")
     out = result.structured_content["stdout"]
@@ -142,6 +151,7 @@ async def test_control_sequences_pass_through_and_the_exit_status_cannot_be_spoo
     assert (await box.sh("echo next")) == "next\n"  # fake frames on stdout did not confuse the agent link
 
 
+@outside_kubernetes_subset(SUBSET)
 @pytest.mark.parametrize(
     ("command", "code"),
     [("exit 3", 3), ("kill -9 $$", 137), ("false", 1), ("python3 -c 'import os; os.abort()'", 134), ("kill -TERM $$", 143)],
@@ -152,6 +162,7 @@ async def test_exit_status_fidelity(box: Sandbox, command: str, code: int) -> No
     assert result.structured_content["return_code"] == code
 
 
+@outside_kubernetes_subset(SUBSET)
 @pytest.mark.parametrize(
     "command",
     ["cat", "read x; echo got=$x", "python3 -c 'input()'; echo rc=$?", "python3", "head -c 10 /dev/stdin | wc -c"],
@@ -169,14 +180,15 @@ async def test_a_second_client_is_unaffected_by_floods(tmp_path, box: Sandbox) -
     """A flood in one sandbox leaves another session's answers exact (no cross-talk on the agent links)."""
     from tests.adversarial.conftest import keeps_answering
 
-    settings = adversarial_settings(tmp_path)
+    settings = adversarial_settings(tmp_path, box.settings.backend)
     try:
         async with open_sandbox(settings, "other") as other, keeps_answering(other, interval=0.1):
             await box.bash("head -c 50000000 /dev/urandom; yes | head -c 50000000 >&2")
     finally:
-        remove_installation(settings)
+        remove_backend_installation(settings)
 
 
+@outside_kubernetes_subset(SUBSET)
 async def test_an_oversized_output_file_is_output_file_too_large_and_nothing_partial_is_kept(box: Sandbox) -> None:
     limit = box.settings.max_output_file_bytes
     stored_before = {p.name for p in box.settings.files_dir.rglob("*") if p.is_file()} if box.settings.files_dir.exists() else set()

@@ -3,6 +3,11 @@ that the next ``code_execution`` and bash calls answer and the files are intact.
 
 One victim sandbox takes every case in order (1 GiB memory so a memory bomb dies fast, a 3 s cell
 limit so the time cases stay cheap); ``keep.txt`` is written first and checked after every case.
+
+Both backends (``backend_name``): on Kubernetes the victim is a pod and the cases where the engine
+matters run there (the pids and memory limits, a flood over the attach stream, the cell limit, PID 1,
+the agent's channel); ``@outside_kubernetes_subset`` marks the rest (the interpreter's own handling,
+the same anywhere).
 """
 
 from __future__ import annotations
@@ -13,13 +18,15 @@ from typing import Any
 
 import pytest
 
-from tests.adversarial.conftest import GVISOR, GiB, HostWatch, Sandbox, sandboxes
+from tests.adversarial.conftest import GVISOR, GiB, HostWatch, Sandbox, pod_pids_limit, sandboxes
+from tests.support.backends import on_kubernetes, outside_kubernetes_subset
 from tests.support.oracle import assert_hosted_shape
 
 pytestmark = pytest.mark.anyio
 
 CELL = 3.0
 RESTARTED = "[the Python interpreter was restarted: "
+SUBSET = "the interpreter's own handling, the same in a pod"
 
 
 async def code(box: Sandbox, source: str, *, gvisor_may_crash: bool = False, **extra: Any) -> dict[str, Any]:
@@ -50,8 +57,8 @@ async def answers_after(box: Sandbox, *, state_kept: bool) -> None:
 
 
 @pytest.fixture(scope="module")
-async def victim(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> AsyncIterator[Sandbox]:
-    async with sandboxes(tmp_path_factory, "repl", 1, memory_bytes=1 * GiB, code_cell_timeout=CELL) as (box,):
+async def victim(tmp_path_factory: pytest.TempPathFactory, docker_engine: None, backend_name: str) -> AsyncIterator[Sandbox]:
+    async with sandboxes(tmp_path_factory, "repl", 1, backend_name, memory_bytes=1 * GiB, code_cell_timeout=CELL) as (box,):
         await box.sh("echo precious > /workspace/keep.txt")
         await code(box, "marker = 1")
         yield box
@@ -61,6 +68,8 @@ async def test_a_fork_bomb_in_a_cell_is_contained_and_swept(victim: Sandbox, hos
     bomb = ("import os, time\nstart = time.monotonic()\nn = 0\nwhile time.monotonic() - start < 1.5:\n"
             "    try:\n        os.fork() or time.sleep(60)\n        n += 1\n    except OSError:\n        time.sleep(0.01)\n"
             "print('forks', n > 0)")
+    if on_kubernetes(victim.settings):
+        await pod_pids_limit(victim)  # the node bounds the pod's processes, or the bomb is not let loose
     with host.running():
         result = await code(victim, bomb, gvisor_may_crash=True)
     if result.get("gvisor_crashed"):
@@ -100,6 +109,7 @@ async def test_a_cell_ignoring_keyboard_interrupt_is_killed_at_the_limit(victim:
     await answers_after(victim, state_kept=False)
 
 
+@outside_kubernetes_subset(SUBSET)
 async def test_a_c_level_sleep_in_a_thread_is_interrupted_and_state_survives(victim: Sandbox) -> None:
     result = await code(victim, "import threading, time\nt = threading.Thread(target=time.sleep, args=(600,))\nt.start()\nt.join()")
     assert result["return_code"] == 1 and "KeyboardInterrupt" in result["stderr"]
@@ -107,12 +117,14 @@ async def test_a_c_level_sleep_in_a_thread_is_interrupted_and_state_survives(vic
     await answers_after(victim, state_kept=True)
 
 
+@outside_kubernetes_subset(SUBSET)
 async def test_closing_or_writing_fds_0_to_2_breaks_nothing_after_the_cell(victim: Sandbox) -> None:
     result = await code(victim, "import os\nos.write(1, b'raw\\n')\nos.write(2, b'err\\n')\nos.close(0)\nos.close(1)\nos.close(2)\nprint('lost')")
     assert (result["stdout"], result["stderr"]) == ("raw\n", "err\n")
     await answers_after(victim, state_kept=True)
 
 
+@outside_kubernetes_subset(SUBSET)
 async def test_closing_every_inherited_fd_loses_the_interpreter_and_says_so(victim: Sandbox) -> None:
     result = await code(victim, "import os, time\nos.closerange(0, 4096)\ntime.sleep(0.5)")
     assert result["return_code"] != 0
@@ -120,6 +132,7 @@ async def test_closing_every_inherited_fd_loses_the_interpreter_and_says_so(vict
     await answers_after(victim, state_kept=False)
 
 
+@outside_kubernetes_subset(SUBSET)
 async def test_os_exit_is_the_return_code_and_the_next_call_says_the_interpreter_restarted(victim: Sandbox) -> None:
     result = await code(victim, "import os\nos._exit(7)")
     assert result["return_code"] == 7
@@ -175,6 +188,7 @@ async def test_bash_killing_the_interpreter_is_reported_by_the_next_cell(victim:
 
 
 @pytest.mark.skipif(GVISOR, reason="measured under runc only")
+@outside_kubernetes_subset(SUBSET)
 async def test_a_bash_sweep_between_cells_leaves_the_interpreter_running(victim: Sandbox) -> None:
     pid = (await code(victim, "import os\nos.getpid()"))["stdout"]
     await victim.sh("sleep 100 & (setsid sleep 101 &); echo started")

@@ -5,6 +5,11 @@ Two sandboxes share this module: ``victim`` takes every attack, in order, and mu
 that must keep answering ``echo ok`` during the attacks. T (the call limit) is 5 s; the victim has
 a 1 GiB memory limit so that a memory bomb is killed in about a second (the default 5 GiB limit is
 exercised once, in ``test_memory_bomb_at_the_default_limit``).
+
+Both backends (``backend_name``): on Kubernetes the pair are pods, and the subset that runs there is
+the one whose outcome depends on the engine — the fork bomb against the pod's pids limit, memory
+bombs against its memory limit, the time limit, PID 1's protection — each followed by the next call
+answering; ``@docker_only`` and ``@outside_kubernetes_subset`` say why each other case is not run there.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.adversarial.conftest import GVISOR, GiB, HostWatch, MiB, Sandbox, keeps_answering, sandboxes
+from tests.adversarial.conftest import GVISOR, GiB, HostWatch, MiB, Sandbox, keeps_answering, pod_pids_limit, sandboxes
+from tests.support.backends import docker_only, on_kubernetes, outside_kubernetes_subset
 
 pytestmark = pytest.mark.anyio
 
@@ -29,10 +35,10 @@ shell's children: ``ps`` and ``awk``, which may still be a forked ``bash`` when 
 
 
 @pytest.fixture(scope="module")
-async def pair(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> AsyncIterator[tuple[Sandbox, Sandbox]]:
+async def pair(tmp_path_factory: pytest.TempPathFactory, docker_engine: None, backend_name: str) -> AsyncIterator[tuple[Sandbox, Sandbox]]:
     # /tmp is 64 MiB here (512 MiB by default) so that filling it stays well inside T under gVisor,
     # whose tmpfs writes can be as slow as ~40 MB/s on a busy machine.
-    async with sandboxes(tmp_path_factory, "resources", 2, memory_bytes=1 * GiB, tmp_bytes=64 * MiB) as (victim, neighbour):
+    async with sandboxes(tmp_path_factory, "resources", 2, backend_name, memory_bytes=1 * GiB, tmp_bytes=64 * MiB) as (victim, neighbour):
         await victim.sh("echo precious > /workspace/keep.txt")
         yield victim, neighbour
 
@@ -70,7 +76,8 @@ def ended_by_gvisor_crash(result) -> bool:
 
 
 async def test_fork_bomb_ends_within_the_limit_and_the_container_works_after(victim: Sandbox, neighbour: Sandbox, host: HostWatch) -> None:
-    pids_limit = victim.settings.pids_limit
+    # On Kubernetes the bound is the node's (the kubelet's podPidsLimit): refused where there is none.
+    pids_limit = await pod_pids_limit(victim) if on_kubernetes(victim.settings) else victim.settings.pids_limit
     with host.running():
         async with keeps_answering(neighbour):
             started = time.monotonic()
@@ -101,6 +108,7 @@ def _pids_in_cgroup(sandbox: Sandbox) -> int:
 
 
 @pytest.mark.skipif(GVISOR, reason="gVisor's tasks live in its Sentry; the host cgroup does not count them one by one")
+@docker_only("reads the container's pids cgroup on the host by its Docker id")
 async def test_a_result_finds_the_container_quiet(victim: Sandbox) -> None:
     """The sweep waits until the killed processes are gone (torn down and reaped) before the call
     answers, so the moment a result arrives nothing of the call is left, not even exiting."""
@@ -113,6 +121,7 @@ async def test_a_result_finds_the_container_quiet(victim: Sandbox) -> None:
     await recover(victim, None)
 
 
+@outside_kubernetes_subset("the pod's pids limit is shown by the fork bomb")
 async def test_thread_bomb_hits_the_pids_limit(victim: Sandbox, host: HostWatch) -> None:
     with host.running():
         result = await victim.bash(
@@ -157,9 +166,11 @@ async def test_memory_bomb_is_killed_inside_the_sandbox(victim: Sandbox, neighbo
     host.assert_bounded(mem_during=limit + 1 * GiB, mem_after=1 * GiB)
 
 
-async def test_memory_bomb_at_the_default_limit(tmp_path_factory: pytest.TempPathFactory, docker_engine: None, host: HostWatch) -> None:
+@outside_kubernetes_subset("a memory bomb is shown at 1 GiB; the 5 GiB limit is read inside the pod (test_backends.py)")
+async def test_memory_bomb_at_the_default_limit(tmp_path_factory: pytest.TempPathFactory, docker_engine: None, host: HostWatch,
+                                                backend_name: str) -> None:
     """The hosted limit (5 GiB) with a call limit long enough to reach it (~15 s on a small VM)."""
-    async with sandboxes(tmp_path_factory, "membomb", 1, call_timeout=60.0) as (box,):
+    async with sandboxes(tmp_path_factory, "membomb", 1, backend_name, call_timeout=60.0) as (box,):
         assert box.settings.memory_bytes == 5 * GiB
         await box.sh("echo kept > k.txt")
         with host.running():
@@ -175,6 +186,7 @@ async def test_memory_bomb_at_the_default_limit(tmp_path_factory: pytest.TempPat
 # --- 3. disk fill ----------------------------------------------------------------------------------
 
 
+@docker_only("the workspace's hard 5 GiB is a loop-device quota; a pod's emptyDir sizeLimit is soft (the kubelet evicts after the fact)")
 async def test_disk_fill_stops_near_5_gib_and_deleting_frees_it(victim: Sandbox, host: HostWatch) -> None:
     quota = victim.settings.disk_bytes
     with host.running():
@@ -201,6 +213,7 @@ async def test_disk_fill_stops_near_5_gib_and_deleting_frees_it(victim: Sandbox,
     host.assert_bounded(disk_during=quota + 1 * GiB, disk_after=1 * GiB)
 
 
+@docker_only("the loop-device workspace image on the host")
 async def test_disk_fill_releases_the_host_blocks_of_the_workspace_image(victim: Sandbox) -> None:
     """Writes that were deleted inside the sandbox must not stay allocated in the host-side
     workspace image (the loop mount discards freed blocks)."""
@@ -218,6 +231,7 @@ async def test_disk_fill_releases_the_host_blocks_of_the_workspace_image(victim:
     assert image.stat().st_blocks * 512 <= grown - 0.8 * size, "deleted blocks stayed allocated on the host"
 
 
+@docker_only("the workspace's own inode table (a loop-device ext4); an emptyDir's inodes are the node's filesystem's")
 async def test_inode_exhaustion_is_bounded_by_the_workspace_filesystem(victim: Sandbox, host: HostWatch) -> None:
     with host.running():
         result = await victim.bash(
@@ -248,6 +262,7 @@ def cpu_usage_ns(sandbox: Sandbox) -> int:
     return int(Path(f"/sys/fs/cgroup/cpuacct/docker/{docker_id}/cpuacct.usage").read_text())
 
 
+@docker_only("reads the container's cpuacct cgroup on the host by its Docker id; the pod's CPU limit is read inside it (test_backends.py)")
 async def test_cpu_spin_on_all_cores_is_limited_to_one_cpu_and_killed_at_the_end(victim: Sandbox, neighbour: Sandbox) -> None:
     async with keeps_answering(neighbour):
         before, started = cpu_usage_ns(victim), time.monotonic()
@@ -284,6 +299,7 @@ async def test_sleep_past_the_limit_is_execution_time_exceeded(victim: Sandbox) 
     ],
     ids=["bash-sleep", "bash-busy-loop", "python"],
 )
+@outside_kubernetes_subset("the agent's own kill at the limit, shown there by the plain sleep")
 async def test_a_process_ignoring_sigterm_is_still_killed_at_the_limit(victim: Sandbox, command: str) -> None:
     started = time.monotonic()
     result = await victim.bash(command)
@@ -307,6 +323,7 @@ async def test_a_process_ignoring_sigterm_is_still_killed_at_the_limit(victim: S
     ],
     ids=["nohup", "setsid-and-nohup", "setsid", "double-fork-closed-fds", "child-holding-stdout", "disowned-term-ignoring"],
 )
+@outside_kubernetes_subset("the agent's own sweep, the same in a pod; shown there by kill -9 -1")
 async def test_background_processes_do_not_hold_the_call_and_are_gone_after(victim: Sandbox, command: str) -> None:
     started = time.monotonic()
     result = await victim.bash(command)
@@ -354,6 +371,7 @@ async def test_user_code_cannot_kill_the_agent(victim: Sandbox, command: str) ->
 # --- 10. zombies ------------------------------------------------------------------------------------
 
 
+@outside_kubernetes_subset("the agent reaps as PID 1, the same in a pod")
 async def test_thousands_of_zombies_are_reaped(victim: Sandbox, host: HostWatch) -> None:
     # As many orphans as fit in 3 s (5000 on runc; gVisor forks more slowly), each a zombie until PID 1 reaps it.
     with host.running():
@@ -378,6 +396,7 @@ async def test_thousands_of_zombies_are_reaped(victim: Sandbox, host: HostWatch)
 # --- 11. open files ----------------------------------------------------------------------------------
 
 
+@docker_only("the nofile ulimit (4096) is a Docker container setting; Kubernetes has no per-pod ulimits (docs/KUBERNETES.md)")
 async def test_many_open_files_are_bounded_by_the_container_limit(victim: Sandbox) -> None:
     out = await victim.sh(
         "ulimit -n 1000000 2>/dev/null; echo limit=$(ulimit -n); python3 -c $'fs=[]\\ntry:\\n"
@@ -393,6 +412,7 @@ async def test_many_open_files_are_bounded_by_the_container_limit(victim: Sandbo
 # --- 30. tmpfs / shm fill ----------------------------------------------------------------------------
 
 
+@docker_only("sized /tmp and /dev/shm tmpfs mounts; a pod's memory-backed emptyDir is not sized on 1.20 (docs/KUBERNETES.md)")
 async def test_filling_tmp_and_dev_shm_does_not_brick_the_container(victim: Sandbox) -> None:
     try:
         await _fill_tmpfs_then_bomb(victim)
@@ -421,6 +441,7 @@ async def _fill_tmpfs_then_bomb(victim: Sandbox) -> None:
 # --- 31. thread pools under a 1-CPU limit ---------------------------------------------------------------
 
 
+@outside_kubernetes_subset("the image's environment, the same in a pod")
 async def test_numeric_libraries_are_told_to_use_one_thread(victim: Sandbox) -> None:
     env = await victim.sh("for v in OMP_NUM_THREADS OPENBLAS_NUM_THREADS MKL_NUM_THREADS NUMEXPR_MAX_THREADS; do echo $v=${!v}; done")
     assert env.split() == ["OMP_NUM_THREADS=1", "OPENBLAS_NUM_THREADS=1", "MKL_NUM_THREADS=1", "NUMEXPR_MAX_THREADS=1"]
@@ -431,6 +452,7 @@ async def test_numeric_libraries_are_told_to_use_one_thread(victim: Sandbox) -> 
     assert threads.strip() == "1", "a numeric library started a thread pool"
 
 
+@outside_kubernetes_subset("ordinary code under the limits, the same in a pod")
 async def test_multiprocessing_and_shared_memory_still_work(victim: Sandbox) -> None:
     """The limits must not break ordinary data-science code (pools, shared memory)."""
     out = await victim.sh(

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from mcp_codeexec.config import Settings, load_settings
-from tests.support.backends import any_settings, backend_name  # noqa: F401 - fixtures: one test over docker and kubernetes
 from tests.support.servers import TRANSPORTS, http_server, new_token, remove_installation
 
 

@@ -1,4 +1,8 @@
-"""The ``code_execution`` tool: a persistent Python interpreter per container, through real MCP clients."""
+"""The ``code_execution`` tool: a persistent Python interpreter per container, through real MCP clients.
+
+The cases on ``repl_settings`` run on both backends (``backend_name``); on Kubernetes the subset is
+the interpreter's state across cells, bash calls, a restart and a killed server (``@outside_kubernetes_subset``
+says where each other case runs on pods)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import sys
 import pytest
 
 from tests.integration.conftest import make_settings
+from tests.support.backends import backend_settings, outside_kubernetes_subset, remove_backend_installation
 from tests.support.oracle import assert_hosted_shape
 from tests.support.servers import mcp_client, remove_installation, server_env
 
@@ -31,10 +36,10 @@ async def code(client, source: str, **extra):
 
 
 @pytest.fixture
-def repl_settings(tmp_path, docker_engine):
-    s = make_settings(tmp_path, code_cell_timeout=3.0)
+def repl_settings(tmp_path, docker_engine, backend_name):
+    s = backend_settings(backend_name, tmp_path, code_cell_timeout=3.0)
     yield s
-    remove_installation(s)
+    remove_backend_installation(s)
 
 
 async def test_code_execution_is_published_by_default_beside_bash_and_the_editor_with_an_output_schema(settings):
@@ -56,6 +61,7 @@ async def test_the_tools_setting_selects_what_is_published_and_unpublished_tools
             await client.call_tool("code_execution", {"code": "1"})
 
 
+@outside_kubernetes_subset("state across cells on pods: test_backends.py and the cases below (over stdio)")
 async def test_variables_imports_and_functions_persist_and_await_works(repl_settings, transport, http_base):
     url, token = http_base
     async with mcp_client(transport, repl_settings, base_url=url, token=token) as client:
@@ -74,6 +80,7 @@ async def test_variables_imports_and_functions_persist_and_await_works(repl_sett
         assert (await code(client, "x")).structured_content["stdout"] == "42\n"  # a final expression is shown
 
 
+@outside_kubernetes_subset("the interpreter's own, the same in a pod")
 async def test_a_traceback_is_a_result_on_stderr_with_a_nonzero_return_code(repl_settings):
     async with mcp_client("stdio", repl_settings) as client:
         result = await code(client, "def f():\n    return 1 / 0\nf()")
@@ -84,6 +91,7 @@ async def test_a_traceback_is_a_result_on_stderr_with_a_nonzero_return_code(repl
         assert 'File "<cell-' in sc["stderr"] and sc["stderr"].endswith("ZeroDivisionError: division by zero\n")
 
 
+@outside_kubernetes_subset("$OUTPUT_DIR on pods: test_backends.py, test_files_flow.py")
 async def test_output_dir_files_come_back_as_file_ids_and_images_inline(repl_settings):
     async with mcp_client("stdio", repl_settings) as client:
         source = (
@@ -103,6 +111,7 @@ async def test_output_dir_files_come_back_as_file_ids_and_images_inline(repl_set
         assert again.structured_content["stdout"] == "[]\n"  # a fresh $OUTPUT_DIR per call
 
 
+@outside_kubernetes_subset("the cell limit on pods: tests/adversarial/test_repl.py")
 async def test_a_cell_past_the_limit_is_interrupted_with_detection_timeout_and_state_survives(repl_settings):
     async with mcp_client("stdio", repl_settings) as client:
         await code(client, "kept = 'yes'")
@@ -114,6 +123,7 @@ async def test_a_cell_past_the_limit_is_interrupted_with_detection_timeout_and_s
         assert (await code(client, "print(kept)")).structured_content["stdout"] == "yes\n"
 
 
+@outside_kubernetes_subset("the cell limit on pods: tests/adversarial/test_repl.py")
 async def test_a_cell_that_ignores_keyboard_interrupt_is_killed_and_the_next_call_says_so(repl_settings):
     async with mcp_client("stdio", repl_settings) as client:
         await code(client, "kept = 1")
@@ -144,6 +154,7 @@ async def test_restart_gives_a_fresh_interpreter_and_says_so(repl_settings):
         assert fresh.structured_content["stderr"].startswith("[the Python interpreter was restarted: restart was requested")
 
 
+@outside_kubernetes_subset("the server's input validation, before any sandbox")
 async def test_invalid_input_is_the_hosted_invalid_tool_input_block(repl_settings):
     async with mcp_client("memory", repl_settings) as client:
         bad = await client.call_tool("code_execution", {"code": 5})

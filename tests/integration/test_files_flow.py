@@ -1,5 +1,6 @@
 """The hosted tool's file story, locally: upload with the real anthropic SDK, analyse in a named
-container, download every output by id; MCP clients see images and read files as resources."""
+container, download every output by id; MCP clients see images and read files as resources.
+On both backends (``any_settings``: the sandboxes are containers, then pods)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ print(len(rows))
 """
 
 
-async def test_an_sdk_upload_is_analysed_in_the_named_container_and_outputs_download_byte_identical(settings):
+async def test_an_sdk_upload_is_analysed_in_the_named_container_and_outputs_download_byte_identical(any_settings):
+    settings = any_settings
     token = new_token()
     with http_server(settings, token=token) as url:
         sdk = anthropic.Anthropic(api_key=token, base_url=url)
@@ -69,7 +71,8 @@ async def test_an_sdk_upload_is_analysed_in_the_named_container_and_outputs_down
             assert hashlib.sha256(data).hexdigest()
 
 
-async def test_another_principal_cannot_upload_into_or_list_files_of_my_container(settings):
+async def test_another_principal_cannot_upload_into_or_list_files_of_my_container(any_settings):
+    settings = any_settings
     alice, bob = new_token(), new_token()
     with http_server(settings, token=f"alice:{alice},bob:{bob}") as url:
         async with mcp_client("http", settings, base_url=url, token=alice) as client:
@@ -83,8 +86,8 @@ async def test_another_principal_cannot_upload_into_or_list_files_of_my_containe
         assert list(sdk_bob.beta.files.list()) == []
 
 
-async def test_a_cli_upload_lands_in_the_container_before_its_next_call(settings, tmp_path):
-
+async def test_a_cli_upload_lands_in_the_container_before_its_next_call(any_settings, tmp_path):
+    settings = any_settings
     import sys
 
     from tests.support.servers import server_env

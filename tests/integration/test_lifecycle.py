@@ -1,4 +1,7 @@
-"""Container lifecycle: idle sandboxes stop and come back intact; a session outlives its container."""
+"""Container lifecycle: idle sandboxes stop and come back intact; a session outlives its container.
+
+Both backends (``backend_name``); ``@docker_only`` names what the Kubernetes case needs that the
+local cluster's emptyDir pods do not have."""
 
 from __future__ import annotations
 
@@ -9,9 +12,9 @@ import docker
 import pytest
 
 from mcp_codeexec.engines.docker import NAME_PREFIX
-from tests.integration.conftest import make_settings
+from tests.support.backends import backend_settings, docker_only, remove_backend_installation
 from tests.support.oracle import assert_hosted_shape
-from tests.support.servers import mcp_client, remove_installation
+from tests.support.servers import mcp_client
 
 pytestmark = pytest.mark.anyio
 
@@ -36,9 +39,11 @@ async def wait_for_status(name: str, status: str | None, timeout: float = 30) ->
             await anyio.sleep(0.2)
 
 
+@docker_only("idle stop: a pod is stopped (deleted, its workspace claim kept) only with k8s_storage_class; the emptyDir pods of this suite are never stopped idle, as that would lose their files")
 @pytest.mark.parametrize("pool_size", [0, 1], ids=["created", "from-the-pool"])
-async def test_an_idle_sandbox_is_stopped_and_its_next_call_finds_files_and_shell_state_intact(tmp_path, docker_engine, pool_size):
-    settings = make_settings(tmp_path, idle_stop_seconds=1.0, reap_interval_seconds=0.5, pool_size=pool_size)
+async def test_an_idle_sandbox_is_stopped_and_its_next_call_finds_files_and_shell_state_intact(tmp_path, docker_engine, backend_name,
+                                                                                                pool_size):
+    settings = backend_settings(backend_name, tmp_path, idle_stop_seconds=1.0, reap_interval_seconds=0.5, pool_size=pool_size)
     try:
         async with mcp_client("memory", settings) as client:
             first = await bash(client, "echo data > /workspace/d.txt; mkdir -p /workspace/w; cd /workspace/w; export KEEP=1")
@@ -52,10 +57,12 @@ async def test_an_idle_sandbox_is_stopped_and_its_next_call_finds_files_and_shel
             assert again.meta["container"]["id"] == cid
             assert time.monotonic() - started < 30
     finally:
-        remove_installation(settings)
+        remove_backend_installation(settings)
 
 
-async def test_a_session_whose_container_was_removed_continues_in_it_rebuilt(settings):
+@docker_only("a sandbox rebuilt around its workspace after its container is removed: a pod only with a workspace claim (k8s_storage_class); without one the id expires (tests/k8s/test_faults.py)")
+async def test_a_session_whose_container_was_removed_continues_in_it_rebuilt(any_settings):
+    settings = any_settings
     async with mcp_client("memory", settings) as client:
         first = await bash(client, "echo hi > /workspace/hi.txt; mkdir -p /workspace/sub; cd /workspace/sub; export KEPT=yes")
         cid = first.meta["container"]["id"]
@@ -72,16 +79,18 @@ async def test_a_session_whose_container_was_removed_continues_in_it_rebuilt(set
         assert state.structured_content["stdout"] == "/workspace/sub\nyes\n"
 
 
-async def test_a_new_workspace_shows_no_lost_and_found(settings):
-    async with mcp_client("memory", settings) as client:
+async def test_a_new_workspace_shows_no_lost_and_found(any_settings):
+    async with mcp_client("memory", any_settings) as client:
         listing = await bash(client, "ls -A /workspace")
         assert "lost+found" not in listing.structured_content["stdout"]
         view = await client.call_tool("text_editor_code_execution", {"command": "view", "path": "/workspace"})
         assert "lost+found" not in view.structured_content["content"]
 
 
-async def test_a_workspace_image_named_the_old_way_is_still_found_and_removed(settings):
+@docker_only("loop-device workspace images")
+async def test_a_workspace_image_named_the_old_way_is_still_found_and_removed(any_settings):
     """Images made before they were named by a random token are plain ``<id>.img`` files."""
+    settings = any_settings
     import os
     import subprocess
 

@@ -1,21 +1,22 @@
 """Long bash calls stream MCP progress notifications carrying the output so far, over every
-transport, against real sandboxes; short calls send none."""
+transport, against real sandboxes on both backends (``backend_name``: containers, pods); short calls
+send none."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import make_settings
-from tests.support.servers import http_server, mcp_client, new_token, remove_installation
+from tests.support.backends import backend_settings, remove_backend_installation
+from tests.support.servers import http_server, mcp_client, new_token
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def progress_settings(tmp_path, docker_engine):
-    s = make_settings(tmp_path, progress_interval=0.3)
+def progress_settings(tmp_path, docker_engine, backend_name):
+    s = backend_settings(backend_name, tmp_path, progress_interval=0.3)
     yield s
-    remove_installation(s)
+    remove_backend_installation(s)
 
 
 async def test_a_long_call_reports_progress_with_the_output_so_far_and_a_short_one_none(transport, progress_settings):

@@ -1,5 +1,9 @@
 """The Python interpreter across container lifecycle events: a longer idle limit while it holds
-state (reported in ``containers ls``), and an idle stop that loses it is reported, never silent."""
+state (reported in ``containers ls``), and an idle stop that loses it is reported, never silent.
+
+Both backends (``backend_name``); each case needs what the local cluster's emptyDir pods do not have
+(``@docker_only`` says what). The interpreter's state across cells and server restarts on pods is in
+test_code_execution.py."""
 
 from __future__ import annotations
 
@@ -12,9 +16,9 @@ import docker
 import pytest
 
 from mcp_codeexec.engines.docker import NAME_PREFIX
-from tests.integration.conftest import make_settings
+from tests.support.backends import backend_settings, docker_only, remove_backend_installation
 from tests.support.oracle import assert_hosted_shape
-from tests.support.servers import mcp_client, remove_installation, server_env
+from tests.support.servers import mcp_client, server_env
 
 pytestmark = pytest.mark.anyio
 
@@ -29,8 +33,9 @@ def status(cid: str) -> str:
     return docker.from_env().containers.get(NAME_PREFIX + cid).status
 
 
-async def test_a_container_with_repl_state_outlives_the_normal_idle_stop_and_ls_says_so(tmp_path, docker_engine):
-    settings = make_settings(tmp_path, idle_stop_seconds=1.0, repl_idle_stop_seconds=3600.0, reap_interval_seconds=0.3,
+@docker_only("idle stop: a pod is stopped (deleted, its workspace claim kept) only with k8s_storage_class; the emptyDir pods of this suite are never stopped idle, as that would lose their files")
+async def test_a_container_with_repl_state_outlives_the_normal_idle_stop_and_ls_says_so(tmp_path, docker_engine, backend_name):
+    settings = backend_settings(backend_name, tmp_path, idle_stop_seconds=1.0, repl_idle_stop_seconds=3600.0, reap_interval_seconds=0.3,
                              checkpoint_idle=False)  # the behaviour without checkpoints (runc; under runsc: off)
     try:
         async with mcp_client("memory", settings) as client:
@@ -47,11 +52,12 @@ async def test_a_container_with_repl_state_outlives_the_normal_idle_stop_and_ls_
             assert "running +repl" in table.stdout
             assert (await code(client, "print(kept)")).structured_content["stdout"] == "alive\n"
     finally:
-        remove_installation(settings)
+        remove_backend_installation(settings)
 
 
-async def test_an_idle_stop_that_loses_the_interpreter_is_reported_in_the_next_calls_stderr(tmp_path, docker_engine):
-    settings = make_settings(tmp_path, idle_stop_seconds=1.0, repl_idle_stop_seconds=1.0, reap_interval_seconds=0.3,
+@docker_only("idle stop: a pod is stopped (deleted, its workspace claim kept) only with k8s_storage_class; the emptyDir pods of this suite are never stopped idle, as that would lose their files")
+async def test_an_idle_stop_that_loses_the_interpreter_is_reported_in_the_next_calls_stderr(tmp_path, docker_engine, backend_name):
+    settings = backend_settings(backend_name, tmp_path, idle_stop_seconds=1.0, repl_idle_stop_seconds=1.0, reap_interval_seconds=0.3,
                              checkpoint_idle=False)
     try:
         async with mcp_client("memory", settings) as client:
@@ -65,11 +71,12 @@ async def test_an_idle_stop_that_loses_the_interpreter_is_reported_in_the_next_c
             assert sc["stdout"] == "False\n" and again.meta["container"]["id"] == cid
             assert sc["stderr"].startswith("[the Python interpreter was restarted: the container was stopped (idle for ")
     finally:
-        remove_installation(settings)
+        remove_backend_installation(settings)
 
 
-async def test_a_rebuilt_container_says_its_interpreter_state_is_gone(tmp_path, docker_engine):
-    settings = make_settings(tmp_path)
+@docker_only("a sandbox rebuilt around its workspace after its container is removed: a pod only with a workspace claim (k8s_storage_class); without one the id expires (tests/k8s/test_faults.py)")
+async def test_a_rebuilt_container_says_its_interpreter_state_is_gone(tmp_path, docker_engine, backend_name):
+    settings = backend_settings(backend_name, tmp_path)
     try:
         async with mcp_client("memory", settings) as client:
             first = await code(client, "kept = 'alive'")
@@ -86,4 +93,4 @@ async def test_a_rebuilt_container_says_its_interpreter_state_is_gone(tmp_path, 
                 "[the Python interpreter was restarted: the container was restarted or rebuilt since the last cell;"
             )
     finally:
-        remove_installation(settings)
+        remove_backend_installation(settings)

@@ -284,6 +284,9 @@ volumePluginDir: $RUN/volume-plugins
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "100Mi"}
+# A pod spec cannot bound its processes: the node does. 512, the Docker backend's pids_limit
+# (tests/adversarial fork-bomb a pod and refuse to without it).
+podPidsLimit: 512
 CFG
 }
 
@@ -303,7 +306,9 @@ spawn() {  # name argv...
     alive "$name" && return 0
     mkdir -p "$RUN/pids" "$LOGS"
     log "starting $name"
-    setsid env AWS_EC2_METADATA_DISABLED=true "$@" >> "$LOGS/$name.log" 2>&1 < /dev/null &
+    # Closing 3-9: `flock LOCK cluster.sh up` hands its lock to this script as fd 3; a daemon keeping
+    # it would hold the shared cluster lock for as long as the cluster runs.
+    setsid env AWS_EC2_METADATA_DISABLED=true "$@" >> "$LOGS/$name.log" 2>&1 < /dev/null 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
     echo $! > "$RUN/pids/$name"
 }
 

@@ -1,8 +1,16 @@
 """One test, every sandbox backend: the ``backend_name`` fixture parametrises a test over Docker and
 Kubernetes (the Kubernetes case is marked ``kubernetes``, so ``-m kubernetes`` runs that tier alone).
+It is module-scoped, so a suite that shares one sandbox per module (tests/adversarial) shares one
+per backend: every Docker case of the module runs, then every Kubernetes case.
 
 The Kubernetes case needs MCP_CODEEXEC_KUBECONFIG (``tests/k8s/cluster.sh up`` prints it); without
 it it skips, except under CI=true with MCP_CODEEXEC_K8S=1, where a missing cluster fails.
+
+``@docker_only("feature")`` marks a test of a parametrised suite whose Kubernetes case does not apply:
+it needs that Docker engine feature (loop-device quotas, host cgroups by container id, checkpoints...).
+``@outside_kubernetes_subset("why")`` marks one left out of the Kubernetes run to keep CI short (the
+behaviour is the agent's or the server's, the same on pods; ``why`` says what shows it there). Either
+way the Kubernetes case is reported as skipped with the reason. This module is a pytest plugin (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -68,7 +76,33 @@ def remove_backend_installation(settings: Settings) -> None:
     engine.remove_installation()  # type: ignore[attr-defined]
 
 
-@pytest.fixture(params=BACKENDS)
+def docker_only(reason: str) -> pytest.MarkDecorator:
+    """The test's Kubernetes case is skipped: it needs the Docker engine feature ``reason`` names."""
+    return pytest.mark.docker_only(f"docker only: {reason}")
+
+
+def outside_kubernetes_subset(why: str) -> pytest.MarkDecorator:
+    """The test's Kubernetes case is skipped to keep CI short: ``why`` says what shows it on pods."""
+    return pytest.mark.docker_only(f"left out of the Kubernetes subset (CI time): {why}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "docker_only(reason): the Kubernetes case of this test is skipped with reason")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        marker = item.get_closest_marker("docker_only")
+        callspec = getattr(item, "callspec", None)
+        if marker is not None and callspec is not None and callspec.params.get("backend_name") == "kubernetes":
+            item.add_marker(pytest.mark.skip(reason=marker.args[0]))
+
+
+def on_kubernetes(settings: Settings) -> bool:
+    return settings.backend == "kubernetes"
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
 def backend_name(request: pytest.FixtureRequest) -> str:
     return request.param
 

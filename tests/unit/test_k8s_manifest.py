@@ -29,6 +29,8 @@ def test_a_pod_is_hardened_and_limited_like_a_docker_sandbox() -> None:
     assert not spec["automountServiceAccountToken"] and not spec["enableServiceLinks"]
     assert spec["dnsPolicy"] == "None" and spec["dnsConfig"]["nameservers"] == ["127.0.0.1"]
     assert all("hostPath" not in v for v in spec["volumes"])
+    masks = {m["mountPath"] for m in c["volumeMounts"] if m.get("readOnly")}
+    assert masks == {"/sys/block", "/sys/devices/virtual/block"}  # the node's block devices, hidden as on Docker
     assert "runtimeClassName" not in spec
     assert pod["metadata"]["annotations"]["mcp-codeexec/owner"] == "alice"
     assert pod["metadata"]["labels"][L_ID] == cid
