@@ -133,9 +133,12 @@ def deployed(kubectl: Kubectl, database_url: str, tokens: str) -> Iterator[None]
         kubectl("delete", "namespace", "--ignore-not-found", "--wait=false", SERVER_NS, SANDBOX_NS)
         kubectl.wait_namespaces_gone()
     try:
-        kubectl("apply", "-k", str(OVERLAY))
+        # The operator's order (docs/KUBERNETES.md): the namespaces, the Secret, then everything; the pods
+        # never start without their Secret.
+        kubectl("apply", "-f", str(OVERLAY.parents[1] / "base" / "namespace.yaml"))
         kubectl("-n", SERVER_NS, "create", "secret", "generic", "mcp-codeexec",
                 f"--from-literal=database-url={database_url}", f"--from-literal=auth-tokens={tokens}")
+        kubectl("apply", "-k", str(OVERLAY))
         yield
     finally:
         kubectl("delete", "-k", str(OVERLAY), "--ignore-not-found", "--wait=false", check=False)
