@@ -140,10 +140,22 @@ def deployed(kubectl: Kubectl, database_url: str, tokens: str) -> Iterator[None]
                 f"--from-literal=database-url={database_url}", f"--from-literal=auth-tokens={tokens}")
         kubectl("apply", "-k", str(OVERLAY))
         yield
+    except BaseException:
+        print(diagnostics(kubectl))
+        raise
     finally:
         kubectl("delete", "-k", str(OVERLAY), "--ignore-not-found", "--wait=false", check=False)
         kubectl("delete", "namespace", "--ignore-not-found", "--wait=false", SERVER_NS, SANDBOX_NS, check=False)
         kubectl.wait_namespaces_gone()
+
+
+def diagnostics(kubectl: Kubectl) -> str:
+    """What a failure leaves to read before the namespaces go: the objects and each replica's log tail."""
+    out = [kubectl("get", "pods,deployments,leases", "-n", SERVER_NS, "-o", "wide", check=False),
+           kubectl("get", "pods", "-n", SANDBOX_NS, "-o", "wide", check=False)]
+    for name in kubectl("-n", SERVER_NS, "get", "pods", "-l", SELECTOR, "-o", "name", check=False).split():
+        out.append(f"--- {name}\n" + kubectl("-n", SERVER_NS, "logs", "--tail=60", name, check=False))
+    return "\n".join(out)
 
 
 def replica_ports(kubectl: Kubectl) -> dict[str, int]:
