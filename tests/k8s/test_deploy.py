@@ -81,6 +81,11 @@ def kubectl(kubeconfig: str) -> Kubectl:
     return Kubectl(kubeconfig)
 
 
+def image_id(ref: str, fmt: str = "{{.Id}}") -> str:
+    done = subprocess.run(["docker", "image", "inspect", "--format", fmt, ref], capture_output=True, text=True, check=False)
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
 def buildx() -> bool:
     return subprocess.run(["docker", "buildx", "version"], capture_output=True, check=False).returncode == 0
 
@@ -92,7 +97,7 @@ def server_image() -> Iterator[str]:
     rebuilds in seconds), else the classic builder (Debian's docker.io; ~50 s from scratch here)."""
     if shutil.which("docker") is None:
         pytest.fail("the docker CLI is needed to build the server image")
-    had = subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True, check=False).returncode == 0
+    had = image_id(IMAGE)
     bundle = find_ca_bundle() or Path("/etc/ssl/certs/ca-certificates.crt")
     with tempfile.TemporaryDirectory(prefix="mcp-codeexec-image-") as ctx:
         for name in CONTEXT:
@@ -110,6 +115,8 @@ def server_image() -> Iterator[str]:
                                check=False)
         assert built.returncode == 0, f"building {IMAGE} failed: {built.stderr[-4000:]}"
         print(f"server image built in {time.monotonic() - t0:.1f} s")
+    if had and had != image_id(IMAGE) and image_id(had, "{{len .RepoTags}}") == "0":
+        subprocess.run(["docker", "image", "rm", had], capture_output=True, check=False)  # the build untagged it
     try:
         yield IMAGE
     finally:
