@@ -43,8 +43,9 @@ ENV PATH=/opt/mcp-codeexec/bin:$PATH \
     PYTHONUNBUFFERED=1
 
 COPY . /src
-# [postgres]: psycopg, for replicas sharing one database (MCP_CODEEXEC_DATABASE_URL).
-RUN pip install "/src[postgres]" && rm -rf /src
+# [postgres]: psycopg, for replicas sharing one database (MCP_CODEEXEC_DATABASE_URL); [kubernetes]: the
+# client for the kubernetes backend (deploy/kubernetes runs this image as the server's pods).
+RUN pip install "/src[postgres,kubernetes]" && rm -rf /src
 
 ENV MCP_CODEEXEC_TRANSPORT=http \
     MCP_CODEEXEC_HOST=0.0.0.0 \

@@ -41,15 +41,28 @@ def installation_label(data_dir: Path) -> str:
     return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
 
 
-SERVER_TAG = f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}"
-"""Identifies this server process; a pool container whose server process is gone is a leftover."""
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return ""
+
+
+PID_NAMESPACE = _pid_namespace()
+SERVER_TAG = f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}:{PID_NAMESPACE}"
+"""Identifies this server process (also its leader Lease identity); a pool container whose server
+process is gone is a leftover. The PID namespace tells apart servers in containers that share the
+host name: pods with hostNetwork all have the node's, and each is PID 1 of its own namespace."""
 
 
 def server_alive(tag: str) -> bool:
     host, _, rest = tag.partition(":")
-    pid, _, started = rest.partition(":")
+    pid, _, rest = rest.partition(":")
+    started, _, pidns = rest.partition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return True  # another machine's server: not ours to judge
+    if pidns and pidns != PID_NAMESPACE:
+        return True  # another container's server on this host: its pids are not ours to look up
     if tag == SERVER_TAG:
         return True
     try:

@@ -147,7 +147,7 @@ def _rbac(apis: ClusterApis, settings: Settings, timeout: float) -> Check:
     count = len(needed_permissions(settings))
     if missing:
         return Check("RBAC", "FAIL", f"in namespace {ns} this identity may not: {', '.join(missing)}",
-                     "bind a Role with these rules (deploy/kubernetes/rbac.yaml has them): " + _role_rules(settings))
+                     "bind a Role with these rules (deploy/kubernetes/base/rbac.yaml has them): " + _role_rules(settings))
     claims = "" if settings.k8s_storage_class else " (no StorageClass: claims not needed)"
     leases = "" if lease_namespace(settings) == ns else f", leases in {lease_namespace(settings)}"
     return Check("RBAC", "OK", f"all {count} verbs the server uses are allowed in namespace {ns}{leases}{claims}")

@@ -455,7 +455,9 @@ class KubernetesEngine:
         labels = obj["metadata"].get("labels") or {}
         return labels.get(MANAGED_BY) == MANAGER and labels.get(L_INSTANCE) == self.install and labels.get(L_ID) == cid
 
-    def list(self) -> list[tuple[SandboxRecord, dict[str, Any]]]:
+    def list(self, *, all_: bool = True) -> list[tuple[SandboxRecord, dict[str, Any]]]:
+        """The installation's sandbox pods; ``all_=False``: only those not ended (the Docker engine's
+        running-only listing, which the replicas' per-principal quota counts)."""
         s = self.settings
         selector = f"{MANAGED_BY}={MANAGER},{L_INSTANCE}={s.instance}"
         with translate_k8s_errors("listing sandboxes"):
@@ -463,9 +465,11 @@ class KubernetesEngine:
         found = []
         for pod in pods:
             try:
-                found.append((sandbox_record(pod, self.settings), pod))
+                record = sandbox_record(pod, self.settings)
             except ContainerExpired:
                 continue  # our label key on something that is not a sandbox's pod: not ours to judge
+            if all_ or (record.status not in ("succeeded", "failed") and not pod["metadata"].get("deletionTimestamp")):
+                found.append((record, pod))
         return found
 
     # --- lifecycle ----------------------------------------------------------------------------

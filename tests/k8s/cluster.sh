@@ -8,6 +8,8 @@
 #   tests/k8s/cluster.sh down    stop all of it, remove the kubelet's containers and every state dir
 #   tests/k8s/cluster.sh build   only build (or check) the cached binaries and the pause image
 #   tests/k8s/cluster.sh status  which components run
+#   tests/k8s/cluster.sh kubectl the path of a kubectl of the cluster's version (Debian's kubernetes-client,
+#                                downloaded and unpacked into the cache when missing); LAST stdout line
 #   tests/k8s/cluster.sh restart-apiserver [S]   stop kube-apiserver, wait S seconds, start it again (fault tests)
 #
 # Built binaries are cached on the machine, never in the repository:
@@ -198,6 +200,22 @@ ensure_built() {
     # pause.c comes from the orig tarball; keep the (small) source package beside the binaries
     fetch_source "$vdir" "$version"
     build_pause "$vdir"
+}
+
+# kubectl 1.20 for `kubectl apply -k deploy/kubernetes/...` (its built-in kustomize): Debian's
+# kubernetes-client of the same version, unpacked into the cache rather than installed (a machine may
+# already have another kubectl owning /usr/bin/kubectl, e.g. a cloud SDK's).
+ensure_kubectl() {
+    local version; version=$(deb_version)
+    KUBECTL=$CACHE/$version/kubectl/usr/bin/kubectl
+    [ -x "$KUBECTL" ] && "$KUBECTL" version --client >/dev/null 2>&1 && return 0
+    local tmp; tmp=$(mktemp -d)
+    log "apt-get download kubernetes-client=$version"
+    (cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root "kubernetes-client=$version" >&2) || { rm -rf "$tmp"; die "apt-get download kubernetes-client failed (apt-get update?)"; }
+    rm -rf "$CACHE/$version/kubectl"
+    dpkg-deb -x "$tmp"/kubernetes-client_*.deb "$CACHE/$version/kubectl"
+    rm -rf "$tmp"
+    "$KUBECTL" version --client >/dev/null || die "the unpacked kubectl does not run"
 }
 
 # ---------------------------------------------------------------------------------------------- PKI
@@ -499,6 +517,7 @@ status() {
 # ---------------------------------------------------------------------------------------------- main
 case "${1:-}" in
     build) ensure_built; echo "$BIN" ;;
+    kubectl) mkdir -p "$CACHE"; ensure_kubectl; echo "$KUBECTL" ;;
     up)
         [ "$(id -u)" = 0 ] || die "must run as root (the kubelet manages cgroups and mounts)"
         t_up=$SECONDS
@@ -517,5 +536,5 @@ case "${1:-}" in
         start_apiserver
         log "kube-apiserver restarted"
         ;;
-    *) echo "usage: $0 up|down|build|status|restart-apiserver [seconds down]" >&2; exit 2 ;;
+    *) echo "usage: $0 up|down|build|status|kubectl|restart-apiserver [seconds down]" >&2; exit 2 ;;
 esac

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from mcp_codeexec.engines.base import PID_NAMESPACE
 from mcp_codeexec.engines.docker import SERVER_TAG, server_alive
 
 HOST = socket.gethostname()
@@ -36,6 +37,13 @@ def test_an_exited_process_is_dead_collected_or_not():
 
 def test_a_reused_pid_is_not_the_server_that_tagged_the_container():
     assert not server_alive(f"{HOST}:{os.getpid()}:1000000000")  # tagged in 2001, long before we started
+
+
+def test_a_server_in_another_pid_namespace_on_this_host_is_not_judged_by_our_pids():
+    # hostNetwork pods share the node's host name and are each PID 1 of their own namespace
+    assert not server_alive(f"{HOST}:{os.getpid()}:1000000000:{PID_NAMESPACE}")
+    assert server_alive(f"{HOST}:{os.getpid()}:1000000000:{int(PID_NAMESPACE or 0) + 1}")
+    assert SERVER_TAG.endswith(f":{PID_NAMESPACE}") and PID_NAMESPACE.isdigit()
 
 
 def _state(pid: int) -> str:
