@@ -14,7 +14,7 @@ one clock for every process on a host, so a client's timestamps compare with the
   JSON-RPC message or batch (method ``null`` for a response; ``rpc`` ``null`` for a body that is not JSON)
 - ``start``: the response started: ``status``, ``sid`` (the response's Mcp-Session-Id: a new session's)
 - ``end``: the last body chunk was handed to the server: ``bytes`` sent in all
-- ``gone``: the app saw the client disconnect
+- ``gone``: the app saw ``http.disconnect`` (the client went away, or, for an app still listening, the response completed)
 - ``done``: the app returned; ``error`` names the exception type if it raised
 
 The first line (``ev`` ``open``) pairs the monotonic clock with wall time (``wall``) and the ``pid``.
