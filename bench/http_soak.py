@@ -329,6 +329,7 @@ def join(soak: Soak, trace: Path, bound: float) -> dict[str, Any]:
                 "session": sess.n, "burst": sess.burst, "error": sess.error, "phases_s": {k: round(v, 3) for k, v in phases.items()},
                 # what the SDK handed to httpx: a call missing here never left the client library
                 "requests": [[r.rid, r.what, r.status, None if r.elapsed() is None else round(r.elapsed(), 3),
+                              "stream" if r.method == "GET" else
                               where(r, server.get(r.rid)) if r.elapsed() is None or r.elapsed() > bound else "ok"] for r in mine],
             })
     unmatched_server = [r for r in server.values() if r.stopped_at() is not None and r.events["arrive"]["method"] != "GET"]
@@ -374,6 +375,10 @@ def server(data: Path, trace: Path, log_path: Path, args: argparse.Namespace) ->
             env[key] = os.environ[key]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    if args.server_nofile:  # set from outside (no preexec_fn): the server has barely started
+        import resource
+
+        resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (args.server_nofile, args.server_nofile))
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -395,6 +400,21 @@ def server(data: Path, trace: Path, log_path: Path, args: argparse.Namespace) ->
                 proc.wait()
 
 
+async def _sampling(soak: Soak, pid: int, fds: list[int]) -> float:
+    """The soak, with the server's open descriptors counted twice a second (a leak, or the limit near)."""
+    async with anyio.create_task_group() as tg:
+        async def sample() -> None:
+            while True:
+                with contextlib.suppress(OSError):
+                    fds.append(len(os.listdir(f"/proc/{pid}/fd")))
+                await anyio.sleep(0.5)
+
+        tg.start_soon(sample)
+        seconds = await soak.run()
+        tg.cancel_scope.cancel()
+    return seconds
+
+
 def _settings(data: Path) -> Any:
     from mcp_codeexec.config import load_settings
 
@@ -412,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--auth", action="store_true", help="bearer-token auth and the session ledger (default: --no-auth)")
     parser.add_argument("--real-sessions", type=int, default=0, help="a last burst whose calls run in real sandboxes")
     parser.add_argument("--pool-size", type=int, default=0, help="the server's warm pool (for --real-sessions)")
+    parser.add_argument("--server-nofile", type=int, default=0, help="the server's open-file limit (default: inherited)")
     parser.add_argument("--keep", metavar="DIR", help="keep the traces and the server log in DIR")
     args = parser.parse_args(argv)
 
@@ -423,7 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with server(data, trace, log_path, args) as (url, proc):
             soak = Soak(url, args)
-            out["seconds"] = round(anyio.run(soak.run), 1)
+            fds: list[int] = []
+            out["seconds"] = round(anyio.run(_sampling, soak, proc.pid, fds), 1)
+            out["server_open_files_max"] = max(fds, default=None)
             time.sleep(0.5)  # the server's last lines (DELETE ends) reach the trace
             out.update(join(soak, trace, args.bound))
             if out["n_stalls"]:
