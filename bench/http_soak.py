@@ -363,6 +363,7 @@ def server(data: Path, trace: Path, log_path: Path, args: argparse.Namespace) ->
         MCP_CODEEXEC_DATA_DIR=str(data), MCP_CODEEXEC_CONFIG=str(data / "no-config.toml"),
         MCP_CODEEXEC_TRACE_REQUESTS=str(trace), MCP_CODEEXEC_POOL_SIZE=str(args.pool_size),
         MCP_CODEEXEC_HTTP_CALLS_PER_MINUTE="0", MCP_CODEEXEC_LOG_LEVEL="INFO",
+        MCP_CODEEXEC_MAX_CONTAINERS_PER_PRINCIPAL=str(max(16, args.real_sessions + args.pool_size)),
     )
     argv = [sys.executable, "-m", "mcp_codeexec", "serve", "--transport", "http", "--port", str(port)]
     if args.auth:
