@@ -19,7 +19,8 @@ The tool call is ``bash_code_execution`` naming a well-formed container id that 
 whole tool path (MCP dispatch, the tool handler, input validation, the backend's lookup through the
 thread pool and the Docker engine, the hosted error block) without creating a container, so
 thousands of sessions fit a 2-CPU machine. ``--real-sessions N`` adds a last burst of N sessions whose
-call runs ``true`` in a real sandbox each.
+call runs ``true`` in a real sandbox each; with ``--real`` every session's calls do (the incident's
+setting: 256 idle sessions each holding a sandbox).
 
 At the end the client and server traces are joined by X-Request-Id: a request not finished within
 ``--bound`` seconds is reported with where it stopped (never arrived; arrived but the body never read;
@@ -240,7 +241,7 @@ class Soak:
         async with anyio.create_task_group() as tg:
             for index, size in enumerate(self.args.bursts):
                 t0 = time.monotonic()
-                batch = await self.burst(tg, index, size)
+                batch = await self.burst(tg, index, size, real=self.args.real)
                 now = time.monotonic()
                 for s in batch:
                     s.phases["called_at"] = now
@@ -363,7 +364,7 @@ def server(data: Path, trace: Path, log_path: Path, args: argparse.Namespace) ->
         MCP_CODEEXEC_DATA_DIR=str(data), MCP_CODEEXEC_CONFIG=str(data / "no-config.toml"),
         MCP_CODEEXEC_TRACE_REQUESTS=str(trace), MCP_CODEEXEC_POOL_SIZE=str(args.pool_size),
         MCP_CODEEXEC_HTTP_CALLS_PER_MINUTE="0", MCP_CODEEXEC_LOG_LEVEL="INFO",
-        MCP_CODEEXEC_MAX_CONTAINERS_PER_PRINCIPAL=str(max(16, args.real_sessions + args.pool_size)),
+        MCP_CODEEXEC_MAX_CONTAINERS_PER_PRINCIPAL=str(max(16, args.real_sessions + args.pool_size + (sum(args.bursts) if args.real else 0))),
     )
     argv = [sys.executable, "-m", "mcp_codeexec", "serve", "--transport", "http", "--port", str(port)]
     if args.auth:
@@ -432,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pause", type=float, default=6.0, help="seconds between bursts (held sessions idle past uvicorn's 5 s keep-alive)")
     parser.add_argument("--auth", action="store_true", help="bearer-token auth and the session ledger (default: --no-auth)")
     parser.add_argument("--real-sessions", type=int, default=0, help="a last burst whose calls run in real sandboxes")
+    parser.add_argument("--real", action="store_true", help="every session's calls run in a real sandbox of its own")
     parser.add_argument("--pool-size", type=int, default=0, help="the server's warm pool (for --real-sessions)")
     parser.add_argument("--server-nofile", type=int, default=0, help="the server's open-file limit (default: inherited)")
     parser.add_argument("--keep", metavar="DIR", help="keep the traces and the server log in DIR")
@@ -441,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     data, trace, log_path = tmp / "data", tmp / "server-trace.jsonl", tmp / "server.log"
     data.mkdir()
     out: dict[str, Any] = {"sessions_planned": sum(args.bursts) + args.real_sessions, "bursts": args.bursts, "hold": args.hold,
-                           "bound_s": args.bound, "auth": args.auth, "real_sessions": args.real_sessions}
+                           "bound_s": args.bound, "auth": args.auth, "real": args.real, "real_sessions": args.real_sessions,
+                           "runtime": os.environ.get("MCP_CODEEXEC_RUNTIME", "runc")}
     try:
         with server(data, trace, log_path, args) as (url, proc):
             soak = Soak(url, args)
@@ -457,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         out["session_errors"] = sum(1 for s in sessions if s.error)
         out["session_error_sample"] = sorted({s.error for s in sessions if s.error})[:5]
         for phase in ("open", "tools_list", "first_call", "idle_call", "close", "idle_s"):
-            samples = [s.phases[phase] for s in sessions if phase in s.phases and not s.real]
+            samples = [s.phases[phase] for s in sessions if phase in s.phases and s.real == args.real]
             out[f"phase_{phase}"] = _stats(samples) if phase != "idle_s" else (
                 {"n": len(samples), "min_s": round(min(samples), 1), "max_s": round(max(samples), 1)} if samples else None)
         if args.real_sessions:
@@ -467,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         out["server_log_errors"] = [line[:300] for line in log_path.read_text(errors="replace").splitlines()
                                     if "Traceback" in line or " ERROR " in line or "Exception" in line][:10]
     finally:
-        if args.real_sessions or args.pool_size:  # their containers; none are made otherwise
+        if args.real or args.real_sessions or args.pool_size:  # their containers; none are made otherwise
             from .run import remove_everything
 
             try:
