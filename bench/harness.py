@@ -110,8 +110,12 @@ def http_server(settings: Settings, log_path: Path) -> Iterator[tuple[str, subpr
     """``mcp-codeexec serve --transport http --no-auth`` on a free loopback port."""
     port = free_port()
     args = [sys.executable, "-m", "mcp_codeexec", "serve", "--transport", "http", "--port", str(port), "--no-auth"]
+    # Every request's arrive/body/start/end (request_trace.py): a stalled scenario says where each
+    # unfinished request stopped (issue 11). A few microseconds a request, beside milliseconds.
+    trace = log_path.with_suffix(".trace.jsonl")
+    env = {**server_env(settings, log_level="INFO"), "MCP_CODEEXEC_TRACE_REQUESTS": str(trace)}
     with open(log_path, "a") as errlog:
-        proc = subprocess.Popen(args, env=server_env(settings, log_level="INFO"), stdin=subprocess.DEVNULL, stdout=errlog, stderr=errlog)
+        proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=errlog, stderr=errlog)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -126,7 +130,9 @@ def http_server(settings: Settings, log_path: Path) -> Iterator[tuple[str, subpr
             yield f"http://127.0.0.1:{port}", proc
         except BaseException:
             # A scenario failed or timed out while the server still runs: its threads' stacks go
-            # into the log (printed with the failure) before it is stopped.
+            # into the log (printed with the failure) before it is stopped, after the requests
+            # still unfinished and where each stopped.
+            note_unfinished(trace, log_path)
             dump_stacks(proc.pid, log_path)
             raise
     finally:
@@ -136,6 +142,28 @@ def http_server(settings: Settings, log_path: Path) -> Iterator[tuple[str, subpr
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def note_unfinished(trace: Path, log_path: Path) -> None:
+    """Append the traced requests whose response has not ended (GET streams, open by design, counted)."""
+    from mcp_codeexec.request_trace import read_trace
+
+    try:
+        requests = read_trace(trace)
+    except OSError as exc:
+        lines = [f"no request trace: {exc}"]
+    else:
+        now = time.monotonic()
+        open_ = [r for r in requests if r.stopped_at() is not None]
+        streams = [r for r in open_ if r.events["arrive"].get("method") == "GET"]
+        lines = [f"{len(requests)} requests traced; {len(streams)} GET streams open"]
+        for r in open_:
+            if r not in streams:
+                a = r.events["arrive"]
+                lines.append(f"#{r.n} {a.get('method')} {a.get('path')} sid={a.get('sid')} rpc={r.rpc} "
+                             f"{now - a['t']:.1f} s ago: {r.stopped_at()}")
+    with open(log_path, "a") as log:
+        log.write(f"--- requests unfinished at {time.strftime('%H:%M:%S')} (request trace) ---\n" + "\n".join(lines) + "\n")
 
 
 def dump_stacks(pid: int, log_path: Path) -> None:

@@ -306,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc(file=sys.stderr)
         for log in sorted(logs.glob("*.log")):
             text = log.read_text(errors="replace")
-            dump = text.find("--- py-spy dump")  # harness.dump_stacks: a stalled server's threads
+            # harness.note_unfinished and dump_stacks: a stalled server's requests and threads
+            dump = min((i for i in (text.find("--- requests unfinished"), text.find("--- py-spy dump")) if i >= 0), default=-1)
             say(f"{log.name}:\n{text[-2000:] if dump < 0 else text[max(0, dump - 2000):dump + 20000]}")
         if not isinstance(exc, Exception):
             raise

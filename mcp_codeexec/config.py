@@ -64,6 +64,10 @@ class Settings(BaseSettings):
         description="Shared metadata store for N HTTP replicas: postgresql://… (default: embedded SQLite under data_dir).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    trace_requests: Path | None = Field(
+        default=None, description="HTTP: append every request's arrive/body/start/end events (JSON lines, monotonic "
+        "times, JSON-RPC ids) to this file (request_trace.py); unset: no tracing.",
+    )
     data_dir: Path = Field(default_factory=default_data_dir)
 
     # --- calls

@@ -39,6 +39,7 @@ from .files_api import FORM_OVERHEAD_BYTES, files_routes
 from .server import create_backend, create_server
 from .session_ledger import SessionLedger
 from .drain import DrainGate
+from .request_trace import RequestTrace
 from .shutdown import Shutdown
 from .skills import catalog_for
 from .skills_api import skills_routes
@@ -326,7 +327,10 @@ def create_http_app(settings: Settings, *, backend: Backend | None = None, store
         max_upload=settings.max_upload_bytes, sessions=open_session_ledger(settings),
         session_manager=lambda: server.session_manager, token_store=token_store,
     )
-    app.add_middleware(DrainGate, shutdown=shutdown)  # outermost: probes need no token, nor the Host check
+    app.add_middleware(DrainGate, shutdown=shutdown)  # probes need no token, nor the Host check
+    if settings.trace_requests is not None:  # outermost: sees every request as it arrives (request_trace.py)
+        app.add_middleware(RequestTrace, path=settings.trace_requests)
+        log.info("tracing every HTTP request to %s", settings.trace_requests)
     return app
 
 

@@ -16,7 +16,7 @@ HEAD = {"Accept": "application/json, text/event-stream", "Content-Type": "applic
 
 async def post(http, sid, body, session):
     rid = f"s{session}-r{next(counter)}"
-    headers = {**HEAD, "X-Soak-Id": rid, **({"Mcp-Session-Id": sid} if sid else {}), "MCP-Protocol-Version": "2025-06-18"}
+    headers = {**HEAD, "X-Request-Id": rid, **({"Mcp-Session-Id": sid} if sid else {}), "MCP-Protocol-Version": "2025-06-18"}
     t = time.monotonic()
     log.write(f"{t:.4f} send {rid} {body.get('method')}\n")
     try:
