@@ -109,9 +109,11 @@ def _cpu(cpus: float) -> str:
 
 
 def pod_manifest(cid: str, owner: str, settings: PodSettings, *, now: float, expires: float, pool: bool = False,
-                 server: str = "") -> dict[str, Any]:
+                 server: str = "", started: float | None = None) -> dict[str, Any]:
     """The hardened pod of sandbox ``cid`` (a plain dict: what is sent is what is read here). A pool
-    pod has no owner yet; its agent exits (and the pod ends) when its server falls silent."""
+    pod has no owner yet; its agent exits (and the pod ends) when its server falls silent. ``now``
+    is the sandbox's creation; ``started`` (default ``now``) when this pod starts: a pod rebuilt
+    around a claim gets only the lifetime that is left."""
     name = object_name(cid)
     resources = {"cpu": _cpu(settings.cpus), "memory": _quantity(settings.memory_bytes)}
     if settings.storage_class:
@@ -122,7 +124,7 @@ def pod_manifest(cid: str, owner: str, settings: PodSettings, *, now: float, exp
         "restartPolicy": "Never",  # like the Docker backend's restart "no": a dead agent is a dead sandbox
         "terminationGracePeriodSeconds": 2,
         # The backstop when no server reaps: the pod ends at the sandbox's expiry (a rebuilt pod gets what is left).
-        "activeDeadlineSeconds": max(1, int(min(settings.max_lifetime_seconds, expires - now))),
+        "activeDeadlineSeconds": max(1, int(min(settings.max_lifetime_seconds, expires - (now if started is None else started)))),
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         # No DNS: dnsPolicy None needs at least one nameserver (422 otherwise), so the only one is the
@@ -579,7 +581,7 @@ class KubernetesEngine:
                     raise
             try:
                 self.core.create_namespaced_pod(
-                    s.namespace, pod_manifest(cid, owner, s, now=created, expires=expires, server=SERVER_TAG) | {}
+                    s.namespace, pod_manifest(cid, owner, s, now=created, expires=expires, server=SERVER_TAG, started=time.time())
                 )
             except ApiException as exc:
                 if exc.status != 409:  # another server rebuilt it at the same moment: use theirs

@@ -85,8 +85,10 @@ async def test_an_evicted_pod_is_rebuilt_around_its_claim_and_the_same_container
         after = await sb.bash("cat /workspace/kept.txt /workspace/count.txt")
         assert after.error_code is None and after.stdout == "kept\nran\n"  # nothing lost, nothing ran twice
         assert sb.container_id == cid
-        second = await anyio.to_thread.run_sync(pod_uid, engine, cid)
-        assert second is not None and second != first  # a new pod around the same claim
+        rebuilt = await anyio.to_thread.run_sync(engine._read_pod, cid)
+        assert rebuilt is not None and rebuilt["metadata"]["uid"] != first  # a new pod around the same claim
+        # ... with only the lifetime that is left as its backstop deadline
+        assert rebuilt["spec"]["activeDeadlineSeconds"] < pod["spec"]["activeDeadlineSeconds"]
     await no_volumes_left(engine, workspace_class, cid)
 
 
