@@ -46,8 +46,6 @@ def _failures() -> tuple[type[BaseException], ...]:
     return (ApiException, HTTPError, OSError, subprocess.SubprocessError)
 
 
-FAILURES = _failures()
-
 
 def parse_quantity(text: str) -> int:
     """Bytes of a Kubernetes quantity such as ``5Gi``, ``64Mi``, ``1G`` or ``1048576``."""
@@ -148,7 +146,7 @@ class LoopProvisioner:
         while not self._stop.wait(POLL_SECONDS):
             try:
                 self.sync()
-            except FAILURES as exc:  # keep serving; the tests assert ``errors`` is empty
+            except _failures() as exc:  # keep serving; the tests assert ``errors`` is empty
                 self.errors.append(repr(exc))
                 log.warning("test provisioner: %r", exc)
 
@@ -190,9 +188,9 @@ def loop_provisioner(api_client: Any, *, binding_mode: str = "WaitForFirstConsum
         prov._stop.set()
         thread.join(10)
         for pv in list(left) + list(prov.made):
-            with contextlib.suppress(*FAILURES):  # best effort: the CI leftover check reports what stays
+            with contextlib.suppress(*_failures()):  # best effort: the CI leftover check reports what stays
                 prov._delete_pv(pv)
-        with contextlib.suppress(*FAILURES):
+        with contextlib.suppress(*_failures()):
             storage.delete_storage_class(name)
         for vol in root.iterdir():
             if os.path.ismount(vol / "mnt"):
