@@ -115,7 +115,7 @@ async def test_an_idle_sandbox_loses_its_pod_keeps_its_claim_and_comes_back_with
 
 async def test_expiry_removes_pod_policy_claim_and_volume_of_a_sandbox_stopped_idle(
         pvc: Settings, workspace_class: WorkspaceClass) -> None:
-    short = pvc.model_copy(update={"container_ttl_seconds": 10.0, "idle_stop_seconds": 1.0, "reap_interval_seconds": 0.5})
+    short = pvc.model_copy(update={"container_ttl_seconds": 12.0, "idle_stop_seconds": 1.0, "reap_interval_seconds": 0.5})
     engine = engine_of(short)
     async with Sandbox(short, keep=True) as sb:
         assert (await sb.bash("echo hi > /workspace/f; cat /workspace/f")).stdout == "hi\n"
@@ -123,7 +123,7 @@ async def test_expiry_removes_pod_policy_claim_and_volume_of_a_sandbox_stopped_i
         assert cid is not None
         await until(lambda: pod_uid(engine, cid) is None, 30)  # stopped idle: only the claim (and policy) remain
         assert await anyio.to_thread.run_sync(engine._read_pvc, cid) is not None
-        # The server's own reaper (it holds the Lease) removes it once it expires, though no pod is left.
+        # The lifecycle's own reaper removes it once it expires, though no pod is left.
         await no_volumes_left(engine, workspace_class, cid)
         late = await sb.bash("echo late")
         assert late.error_code == "unavailable"  # the hosted code for container_expired
