@@ -57,5 +57,3 @@ async def test_containers_ls_stop_and_rm_address_the_sandbox_pods(kubeconfig: st
     removed = await anyio.to_thread.run_sync(containers, settings, "rm", cid)
     assert removed.returncode == 0 and removed.stdout == f"removed {cid}\n", removed.stderr
     await no_volumes_left(engine, workspace_class, cid)
-    listed = await anyio.to_thread.run_sync(containers, settings, "ls", "--json")
-    assert json.loads(listed.stdout) == []
