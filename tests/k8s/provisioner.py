@@ -143,9 +143,13 @@ class LoopProvisioner:
                 self._delete_pv(pv.metadata.name)
 
     def _loop(self) -> None:
+        from urllib3.exceptions import HTTPError
+
         while not self._stop.wait(POLL_SECONDS):
             try:
                 self.sync()
+            except HTTPError as exc:  # the API server is away (tests restart it): the next round retries
+                log.info("test provisioner: the API is unreachable: %r", exc)
             except _failures() as exc:  # keep serving; the tests assert ``errors`` is empty
                 self.errors.append(repr(exc))
                 log.warning("test provisioner: %r", exc)
