@@ -1,8 +1,11 @@
-"""``mcp-codeexec containers ls | inspect | rm | prune`` — the sandbox containers from the command line.
+"""``mcp-codeexec containers ls | inspect | stop | rm | prune`` — the sandboxes from the command line.
 
-Sandboxes are found through their Docker labels (``io.mcp-codeexec.*``), so this works whether or
-not a server is running. ``ls`` shows the sandboxes of this data directory (``--all-data-dirs``:
-every mcp-codeexec sandbox on the engine).
+The commands go through the configured engine (``--backend docker | kubernetes``, as ``serve``):
+sandboxes are found by their labels (Docker: ``io.mcp-codeexec.*``; Kubernetes: the pods' and
+claims' ``mcp-codeexec/*``), so this works whether or not a server is running. ``stop``, ``rm`` and
+``prune`` are the engine's own stop, remove and reap; only what ``ls`` and ``inspect`` show is
+engine-specific (Kubernetes rows: ``containers_k8s``). ``ls`` shows the sandboxes of this data
+directory (``--all-data-dirs``: every mcp-codeexec sandbox on the engine, or in the namespace).
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ def register_cli(subparsers: Any, get_settings: Callable[..., Settings]) -> argp
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data-dir", help="the server's data directory (default: the configured one)")
+        p.add_argument("--backend", choices=["docker", "kubernetes"], help="the engine (default: the configured backend)")
+        p.add_argument("--kubeconfig", help="kubernetes backend: kubeconfig file (default: the configured one)")
+        p.add_argument("--namespace", help="kubernetes backend: namespace of the sandbox pods")
+        p.add_argument("--storage-class", help="kubernetes backend: the StorageClass of the workspace claims, if any")
 
     p = sub.add_parser("ls", help="list sandboxes: id, owner, age, expiry, status, runtime, disk use")
     p.add_argument("--json", action="store_true", help="one JSON array")
@@ -40,7 +47,12 @@ def register_cli(subparsers: Any, get_settings: Callable[..., Settings]) -> argp
     common(p)
     p.set_defaults(func=lambda ns: _guard(lambda: _inspect(ns, get_settings)))
 
-    p = sub.add_parser("rm", help="remove sandboxes (container, workspace, ownership record)")
+    p = sub.add_parser("stop", help="stop sandboxes (their files stay; the next call starts them again)")
+    p.add_argument("container_ids", metavar="ID", nargs="+")
+    common(p)
+    p.set_defaults(func=lambda ns: _guard(lambda: _stop(ns, get_settings)))
+
+    p = sub.add_parser("rm", help="remove sandboxes (container or pod, workspace, ownership record)")
     p.add_argument("container_ids", metavar="ID", nargs="+")
     common(p)
     p.set_defaults(func=lambda ns: _guard(lambda: _rm(ns, get_settings)))
@@ -70,11 +82,31 @@ def _guard(action: Callable[[], int]) -> int:
         return 1
 
 
-def _manager(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> Any:
-    from .engines.docker import SandboxManager, connect
+def _settings(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> Settings:
+    overrides = {"data_dir": ns.data_dir, "backend": getattr(ns, "backend", None), "kubeconfig": getattr(ns, "kubeconfig", None),
+                 "k8s_namespace": getattr(ns, "namespace", None), "k8s_storage_class": getattr(ns, "storage_class", None)}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return get_settings(**overrides) if overrides else get_settings()
 
-    settings = get_settings(data_dir=ns.data_dir) if ns.data_dir else get_settings()
-    return SandboxManager(settings, connect(timeout=15))
+
+def _engine(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> tuple[Settings, Any]:
+    """The settings and the engine they name (Docker: with a short connect timeout)."""
+    from .errors import Unavailable
+
+    settings = _settings(ns, get_settings)
+    if settings.backend == "hosted":
+        raise Unavailable("the hosted backend runs no local sandboxes (choose --backend docker or kubernetes)")
+    if settings.backend == "docker":
+        from .engines.docker import SandboxManager, connect
+
+        return settings, SandboxManager(settings, connect(timeout=15))
+    from .engines import build_engine
+
+    return settings, build_engine(settings)
+
+
+def _manager(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> Any:
+    return _engine(ns, get_settings)[1]
 
 
 def _row(manager: Any, cid: str, owner: str, created: datetime, expires: datetime, quota: str,
@@ -91,7 +123,8 @@ def _row(manager: Any, cid: str, owner: str, created: datetime, expires: datetim
         "expired": now >= expires,
         **rest,
         "quota": quota,
-        "disk_limit_bytes": manager.settings.disk_bytes if quota == "loop" else None,
+        # loop (Docker) and pvc (Kubernetes) are hard limits; a pvc's is what the claim asked for.
+        "disk_limit_bytes": manager.settings.disk_bytes if quota in ("loop", "pvc") else None,
         "disk_used_bytes": usage,
     }
 
@@ -217,18 +250,26 @@ def _human_duration(seconds: float) -> str:
 # --------------------------------------------------------------------------- commands
 
 
-def _ls(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> int:
-    manager = _manager(ns, get_settings)
-    pairs = [(r, c) for r, c in manager.list() if ns.all_data_dirs or r.install == manager.install]
+def _rows(settings: Settings, manager: Any, all_data_dirs: bool) -> list[dict[str, Any]]:
+    if manager.name != "docker":
+        from . import containers_k8s
+
+        return containers_k8s.rows(_row, manager, settings, all_instances=all_data_dirs)
+    pairs = [(r, c) for r, c in manager.list() if all_data_dirs or r.install == manager.install]
     sizes = _volume_sizes(manager) if any(r.quota != "loop" for r, _ in pairs) else {}
     detached = manager.detached(present={r.id for r, _ in pairs})
-    rows = [_describe(manager, r, c, sizes) for r, c in pairs] + [_describe_detached(manager, cid, d) for cid, d in detached]
+    return [_describe(manager, r, c, sizes) for r, c in pairs] + [_describe_detached(manager, cid, d) for cid, d in detached]
+
+
+def _ls(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> int:
+    settings, manager = _engine(ns, get_settings)
+    rows = _rows(settings, manager, ns.all_data_dirs)
     rows.sort(key=lambda d: d["created"], reverse=True)
     if ns.json:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        print("no sandboxes" + ("" if ns.all_data_dirs else f" for data dir {manager.settings.data_dir}"), file=sys.stderr)
+        print("no sandboxes" + ("" if ns.all_data_dirs else f" for data dir {settings.data_dir}"), file=sys.stderr)
         return 0
     table = [("ID", "OWNER", "AGE", "EXPIRES IN", "STATUS", "RUNTIME", "DISK USED")]
     for d in rows:
@@ -243,7 +284,8 @@ def _ls(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> int:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         for line in _service_lines(d or {}):
             print("  " + line)
-    _print_kept(manager)
+    if hasattr(manager, "kept"):  # Docker's caps on stopped sandboxes per principal
+        _print_kept(manager)
     return 0
 
 
@@ -290,7 +332,16 @@ def _find(manager: Any, cid: str) -> tuple[Any, Any] | None:
 
 
 def _inspect(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> int:
-    manager = _manager(ns, get_settings)
+    settings, manager = _engine(ns, get_settings)
+    if manager.name != "docker":
+        from . import containers_k8s
+        from .engines.base import is_valid_container_id
+
+        shown = containers_k8s.inspect(_row, manager, settings, ns.container_id) if is_valid_container_id(ns.container_id) else None
+        if shown is None:
+            _err(f"no such sandbox: {ns.container_id}")
+            return 1
+        return _print_inspected(settings, shown)
     found = _find(manager, ns.container_id)
     # Not listed: the id has no container, so no container can rule it out of the detached ones.
     detached = dict(manager.detached(present=set())) if found is None else {}
@@ -319,10 +370,15 @@ def _inspect(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> i
             },
             server=record.server,
         )
+    return _print_inspected(settings, data)
+
+
+def _print_inspected(settings: Settings, data: dict[str, Any]) -> int:
+    """``data`` and the stored files the sandbox produced, as JSON."""
     try:
         from .files import FileStore
 
-        with FileStore(manager.settings.files_dir, manager.settings.file_retention_days) as store:
+        with FileStore(settings.files_dir, settings.file_retention_days) as store:
             files = store.list(container_id=data["id"], limit=None)
         data["files"] = [{"id": f.id, "filename": f.filename, "size": f.size, "origin": f.origin} for f in files]
     except OSError:
@@ -331,11 +387,36 @@ def _inspect(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> i
     return 0
 
 
+def _known(manager: Any) -> tuple[set[str], set[str]]:
+    """(ids with a container or pod, ids kept without one: detached or stopped idle)."""
+    present = {record.id for record, _ in manager.list()}
+    return present, {cid for cid, _ in manager.detached(present)}
+
+
+def _stop(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> int:
+    manager = _manager(ns, get_settings)
+    if not manager.stoppable:
+        _err(f"the {manager.name} engine keeps idle sandboxes running: without a workspace claim (k8s_storage_class) "
+             "their files live only as long as the pod")
+        return 1
+    status = 0
+    present, kept = _known(manager)
+    for cid in ns.container_ids:
+        if cid not in present | kept:
+            _err(f"no such sandbox: {cid}")
+            status = 1
+            continue
+        if cid in present:
+            manager.stop(cid)
+        print(f"stopped {cid}")
+    return status
+
+
 def _rm(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> int:
     manager = _manager(ns, get_settings)
     status = 0
-    present = {record.id for record, _ in manager.list()}
-    known = present | {cid for cid, _ in manager.detached(present)}
+    present, kept = _known(manager)
+    known = present | kept
     for cid in ns.container_ids:
         if cid not in known:
             _err(f"no such sandbox: {cid}")
@@ -347,16 +428,23 @@ def _rm(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> int:
 
 
 def _prune(ns: argparse.Namespace, get_settings: Callable[..., Settings]) -> int:
-    manager = _manager(ns, get_settings)
+    settings, manager = _engine(ns, get_settings)
     if ns.all:
         mine = [r.id for r, _ in manager.list() if r.install == manager.install]
         if not ns.yes:
             _err(
-                f"--all removes every sandbox of {manager.settings.data_dir} ({len(mine)} now), with their "
+                f"--all removes every sandbox of {settings.data_dir} ({len(mine)} now), with their "
                 "workspaces, running or not. Add --yes to confirm."
             )
             return 2
-        removed = manager.remove_installation()
+        if manager.name == "docker":
+            removed = manager.remove_installation()
+        else:
+            # Each sandbox through the engine's remove (not remove_installation: that also deletes
+            # the leader Lease a running server holds).
+            removed = sorted(set(mine) | {cid for cid, _ in manager.detached()})
+            for cid in removed:
+                manager.remove(cid)
     else:
         removed = manager.reap()
     for cid in removed:

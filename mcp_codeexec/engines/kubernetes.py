@@ -122,9 +122,11 @@ def _cpu(cpus: float) -> str:
 
 
 def pod_manifest(cid: str, owner: str, settings: PodSettings, *, now: float, expires: float, pool: bool = False,
-                 server: str = "") -> dict[str, Any]:
+                 server: str = "", started: float | None = None) -> dict[str, Any]:
     """The hardened pod of sandbox ``cid`` (a plain dict: what is sent is what is read here). A pool
-    pod has no owner yet; its agent exits (and the pod ends) when its server falls silent."""
+    pod has no owner yet; its agent exits (and the pod ends) when its server falls silent. ``now``
+    is the sandbox's creation; ``started`` (default ``now``) when this pod starts: a pod rebuilt
+    around a claim gets only the lifetime that is left."""
     name = object_name(cid)
     resources = {"cpu": _cpu(settings.cpus), "memory": _quantity(settings.memory_bytes)}
     if settings.storage_class:
@@ -135,7 +137,7 @@ def pod_manifest(cid: str, owner: str, settings: PodSettings, *, now: float, exp
         "restartPolicy": "Never",  # like the Docker backend's restart "no": a dead agent is a dead sandbox
         "terminationGracePeriodSeconds": 2,
         # The backstop when no server reaps: the pod ends at the sandbox's expiry (a rebuilt pod gets what is left).
-        "activeDeadlineSeconds": max(1, int(min(settings.max_lifetime_seconds, expires - now))),
+        "activeDeadlineSeconds": max(1, int(min(settings.max_lifetime_seconds, expires - (now if started is None else started)))),
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         # No DNS: dnsPolicy None needs at least one nameserver (422 otherwise), so the only one is the
@@ -455,11 +457,12 @@ class KubernetesEngine:
         labels = obj["metadata"].get("labels") or {}
         return labels.get(MANAGED_BY) == MANAGER and labels.get(L_INSTANCE) == self.install and labels.get(L_ID) == cid
 
-    def list(self, *, all_: bool = True) -> list[tuple[SandboxRecord, dict[str, Any]]]:
-        """The installation's sandbox pods; ``all_=False``: only those not ended (the Docker engine's
-        running-only listing, which the replicas' per-principal quota counts)."""
+    def list(self, *, all_: bool = True, all_instances: bool = False) -> list[tuple[SandboxRecord, dict[str, Any]]]:
+        """This instance's sandbox pods (``all_instances``: every installation's in the namespace);
+        ``all_=False``: only those not ended (the Docker engine's running-only listing, which the
+        replicas' per-principal quota counts)."""
         s = self.settings
-        selector = f"{MANAGED_BY}={MANAGER},{L_INSTANCE}={s.instance}"
+        selector = f"{MANAGED_BY}={MANAGER}" if all_instances else f"{MANAGED_BY}={MANAGER},{L_INSTANCE}={s.instance}"
         with translate_k8s_errors("listing sandboxes"):
             pods = [self._serialize(p) for p in self.core.list_namespaced_pod(s.namespace, label_selector=selector).items]
         found = []
@@ -470,6 +473,27 @@ class KubernetesEngine:
                 continue  # our label key on something that is not a sandbox's pod: not ours to judge
             if all_ or (record.status not in ("succeeded", "failed") and not pod["metadata"].get("deletionTimestamp")):
                 found.append((record, pod))
+        return found
+
+    def detached(self, present: set[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """Sandboxes stopped idle (or whose pod was lost) that ``find`` would rebuild around their
+        claim: (id, {owner, created, expires}) of each unexpired, owned claim without a pod.
+        ``present``: the ids of the pods that exist, when the caller has just listed them."""
+        s = self.settings
+        if not s.storage_class:
+            return []
+        if present is None:
+            present = {record.id for record, _ in self.list()}
+        selector = f"{MANAGED_BY}={MANAGER},{L_INSTANCE}={s.instance}"
+        with translate_k8s_errors("listing workspace claims"):
+            claims = [self._serialize(c) for c in self.core.list_namespaced_persistent_volume_claim(s.namespace, label_selector=selector).items]
+        found = []
+        for claim in claims:
+            cid = (claim["metadata"].get("labels") or {}).get(L_ID, "")
+            data = _claim_data(claim)
+            if cid and cid not in present and data is not None and data["owner"] and time.time() < data["expires"] \
+                    and not claim["metadata"].get("deletionTimestamp"):
+                found.append((cid, data))
         return found
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -563,8 +587,8 @@ class KubernetesEngine:
     def _revive(self, cid: str) -> tuple[SandboxRecord, dict[str, Any]]:
         s = self.settings
         pvc = self._read_pvc(cid)
-        if pvc is None or not self._mine(pvc, cid):
-            raise ContainerExpired(cid)
+        if pvc is None or not self._mine(pvc, cid) or pvc["metadata"].get("deletionTimestamp"):
+            raise ContainerExpired(cid)  # (a claim being deleted would keep a new pod Pending for good)
         ann = pvc["metadata"].get("annotations") or {}
         try:
             created, expires, owner = float(ann[A_CREATED]), float(ann[A_EXPIRES]), ann[A_OWNER]
@@ -582,7 +606,7 @@ class KubernetesEngine:
                     raise
             try:
                 self.core.create_namespaced_pod(
-                    s.namespace, pod_manifest(cid, owner, s, now=created, expires=expires, server=SERVER_TAG) | {}
+                    s.namespace, pod_manifest(cid, owner, s, now=created, expires=expires, server=SERVER_TAG, started=time.time())
                 )
             except ApiException as exc:
                 if exc.status != 409:  # another server rebuilt it at the same moment: use theirs
@@ -714,14 +738,13 @@ class KubernetesEngine:
         kept_claims = set()
         for claim in claims:
             cid = (claim["metadata"].get("labels") or {}).get(L_ID, "")
-            ann = claim["metadata"].get("annotations") or {}
-            try:
-                alive = now < float(ann.get(A_EXPIRES, 0)) and bool(ann.get(A_OWNER))
-            except ValueError:
-                alive = False
-            if alive:
+            data = _claim_data(claim)
+            expired = data is not None and now >= data["expires"]
+            if data is not None and not expired and data["owner"]:
                 kept_claims.add(cid)
-            elif cid not in present and _age(claim) > self.orphan_grace:
+            # An expired claim goes at once (no create is between its claim and its pod); one
+            # without an owner (a pool create's, or malformed) only after the grace.
+            elif cid not in present and (expired or _age(claim) > self.orphan_grace):
                 self.remove(cid)
                 removed.append(cid)
         for policy in policies:
@@ -750,6 +773,10 @@ class KubernetesEngine:
                 continue
             used = max(self.leases.last_used(record.id) or 0.0, pod_last_used(pod) or 0.0, record.created.timestamp())
             candidates.append((used, record.id))
+        # Stopped idle (the pod deleted, the claim kept): as resumable as on Docker; find rebuilds the pod.
+        for cid, data in self.detached():
+            if data["owner"] == owner and not self.leases.in_use(cid):
+                candidates.append((max(self.leases.last_used(cid) or 0.0, data["created"]), cid))
         return [cid for _, cid in sorted(candidates, reverse=True)]
 
     # --- data path ----------------------------------------------------------------------------
@@ -805,6 +832,15 @@ def sandbox_record(pod: dict[str, Any], settings: PodSettings) -> SandboxRecord:
         install=labels.get(L_INSTANCE, ""),
         server=ann.get(A_SERVER, ""),
     )
+
+
+def _claim_data(claim: dict[str, Any]) -> dict[str, Any] | None:
+    """What a workspace claim's annotations say: {owner, created, expires}; None when malformed."""
+    ann = claim["metadata"].get("annotations") or {}
+    try:
+        return {"owner": ann.get(A_OWNER, ""), "created": float(ann[A_CREATED]), "expires": float(ann[A_EXPIRES])}
+    except (KeyError, ValueError):
+        return None
 
 
 def _why(pod: dict[str, Any]) -> str:

@@ -73,6 +73,17 @@ async def test_rm_removes_a_sandbox_and_reports_unknown_ids(settings) -> None:
     assert json.loads(cli(settings, "containers", "ls", "--json").stdout) == []
 
 
+async def test_stop_stops_a_sandbox_keeping_its_files_and_its_next_call_starts_it_again(settings) -> None:
+    cid = await make_sandbox(settings)
+    stopped = cli(settings, "containers", "stop", cid, "container_" + "d" * 24)
+    assert stopped.returncode == 1 and stopped.stdout == f"stopped {cid}\n" and "no such sandbox" in stopped.stderr
+    [row] = json.loads(cli(settings, "containers", "ls", "--json").stdout)
+    assert row["id"] == cid and row["status"] == "exited"
+    async with Sandbox(settings, cid) as sb:
+        assert (await sb.bash("wc -c < /workspace/two-megabytes")).stdout == "2000000\n"
+    assert cli(settings, "containers", "rm", cid).returncode == 0
+
+
 async def test_a_sandbox_whose_container_was_removed_is_listed_detached_until_rm(settings) -> None:
     """After `docker rm` behind the server's back the workspace is kept (the next call rebuilds the
     container); `ls` shows it as detached so the user knows it still holds files, and `rm` frees it."""

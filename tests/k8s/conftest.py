@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,12 +19,45 @@ import pytest
 
 from mcp_codeexec.agent_client import AgentConnection
 from mcp_codeexec.engines.kubernetes import KubernetesEngine, PodSettings
-from tests.support.backends import kubeconfig_or_skip
+from tests.k8s.provisioner import LoopProvisioner, loop_provisioner
+from tests.support.backends import K8S_REQUIRED, kubeconfig_or_skip
 
 
 @pytest.fixture(scope="session")
 def kubeconfig() -> str:
     return kubeconfig_or_skip()
+
+
+@dataclass
+class WorkspaceClass:
+    name: str
+    provisioner: LoopProvisioner | None
+    """The tests' own loop-backed provisioner; None for a cluster's StorageClass."""
+
+
+@pytest.fixture(scope="session")
+def workspace_class(kubeconfig: str) -> Iterator[WorkspaceClass]:
+    """A StorageClass for workspace claims: ``MCP_CODEEXEC_TEST_K8S_STORAGE_CLASS`` on a cluster that has
+    one, else a class served by the tests' own provisioner (``provisioner.py``: loop-mounted ext4
+    volumes of the claimed size; needs root)."""
+    named = os.environ.get("MCP_CODEEXEC_TEST_K8S_STORAGE_CLASS")
+    if named:
+        yield WorkspaceClass(named, None)
+        return
+    if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
+        why = "the test provisioner needs root and mkfs.ext4 (or set MCP_CODEEXEC_TEST_K8S_STORAGE_CLASS)"
+        if K8S_REQUIRED:
+            pytest.fail(why)
+        pytest.skip(why)
+    from kubernetes import config
+
+    api = config.new_client_from_config(config_file=kubeconfig)
+    try:
+        with loop_provisioner(api) as prov:
+            yield WorkspaceClass(prov.class_name, prov)
+        assert not prov.errors, prov.errors
+    finally:
+        api.close()
 
 
 @pytest.fixture

@@ -45,6 +45,14 @@ def test_a_storage_class_puts_the_workspace_on_a_pvc_and_a_runtime_class_is_pass
     assert pvc_manifest(cid, settings)["spec"]["resources"]["requests"]["storage"] == "5Gi"
 
 
+def test_a_pod_rebuilt_around_its_claim_gets_only_the_lifetime_that_is_left() -> None:
+    cid = new_container_id()
+    fresh = pod_manifest(cid, "bob", PodSettings(storage_class="fast"), now=1000.0, expires=4600.0)
+    rebuilt = pod_manifest(cid, "bob", PodSettings(storage_class="fast"), now=1000.0, expires=4600.0, started=4000.0)
+    assert fresh["spec"]["activeDeadlineSeconds"] == 3600 and rebuilt["spec"]["activeDeadlineSeconds"] == 600
+    assert rebuilt["metadata"]["annotations"]["mcp-codeexec/created-at"] == "1000.000"  # still the sandbox's own
+
+
 def test_the_network_policy_denies_both_directions_for_its_pod_only() -> None:
     cid = new_container_id()
     spec = network_policy_manifest(cid, PodSettings())["spec"]
