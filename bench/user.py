@@ -25,7 +25,9 @@ from mcp_codeexec.backends.sandbox import SandboxBackend
 from mcp_codeexec.config import Settings
 from mcp_codeexec.files import FileStore
 
-from .harness import POOL_READY, ServerLog, http_server, http_session, ms, p50, pct, rss_mb, stdio_session
+from .harness import (
+    POOL_READY, ServerLog, http_server, http_session, ms, p50, pct, rss_mb, stdio_server_pid, stdio_session,
+)
 from .scenarios import Plan, _bash, _leaf_errors, _manager
 
 MiB = 2**20
@@ -46,11 +48,42 @@ async def _timed(call: Callable[[], Awaitable[Any]], n: int, pause: float) -> li
     return samples
 
 
-async def _both(prefix: str, call: Callable[[], Awaitable[Any]], plan: Plan) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time a process has used, all its threads: the scheduler's nanosecond counters
+    (``/proc/PID/task/*/schedstat``); None when the process is gone."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
+                total += int(fh.read().split()[0])
+    return total / 1e9
+
+
+async def _metered(prefix: str, call: Callable[[], Awaitable[Any]], n: int, pause: float,
+                   server_pid: int | None) -> dict[str, Any]:
+    """Samples of ``call``; with ``server_pid``, also the server's and this client's CPU per call
+    over them (the client's includes its wake-up from each pause)."""
+    server0 = cpu_seconds(server_pid) if server_pid else None
+    client0 = cpu_seconds(os.getpid())
+    out = _stats(prefix, await _timed(call, n, pause))
+    server1 = cpu_seconds(server_pid) if server_pid else None
+    client1 = cpu_seconds(os.getpid())
+    if server0 is not None and server1 is not None and n:
+        out[f"{prefix}_server_cpu_ms"] = ms((server1 - server0) / n)
+        if client0 is not None and client1 is not None:
+            out[f"{prefix}_client_cpu_ms"] = ms((client1 - client0) / n)
+    return out
+
+
+async def _both(prefix: str, call: Callable[[], Awaitable[Any]], plan: Plan, server_pid: int | None = None) -> dict[str, Any]:
     """Back-to-back and spaced samples of one call, after a warm-up."""
     await _timed(call, plan.warmup_calls, 0)
-    out = _stats(prefix, await _timed(call, plan.warm_calls, 0))
-    out.update(_stats(f"{prefix}_spaced", await _timed(call, plan.spaced_calls, plan.pause_s)))
+    out = await _metered(prefix, call, plan.warm_calls, 0, server_pid)
+    out.update(await _metered(f"{prefix}_spaced", call, plan.spaced_calls, plan.pause_s, server_pid))
     return out
 
 
@@ -110,11 +143,11 @@ async def mcp_warm(settings: Settings, plan: Plan, logs: Path) -> dict[str, Any]
     out: dict[str, Any] = {}
     async with stdio_session(settings, logs / "user-stdio.log") as (client, _):
         await _bash(client, "true")
-        out.update(await _both("stdio_warm", lambda: _bash(client, "true"), plan))
-    with http_server(settings, logs / "user-http.log") as (base_url, _):
+        out.update(await _both("stdio_warm", lambda: _bash(client, "true"), plan, stdio_server_pid()))
+    with http_server(settings, logs / "user-http.log") as (base_url, proc):
         async with http_session(base_url) as client:
             await _bash(client, "true")
-            out.update(await _both("http_warm", lambda: _bash(client, "true"), plan))
+            out.update(await _both("http_warm", lambda: _bash(client, "true"), plan, proc.pid))
     return out
 
 

@@ -26,6 +26,7 @@ KEYS = [
     # what users feel: the floors and spaced calls, same run
     "floor_fork_exec_p50_ms", "floor_agent_ping_p50_ms", "floor_agent_ping_spaced_p50_ms", "floor_docker_exec_p50_ms",
     "stdio_warm_p50_ms", "stdio_warm_spaced_p50_ms", "http_warm_p50_ms", "http_warm_spaced_p50_ms",
+    "stdio_warm_server_cpu_ms", "http_warm_server_cpu_ms", "http_warm_spaced_server_cpu_ms", "stdio_warm_client_cpu_ms",
     # programmatic tool calling (bench/ptc.py): from a real cell, the registry, a direct client; context
     "ptc_cell_p50_ms", "ptc_cell_p99_ms", "ptc_registry_p50_ms", "ptc_direct_p50_ms", "ptc_gather100_in_cell_ms",
     "ptc_model_side_requests", "ptc_model_side_context_bytes", "ptc_one_cell_requests", "ptc_one_cell_context_bytes",
