@@ -106,14 +106,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def http_server(settings: Settings, log_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def http_server(settings: Settings, log_path: Path, *, trace_requests: bool = True) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``mcp-codeexec serve --transport http --no-auth`` on a free loopback port."""
     port = free_port()
     args = [sys.executable, "-m", "mcp_codeexec", "serve", "--transport", "http", "--port", str(port), "--no-auth"]
     # Every request's arrive/body/start/end (request_trace.py): a stalled scenario says where each
-    # unfinished request stopped (issue 11). A few microseconds a request, beside milliseconds.
+    # unfinished request stopped (issue 11). ~0.1 ms of server CPU a request (py-spy), so the
+    # warm-call measurement, which reports the server's CPU per call, runs without it.
     trace = log_path.with_suffix(".trace.jsonl")
-    env = {**server_env(settings, log_level="INFO"), "MCP_CODEEXEC_TRACE_REQUESTS": str(trace)}
+    env = server_env(settings, log_level="INFO")
+    if trace_requests:
+        env["MCP_CODEEXEC_TRACE_REQUESTS"] = str(trace)
     with open(log_path, "a") as errlog:
         proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=errlog, stderr=errlog)
     try:

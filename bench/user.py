@@ -144,7 +144,7 @@ async def mcp_warm(settings: Settings, plan: Plan, logs: Path) -> dict[str, Any]
     async with stdio_session(settings, logs / "user-stdio.log") as (client, _):
         await _bash(client, "true")
         out.update(await _both("stdio_warm", lambda: _bash(client, "true"), plan, stdio_server_pid()))
-    with http_server(settings, logs / "user-http.log") as (base_url, proc):
+    with http_server(settings, logs / "user-http.log", trace_requests=False) as (base_url, proc):
         async with http_session(base_url) as client:
             await _bash(client, "true")
             out.update(await _both("http_warm", lambda: _bash(client, "true"), plan, proc.pid))
