@@ -145,7 +145,10 @@ async def test_a_checkpoint_older_than_the_containers_last_start_is_never_restor
                     break
                 except docker.errors.APIError:  # the engine is still cleaning up after the checkpoint
                     await anyio.sleep(0.3)
-        await call(client, "bash_code_execution", command="echo newer > /workspace/late.txt", container_id=cid)
+        # Written past the server (not by a call): a call would make it the server's live sandbox again,
+        # whose idle checkpoint (1 s here) would then race this stop.
+        wrote = container.exec_run(["sh", "-c", "echo newer > /workspace/late.txt"], user="1000:1000")
+        assert wrote.exit_code == 0, wrote.output
         container.stop(timeout=2)
         assert checkpoints(cid)  # still there: the engine keeps it with the container
         cell = "print('x' in globals(), open('/workspace/late.txt').read())"
