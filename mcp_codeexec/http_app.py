@@ -30,7 +30,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import session_adoption
+from . import json_first, session_adoption
 from .backends.base import Backend
 from .config import Settings
 from .database import open_file_store, open_session_ledger, open_token_store
@@ -302,6 +302,7 @@ def create_http_app(settings: Settings, *, backend: Backend | None = None, store
     backend = create_backend(settings, store) if backend is None else backend
     shutdown = shutdown or Shutdown()
     server = create_server(settings, backend=backend, store=store, shutdown=shutdown)
+    json_first.install()  # a quick call's answer goes back as JSON, not a one-event SSE stream
 
     def request_principal(request: Request) -> str:
         return request.scope.get("state", {}).get("principal", "local")

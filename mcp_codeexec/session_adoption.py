@@ -27,10 +27,11 @@ from anyio.abc import TaskStatus
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.connection import Connection
 from mcp.server.runner import serve_connection
-from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+
+from .json_first import JsonFirstTransport
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ async def adopt(manager: StreamableHTTPSessionManager, sid: str, scope: dict[str
     user = scope.get("user")
     requestor = authorization_context(user) if isinstance(user, AuthenticatedUser) else None
     version = protocol_version if protocol_version in HANDSHAKE_PROTOCOL_VERSIONS else None
-    transport = StreamableHTTPServerTransport(
+    transport = JsonFirstTransport(
         mcp_session_id=sid,
         is_json_response_enabled=manager.json_response,
         event_store=manager.event_store,

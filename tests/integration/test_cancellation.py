@@ -111,11 +111,11 @@ async def test_openai_agents_giving_up_after_its_5_s_timeout_leaves_nothing_runn
 
 
 async def test_an_http_session_ending_mid_call_kills_the_command_within_a_second(settings):
-    import json
     import subprocess
 
     import httpx2
 
+    from tests.support.http_probe import rpc_payload
     from tests.support.servers import http_server
 
     init = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
@@ -130,7 +130,7 @@ async def test_an_http_session_ending_mid_call_kills_the_command_within_a_second
             headers |= {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-06-18"}
             await http.post("/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
             first = await http.post("/mcp", json=call(2, "true"), headers=headers)
-            data = json.loads([line for line in first.text.splitlines() if line.startswith("data:")][-1][5:])
+            data = rpc_payload(first)
             name = "mcp-codeexec-" + data["result"]["_meta"]["container"]["id"]
 
             def sleeps() -> str:

@@ -21,6 +21,7 @@ import pytest
 from mcp_codeexec.config import Settings
 from mcp_codeexec.engines.docker import L_INSTALL, installation_label
 from tests.integration.conftest import make_settings
+from tests.support.http_probe import rpc_payload
 from tests.support.servers import free_port, remove_installation, server_env
 
 pytestmark = pytest.mark.anyio
@@ -145,8 +146,8 @@ async def test_a_signalled_http_server_answers_its_call_removes_its_pool_and_exi
             async with anyio.create_task_group() as tg:
                 tg.start_soon(signal_soon)
                 response = await http.post("/mcp", json=rpc(2, "tools/call", SLOW), headers=headers)
-        body = response.text
-        data = next(json.loads(line[5:]) for line in body.splitlines() if line.startswith("data:") and '"id":2' in line.replace(" ", ""))
+        data = rpc_payload(response)
+        assert data["id"] == 2
         result = data["result"]
         assert result["structuredContent"]["error_code"] == "unavailable"
         assert "shutting down" in result["content"][0]["text"] and signum.name in result["content"][0]["text"]
