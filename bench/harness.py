@@ -56,6 +56,7 @@ def server_env(settings: Settings, *, log_level: str = "WARNING") -> dict[str, s
         MCP_CODEEXEC_LOG_LEVEL=log_level,
         MCP_CODEEXEC_CONFIG=str(settings.data_dir / "no-config.toml"),
         MCP_CODEEXEC_REAP_INTERVAL_SECONDS=str(settings.reap_interval_seconds),
+        MCP_CODEEXEC_DIRECT_CALLS=str(settings.direct_calls).lower(),  # MCP_CODEEXEC_DIRECT_CALLS=false: the A/B side
     )
     if settings.image:
         env["MCP_CODEEXEC_IMAGE"] = settings.image

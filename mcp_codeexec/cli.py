@@ -95,7 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         async with anyio.create_task_group() as tg:
             with anyio.CancelScope() as serving:
                 await tg.start(stop_on_signals, shutdown, serving.cancel)
-                async with serve_stdio() as (read_stream, write_stream):
+                async with serve_stdio(server) as (read_stream, write_stream):
                     await server.run(read_stream, write_stream, server.create_initialization_options())
             tg.cancel_scope.cancel()  # the client closed stdin, or a signal stopped serving: done
 

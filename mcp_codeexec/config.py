@@ -224,6 +224,11 @@ class Settings(BaseSettings):
     pool_shrink_seconds: float = Field(
         default=300.0, gt=0, description="A pool grown by a burst gives back its extra containers after this long without one."
     )
+    direct_calls: bool = Field(
+        default=True,
+        description="The stdio transport answers plain hosted-tool calls itself, past the SDK's per-request "
+        "pipeline (same results; progress, other methods and anything unusual still go through the SDK).",
+    )
     max_containers_per_principal: int = 16
     reap_interval_seconds: float = 300.0
     idle_stop_seconds: float = Field(default=900.0, description="Stop sandboxes idle this long (0 = never); files stay.")

@@ -478,6 +478,18 @@ async def call_tool(state: AppState, tool: str, arguments: dict[str, Any], ctx: 
     )
 
 
+async def answer_call(state: AppState, shutdown: Shutdown, tool: str, arguments: dict[str, Any],
+                      ctx: CallContext) -> types.CallToolResult:
+    """One hosted tool's call, counted by the shutdown: the SDK's handler and the direct stdio path
+    (direct_calls.py) both answer through here."""
+    if not shutdown.closing:
+        with shutdown.call():
+            return await call_tool(state, tool, arguments, ctx)
+    # Stopped by the shutdown (its command was killed in the sandbox), or arrived during it.
+    refusing = dataclasses.replace(state, backend=_Refusing(shutdown.reason or "the server is shutting down"))  # type: ignore[arg-type]
+    return await call_tool(refusing, tool, arguments, ctx)
+
+
 class _Refusing:
     """Stands in for the backend once the server is shutting down: every call is answered
     ``unavailable`` with the reason, shaped like any other result by ``call_tool``."""
@@ -496,7 +508,14 @@ class _Refusing:
 
 class CodeExecServer(Server[AppState]):
     """Announces ``tools.listChanged`` on handshake-era connections too: an upstream's new tools
-    change code_execution's description (at 2026-07-28 the listen handler's presence says it)."""
+    change code_execution's description (at 2026-07-28 the listen handler's presence says it).
+
+    While its lifespan runs, ``app_state`` and ``shutdown`` let a transport answer the hosted
+    tools' calls itself (direct_calls.py); ``direct_tools`` names the tools it may answer."""
+
+    app_state: AppState | None = None
+    shutdown: Shutdown | None = None
+    direct_tools: frozenset[str] = frozenset()
 
     def create_initialization_options(self, notification_options: NotificationOptions | None = None,
                                       *args: Any, **kwargs: Any) -> Any:
@@ -529,7 +548,7 @@ def create_server(
                 await connection.send_tool_list_changed()
 
     @asynccontextmanager
-    async def lifespan(_: Server[AppState]) -> AsyncIterator[AppState]:
+    async def lifespan(server: Server[AppState]) -> AsyncIterator[AppState]:
         async with AsyncExitStack() as stack:
             file_store = store or await anyio.to_thread.run_sync(
                 lambda: open_file_store(settings)
@@ -552,7 +571,12 @@ def create_server(
             if settings.tools_config is not None:
                 registry = await stack.enter_async_context(registry_from_settings(settings))
                 registry.on_change(announce_tools_changed)
-            yield AppState(settings, the_backend, file_store, limiter, code_tools, registry=registry)
+            state = AppState(settings, the_backend, file_store, limiter, code_tools, registry=registry)
+            server.app_state = state  # type: ignore[attr-defined]
+            try:
+                yield state
+            finally:
+                server.app_state = None  # type: ignore[attr-defined]
 
     tools = _with_result_budget(tool_definitions(settings), settings)
 
@@ -601,13 +625,7 @@ def create_server(
         call_ctx = CallContext(principal=principal, session_key=session_key_of(ctx, principal), progress=progress,
                                paced=ctx.request is not None and principal != "local",
                                mounts=mount_choice.raw_selection(params.meta))
-        state = ctx.lifespan_context
-        if not shutdown.closing:
-            with shutdown.call():
-                return await call_tool(state, params.name, params.arguments or {}, call_ctx)
-        # Stopped by the shutdown (its command was killed in the sandbox), or arrived during it.
-        refusing = dataclasses.replace(state, backend=_Refusing(shutdown.reason or "the server is shutting down"))  # type: ignore[arg-type]
-        return await call_tool(refusing, params.name, params.arguments or {}, call_ctx)
+        return await answer_call(ctx.lifespan_context, shutdown, params.name, params.arguments or {}, call_ctx)
 
     async def list_resources(ctx: ServerRequestContext[AppState], params: Any) -> types.ListResourcesResult:
         # Paged, newest first: the store holds every file of every earlier session (30 days of them).
@@ -669,7 +687,7 @@ def create_server(
             contents=[types.BlobResourceContents(uri=uri, blob=base64.b64encode(data).decode(), mime_type=record.mime_type)]
         )
 
-    return CodeExecServer(
+    server = CodeExecServer(
         "mcp-codeexec",
         version=__version__,
         title="Code execution (bash, text editor, Python REPL) in local sandboxes",
@@ -687,6 +705,10 @@ def create_server(
         on_read_resource=read_resource,
         on_subscriptions_listen=ListenHandler(bus),
     )
+    server.shutdown = shutdown
+    if settings.direct_calls:
+        server.direct_tools = frozenset(t for t in settings.tools if t in (BASH, EDITOR, CODE))
+    return server
 
 
 def _owner_filter(ctx: ServerRequestContext[AppState]) -> str | None:

@@ -25,6 +25,8 @@ from typing import Any
 import anyio
 from mcp.server.stdio import stdio_server
 
+from .direct_calls import DirectCalls, available
+
 READ_CHUNK = 256 * 1024
 
 
@@ -37,18 +39,31 @@ def _is_stream(fd: int) -> bool:
 
 
 class _FdLines:
-    """Async iterator of the text lines arriving on a non-blocking fd (like iterating a text file)."""
+    """Async iterator of the text lines arriving on a non-blocking fd (like iterating a text file).
+    With ``direct``, the lines it answers itself are not passed on."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, direct: DirectCalls | None = None) -> None:
         self._fd = fd
         self._buf = bytearray()
         self._scanned = 0
         self._eof = False
+        self._direct = direct
+
+    async def __anext__(self) -> str:
+        while True:
+            line = await self._next_line()
+            if self._direct is None or not self._direct.take(line):
+                return line
+
+    async def _end(self) -> None:
+        if self._direct is not None:
+            await self._direct.close()  # its calls settle while the server still runs
+        raise StopAsyncIteration
 
     def __aiter__(self) -> _FdLines:
         return self
 
-    async def __anext__(self) -> str:
+    async def _next_line(self) -> str:
         while True:
             end = self._buf.find(b"\n", self._scanned)
             if end >= 0:
@@ -63,7 +78,7 @@ class _FdLines:
                     self._buf.clear()
                     self._scanned = 0
                     return line.decode("utf-8", "replace")
-                raise StopAsyncIteration
+                await self._end()
             try:
                 chunk = os.read(self._fd, READ_CHUNK)
             except BlockingIOError:
@@ -76,18 +91,30 @@ class _FdLines:
 
 
 class _FdWriter:
-    """``write``/``flush`` of text onto a non-blocking fd; each write goes out whole before it returns."""
+    """``write``/``flush`` of text onto a non-blocking fd; each write goes out whole before it
+    returns, and one at a time (the SDK's writer and the direct path share the fd)."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        self._lock = anyio.Lock(fast_acquire=True)
+        self.direct: DirectCalls | None = None
 
     async def write(self, text: str) -> None:
         view = memoryview(text.encode("utf-8"))
-        while view:
-            try:
-                view = view[os.write(self._fd, view) :]
-            except BlockingIOError:
-                await anyio.wait_writable(self._fd)
+        try:
+            written = os.write(self._fd, view) if not self._lock.locked() else 0
+        except BlockingIOError:
+            written = 0
+        if written < len(view):  # the pipe is full, or another write is under way
+            async with self._lock:
+                view = view[written:]
+                while view:
+                    try:
+                        view = view[os.write(self._fd, view) :]
+                    except BlockingIOError:
+                        await anyio.wait_writable(self._fd)
+        if self.direct is not None and self.direct.watching_replies:
+            self.direct.saw(text)
 
     async def flush(self) -> None:
         return None
@@ -112,8 +139,10 @@ def _claim(fd: int, diversion: int) -> Any:
 
 
 @asynccontextmanager
-async def serve_stdio() -> AsyncIterator[tuple[Any, Any]]:
-    """``(read_stream, write_stream)`` for ``Server.run`` over this process's stdin and stdout."""
+async def serve_stdio(server: Any = None) -> AsyncIterator[tuple[Any, Any]]:
+    """``(read_stream, write_stream)`` for ``Server.run`` over this process's stdin and stdout.
+    With ``server`` (a ``CodeExecServer`` whose settings allow it), plain hosted-tool calls are
+    answered past the SDK's pipeline (direct_calls.py)."""
     if os.name != "posix" or not (_is_stream(0) and _is_stream(1)):
         async with stdio_server() as streams:
             yield streams
@@ -121,7 +150,11 @@ async def serve_stdio() -> AsyncIterator[tuple[Any, Any]]:
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     try:
         with _claim(0, null) as stdin_fd, _claim(1, 2) as stdout_fd:
-            async with stdio_server(_FdLines(stdin_fd), _FdWriter(stdout_fd)) as streams:  # type: ignore[arg-type]
-                yield streams
+            async with anyio.create_task_group() as tg:
+                writer = _FdWriter(stdout_fd)
+                direct = DirectCalls(server, writer.write, tg) if server is not None and available(server) else None
+                writer.direct = direct
+                async with stdio_server(_FdLines(stdin_fd, direct), writer) as streams:  # type: ignore[arg-type]
+                    yield streams
     finally:
         os.close(null)
