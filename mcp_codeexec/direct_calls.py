@@ -55,6 +55,7 @@ PROTOCOL_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
 SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
 CONNECTION_CLOSED = -32000
 _CALL_KEYS = frozenset({"name", "arguments", "_meta"})
+_MESSAGE_KEYS = frozenset({"jsonrpc", "id", "method", "params"})
 _CLOSED = {"error": {"code": CONNECTION_CLOSED, "message": "Connection closed"}}
 
 Write = Callable[[str], Awaitable[None]]
@@ -87,7 +88,7 @@ class DirectCalls:
         self._version: str | None = None  # the handshake era's negotiated version
         self._init_id: Any = None
         self._opened = False  # the first request (which decides the SDK's era) went by
-        self._in_flight: dict[Any, _Call] = {}
+        self._in_flight: dict[Any, Call] = {}
         self.answered = 0
 
     # -- the connection's era, from the lines going by
@@ -101,7 +102,7 @@ class DirectCalls:
             return
         try:
             message = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting: the SDK parses it
             return
         if not isinstance(message, dict) or message.get("id") != self._init_id:
             return
@@ -138,7 +139,7 @@ class DirectCalls:
             if '"method"' in line:
                 try:
                     message = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):
                     return False
                 if isinstance(message, dict):
                     self._learn_era(message)
@@ -150,52 +151,31 @@ class DirectCalls:
         return False
 
     def _take_call(self, line: str) -> bool:
-        try:
-            message = json.loads(line)
-        except ValueError:
+        message = _decode(line)
+        if message is None or message.get("method") != "tools/call":
             return False
-        if not isinstance(message, dict) or message.get("method") != "tools/call" or message.get("jsonrpc") != "2.0":
-            return False
-        rid, params = message.get("id"), message.get("params")
-        if isinstance(rid, bool) or not isinstance(rid, int | str) or rid in self._in_flight:
-            return False
-        if not isinstance(params, dict) or not params.keys() <= _CALL_KEYS:
-            return False
-        meta = params.get("_meta")
-        if meta is not None and (not isinstance(meta, dict) or "progressToken" in meta):
-            return False
-        if params.get("name") not in self._server.direct_tools or self._server.app_state is None:
+        rid = message.get("id")
+        if not plain_id(rid) or rid in self._in_flight:
             return False
         if self._era == "modern":
             route = classify_inbound_request(message)
             if isinstance(route, InboundLadderRejection):
                 return False
             version = route.protocol_version
-        elif PROTOCOL_VERSION_KEY in (meta or {}):
-            return False  # refused by the SDK on a handshake-era connection
         else:
             version = self._version
-        try:
-            _methods.validate_client_request("tools/call", version, params)
-        except (ValidationError, KeyError):
+        call = hosted_call(self._server, message, version)
+        if call is None:
             return False
-        arguments = params.get("arguments")
-        if arguments is not None and not isinstance(arguments, dict):
-            return False
-        call = _Call(rid, version)
-        self._in_flight[rid] = call
-        self._tg.start_soon(self._answer, call, params["name"], arguments or {}, meta)
+        name, arguments, meta = call
+        pending = Call(rid, version)
+        self._in_flight[rid] = pending
+        self._tg.start_soon(self._answer, pending, name, arguments, meta)
         return True
 
     def _take_cancel(self, line: str) -> bool:
-        try:
-            message = json.loads(line)
-        except ValueError:
-            return False
-        params = message.get("params") if isinstance(message, dict) else None
-        if not isinstance(params, dict) or message.get("method") != "notifications/cancelled" or "id" in message:
-            return False
-        call = self._in_flight.get(params.get("requestId"))
+        message = _decode(line)
+        call = self._in_flight.get(cancelled_id(message)) if message is not None else None
         if call is None:
             return False
         call.cancelled = True
@@ -212,7 +192,7 @@ class DirectCalls:
         log.debug("direct calls: %d answered past the SDK", self.answered)
 
     # -- answering
-    async def _answer(self, call: _Call, name: str, arguments: dict[str, Any], meta: dict[str, Any] | None) -> None:
+    async def _answer(self, call: Call, name: str, arguments: dict[str, Any], meta: dict[str, Any] | None) -> None:
         try:
             with call.scope:
                 reply = await self._run(name, arguments, meta, call.version)
@@ -229,21 +209,8 @@ class DirectCalls:
             self._in_flight.pop(call.rid, None)
 
     async def _run(self, name: str, arguments: dict[str, Any], meta: dict[str, Any] | None, version: str) -> dict[str, Any]:
-        from .server import answer_call
-
-        server = self._server
         ctx = CallContext(principal="local", session_key="local:process", mounts=mount_choice.raw_selection(meta))
-        try:
-            result = await answer_call(server.app_state, server.shutdown, name, arguments, ctx)
-        except MCPError as exc:
-            return {"error": exc.error.model_dump(by_alias=True, mode="json", exclude_none=True)}
-        except Exception as exc:  # the SDK's exception-to-wire mapping (its dispatcher's), applied here
-            error = handler_exception_to_error_data(exc)
-            if error is None:
-                log.exception("tools/call %s raised", name)
-                error = types.ErrorData(code=0, message=str(exc))
-            return {"error": error.model_dump(by_alias=True, mode="json", exclude_none=True)}
-        return {"result": self._shape(result, version)}
+        return await answer(self._server, name, arguments, ctx, version)
 
     async def _send(self, rid: Any, reply: dict[str, Any]) -> None:
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
@@ -254,21 +221,8 @@ class DirectCalls:
                 return
             self.answered += 1
 
-    def _shape(self, result: types.CallToolResult, version: str) -> dict[str, Any]:
-        """The wire form the SDK's runner gives the same result (``ServerRunner._serialize``)."""
-        dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True)
-        dumped = _methods.serialize_server_result("tools/call", version, dumped)
-        if version in MODERN_PROTOCOL_VERSIONS:
-            dumped.setdefault("resultType", "complete")
-            meta = dumped.get("_meta")
-            if meta is None:
-                dumped["_meta"] = {SERVER_INFO_KEY: self._server.server_info_stamp}
-            elif isinstance(meta, dict) and meta.get(SERVER_INFO_KEY) is None:
-                dumped["_meta"] = {**meta, SERVER_INFO_KEY: self._server.server_info_stamp}
-        return dumped
 
-
-class _Call:
+class Call:
     __slots__ = ("rid", "version", "scope", "cancelled")
 
     def __init__(self, rid: Any, version: str) -> None:
@@ -279,4 +233,93 @@ class _Call:
 
 
 def _line(rid: Any, body: dict[str, Any]) -> str:
-    return json.dumps({"jsonrpc": "2.0", "id": rid, **body}, ensure_ascii=False, separators=(",", ":")) + "\n"
+    return reply_text(rid, body) + "\n"
+
+
+def _decode(line: str) -> dict[str, Any] | None:
+    try:
+        message = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return message if isinstance(message, dict) else None
+
+
+# -- shared with the HTTP transport's direct path (json_first.py)
+def plain_id(rid: Any) -> bool:
+    """A request id this path can answer under (JSON-RPC's int or string; never a bool)."""
+    return not isinstance(rid, bool) and isinstance(rid, int | str)
+
+
+def cancelled_id(message: dict[str, Any]) -> Any:
+    """The request id a well-formed ``notifications/cancelled`` names (else None)."""
+    params = message.get("params")
+    if message.get("method") != "notifications/cancelled" or "id" in message or not isinstance(params, dict):
+        return None
+    return params.get("requestId")
+
+
+def hosted_call(server: Any, message: dict[str, Any], version: str | None) -> tuple[str, dict[str, Any], dict[str, Any] | None] | None:
+    """``(tool, arguments, _meta)`` when ``message`` is a plain hosted-tool call a direct path may
+    answer at ``version`` exactly as the SDK would; None leaves it to the SDK (which then also
+    answers whatever is wrong with it)."""
+    if version is None or message.get("jsonrpc") != "2.0" or not message.keys() <= _MESSAGE_KEYS:
+        return None
+    params = message.get("params")
+    if not isinstance(params, dict) or not params.keys() <= _CALL_KEYS:
+        return None
+    meta = params.get("_meta")
+    if meta is not None and (not isinstance(meta, dict) or "progressToken" in meta):
+        return None  # progress reporting stays with the SDK's session
+    if version not in MODERN_PROTOCOL_VERSIONS and PROTOCOL_VERSION_KEY in (meta or {}):
+        return None  # an envelope on a handshake-era connection: the SDK refuses it
+    name = params.get("name")
+    if name not in server.direct_tools or server.app_state is None:
+        return None
+    try:
+        _methods.validate_client_request("tools/call", version, params)
+    except (ValidationError, KeyError):
+        return None
+    arguments = params.get("arguments")
+    if arguments is not None and not isinstance(arguments, dict):
+        return None
+    return name, arguments or {}, meta
+
+
+async def answer(server: Any, name: str, arguments: dict[str, Any], ctx: CallContext, version: str) -> dict[str, Any]:
+    """The JSON-RPC reply body (``result`` or ``error``) the SDK would give this call at ``version``."""
+    from .server import answer_call
+
+    try:
+        result = await answer_call(server.app_state, server.shutdown, name, arguments, ctx)
+    except MCPError as exc:
+        return {"error": exc.error.model_dump(by_alias=True, mode="json", exclude_none=True)}
+    except Exception as exc:  # the SDK's exception-to-wire mapping (its dispatcher's), applied here
+        error = handler_exception_to_error_data(exc)
+        if error is None:
+            log.exception("tools/call %s raised", name)
+            error = types.ErrorData(code=0, message=str(exc))
+        return {"error": error.model_dump(by_alias=True, mode="json", exclude_none=True)}
+    return {"result": _shape(server, result, version)}
+
+
+def reply_text(rid: Any, body: dict[str, Any]) -> str:
+    text = json.dumps({"jsonrpc": "2.0", "id": rid, **body}, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: kept as its JSON escape, the bytes stay valid UTF-8
+        text = json.dumps({"jsonrpc": "2.0", "id": rid, **body}, separators=(",", ":"))
+    return text
+
+
+def _shape(server: Any, result: types.CallToolResult, version: str) -> dict[str, Any]:
+    """The wire form the SDK's runner gives the same result (``ServerRunner._serialize``)."""
+    dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+    dumped = _methods.serialize_server_result("tools/call", version, dumped)
+    if version in MODERN_PROTOCOL_VERSIONS:
+        dumped.setdefault("resultType", "complete")
+        meta = dumped.get("_meta")
+        if meta is None:
+            dumped["_meta"] = {SERVER_INFO_KEY: server.server_info_stamp}
+        elif isinstance(meta, dict) and meta.get(SERVER_INFO_KEY) is None:
+            dumped["_meta"] = {**meta, SERVER_INFO_KEY: server.server_info_stamp}
+    return dumped

@@ -30,7 +30,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import json_first, session_adoption
+from . import direct_calls, json_first, session_adoption
 from .backends.base import Backend
 from .config import Settings
 from .database import open_file_store, open_session_ledger, open_token_store
@@ -323,6 +323,8 @@ def create_http_app(settings: Settings, *, backend: Backend | None = None, store
         custom_starlette_routes=files_routes(store, request_principal, on_upload, max_upload_bytes=settings.max_upload_bytes)
         + skills_routes(lambda: catalog_for(settings).store, request_principal),
     )
+    if direct_calls.available(server):  # plain hosted-tool calls answered by the transport (json_first.py)
+        app.state.codeexec_server = server
     app.add_middleware(
         SecurityMiddleware, tokens=tokens, allowed_hosts=hosts, allowed_origins=origins, max_body=settings.max_request_bytes,
         max_upload=settings.max_upload_bytes, sessions=open_session_ledger(settings),

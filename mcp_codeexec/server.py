@@ -238,7 +238,8 @@ _FITTED_FIELDS = ("stdout", "stderr", "content", "error_message")
 
 def _js_length(value: Any) -> int:
     """The length Claude Code measures: JSON.stringify of structuredContent, in UTF-16 code units."""
-    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-16-le", "surrogatepass")) // 2
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return len(text) if text.isascii() else len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
 def _cut_middle(text: str, chars: int) -> str:
@@ -288,29 +289,31 @@ def _fit_view(block: dict[str, Any], budget: int) -> dict[str, Any]:
     return fitted
 
 
-def _fit_block(block: dict[str, Any], budget: int) -> dict[str, Any]:
+def _fit_block(block: dict[str, Any], budget: int) -> tuple[dict[str, Any], int]:
     """Keep the structuredContent JSON within the announced budget: Claude Code shows the model that
     JSON (not the text content), and replaces a larger one with a 2 KB preview. Command output
     shrinks in its middle, so head, tail, the marker and the spill path stay; a view shows the lines
-    that fit."""
+    that fit. Returns the block and its JSON length (``_js_length``)."""
     if block.get("file_type") in ("image", "pdf"):
-        return block  # the file itself: shown as an image / document, not cut
+        return block, _js_length(block)  # the file itself: shown as an image / document, not cut
     if block.get("file_type") == "text":
-        return _fit_view(block, budget)
+        fitted = _fit_view(block, budget)
+        return fitted, _js_length(fitted)
     for _ in range(8):
-        excess = _js_length(block) - budget
+        length = _js_length(block)
+        excess = length - budget
         if excess <= 0:
-            break
+            return block, length
         sizes = {k: _js_length(v) for k in _FITTED_FIELDS if isinstance(v := block.get(k), str) and v}
         if not sizes:
-            break
+            return block, length
         total = sum(sizes.values())
         for field, size in sizes.items():  # each field gives its share, so none is emptied for another
             text = block[field]
             share = -(-(excess + 128) * size // total)
             chars = min(len(text), -(-share * len(text) // size))  # escaping makes a char cost more than one
             block = {**block, field: _cut_middle(text, chars)}
-    return block
+    return block, _js_length(block)
 
 
 def _with_result_budget(tools: list[types.Tool], settings: Settings) -> list[types.Tool]:
@@ -465,9 +468,10 @@ async def call_tool(state: AppState, tool: str, arguments: dict[str, Any], ctx: 
     content: list[Any] = [types.TextContent(type="text", text=text), *media]
     if outcome is not None and outcome.files:
         content += await _file_contents(state, outcome.files, ctx.principal)
-    structured = _valid_unicode(_fit_block(block.model_dump(exclude_none=True), state.settings.max_result_chars))
+    fitted, length = _fit_block(block.model_dump(exclude_none=True), state.settings.max_result_chars)
+    structured = _valid_unicode(fitted)  # a surrogate and its U+FFFD are one UTF-16 unit each: same length
     # Honest per result: a media view carries its file beyond the text budget.
-    meta: dict[str, Any] = {BUDGET_META: max(state.settings.max_result_chars, len(text), _js_length(structured))}
+    meta: dict[str, Any] = {BUDGET_META: max(state.settings.max_result_chars, len(text), length)}
     container = outcome.container if outcome is not None else getattr(error, "container", None)
     if container is not None:
         meta["container"] = container.meta()

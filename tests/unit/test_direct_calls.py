@@ -44,6 +44,11 @@ class Lines:
         self.proc.stdin.write((json.dumps(message) + "\n").encode())
         self.proc.stdin.flush()
 
+    def send_raw(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
     def read(self, timeout: float = 10.0) -> dict[str, Any] | None:
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
@@ -176,6 +181,26 @@ def test_a_lone_surrogate_in_a_command_is_answered(servers: list[Lines]) -> None
     reply = lines.rpc(call(1, BASH, {"command": "a \ud800"}))
     assert assert_hosted_shape(reply["result"]["structuredContent"]).stdout == "a \ufffd"
     lines.close()
+
+
+def test_deeply_nested_lines_get_the_sdks_answer_and_the_server_goes_on(servers: list[Lines]) -> None:
+    """json.loads gives up on deep nesting with RecursionError, not ValueError: such a line is the
+    SDK's (before the handshake, when the era is being learnt, and after it)."""
+    nested = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":' + "[" * 100_000 + "]" * 100_000 + "}"
+    replies: dict[bool, list[Any]] = {}
+    for direct in (False, True):
+        lines = Lines(direct)
+        servers.append(lines)
+        lines.send_raw(nested)
+        first = lines.read(timeout=3)
+        legacy(lines)
+        lines.send_raw(nested.replace('"id":1', '"id":2'))
+        second = lines.read(timeout=3)
+        after = lines.rpc(call(3, BASH, {"command": "echo on"}))
+        replies[direct] = [first, second, normalized(after)]
+        assert lines.close() is not None and lines.proc.returncode == 0
+    assert replies[True] == replies[False]
+    assert replies[True][2]["result"]["structuredContent"]["stdout"] == "echo on"
 
 
 def test_calls_before_the_handshake_and_enveloped_calls_on_a_legacy_connection_go_to_the_sdk(servers: list[Lines]) -> None:

@@ -38,10 +38,12 @@ class SlowBackend(DummyBackend):
         return await super().bash(request, ctx)
 
 
-@pytest.fixture
-def url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+@pytest.fixture(params=[True, False], ids=["direct", "sdk"])
+def url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The app with plain calls answered by the transport itself (direct_calls) and without: the
+    JSON-first choice holds on both paths."""
     isolate_settings(tmp_path, monkeypatch)
-    settings = load_settings(data_dir=str(tmp_path / "data"), auth_tokens=[f"alice:{TOKEN}"])
+    settings = load_settings(data_dir=str(tmp_path / "data"), auth_tokens=[f"alice:{TOKEN}"], direct_calls=request.param)
     app = create_http_app(settings, backend=SlowBackend(), store=FileStore(settings.files_dir))
     with serve_app(app) as base:
         yield base
