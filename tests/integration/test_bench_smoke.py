@@ -37,9 +37,9 @@ HEAVY_KEYS = [
 ]
 
 
-def run_bench(*args: str) -> dict:
+def run_bench(*args: str, module: str = "bench") -> dict:
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--json", *args], cwd=ROOT, capture_output=True, text=True, timeout=280,
+        [sys.executable, "-m", module, "--smoke", "--json", *args], cwd=ROOT, capture_output=True, text=True, timeout=280,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-20000:]
@@ -99,3 +99,11 @@ def test_the_opt_in_burst_saturation_and_density_scenarios_run_in_smoke_form(doc
     assert not missing, missing
     assert results["burst4_errors"] == results["burst4_again_errors"] == results["density_errors"] == 0
     assert results["saturation_errors"] == []
+
+
+def test_the_direct_path_ab_runs_in_smoke_form_and_leaves_no_container(docker_engine):
+    """bench/direct_ab.py: the HTTP server with direct calls on and off, interleaved."""
+    results = run_bench(module="bench.direct_ab")
+    for side in ("direct", "sdk"):
+        for key in ("back_to_back_server_cpu_ms", "spaced_server_cpu_ms", "back_to_back_p50_ms", "spaced_p50_ms"):
+            assert results[f"{side}_{key}"] is not None, (side, key)
