@@ -35,3 +35,18 @@ def assert_hosted_shape(structured: Any, tool: str | None = None) -> Any:
         assert (structured["type"] in BASH_TYPES) == (tool == "bash_code_execution")
         assert (structured["type"] in CODE_TYPES) == (tool == "code_execution")
     return model
+
+
+async def assert_client_round_trips(client: Any, echoes: int) -> None:
+    """Through a real MCP client: ``echoes`` bash calls answered with their own output, then an
+    editor call answered with an error result, each in the hosted shape."""
+    import anyio
+
+    with anyio.fail_after(20):
+        for i in range(echoes):
+            result = await client.call_tool("bash_code_execution", {"command": f"echo {i}"})
+            assert not result.is_error
+            assert assert_hosted_shape(result.structured_content).stdout == f"echo {i}"
+        result = await client.call_tool("text_editor_code_execution", {"command": "view", "path": "/nope"})
+        assert result.is_error
+        assert_hosted_shape(result.structured_content)

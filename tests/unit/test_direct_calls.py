@@ -20,11 +20,11 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
+from tests.support.call_cases import BASH, PLAIN, SDK_ONLY
 from tests.support.isolation import isolate_settings
-from tests.support.oracle import assert_hosted_shape
+from tests.support.oracle import assert_client_round_trips, assert_hosted_shape
 
 SERVER = str(Path(__file__).resolve().parents[1] / "support" / "dummy_stdio_server.py")
-BASH, EDITOR, CODE = "bash_code_execution", "text_editor_code_execution", "code_execution"
 MODERN = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
           "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
           "io.modelcontextprotocol/clientCapabilities": {}}
@@ -122,21 +122,7 @@ def servers() -> Iterator[list[Lines]]:
             lines.proc.wait()
 
 
-CALLS: list[tuple[str, Any, dict[str, Any] | None]] = [
-    (BASH, {"command": "echo hi"}, None),
-    (BASH, {"command": "true", "restart": True}, None),
-    (BASH, {"command": "x", "container_id": "container_" + "9" * 24}, None),  # an error result (expired)
-    (BASH, {}, None),  # invalid input: a hosted error block
-    (BASH, {"command": "é ü"}, None),
-    (EDITOR, {"command": "create", "path": "/workspace/a.txt", "file_text": "a\nb\n"}, None),
-    (EDITOR, {"command": "view", "path": "/workspace/a.txt"}, None),
-    (EDITOR, {"command": "view", "path": "/workspace/missing"}, None),
-    (CODE, {"code": "print(1)"}, None),
-    (BASH, {"command": "ls"}, {"codeexec/mounts": []}),
-    ("no_such_tool", {}, None),  # the SDK's error
-    (BASH, [1, 2], None),  # the SDK's error: arguments must be an object
-    (BASH, {"command": "true"}, {"progressToken": "p1"}),  # the SDK's path (progress)
-]
+CALLS = PLAIN + SDK_ONLY
 
 
 @pytest.mark.parametrize("era", ["2025-06-18", "2025-03-26", "2026-07-28"])
@@ -164,8 +150,8 @@ def test_replies_are_the_sdks_own_in_each_era(servers: list[Lines], era: str) ->
         counts[direct] = answered_directly(lines.close())
     assert replies[True] == replies[False]
     assert counts[False] == 0
-    # Every hosted-tool call of the list but the three the SDK must answer went the direct way.
-    assert counts[True] == len(CALLS) - 3
+    # Every hosted-tool call of the list but those the SDK must answer went the direct way.
+    assert counts[True] == len(PLAIN)
     for messages in replies[True]:
         structured = (messages[-1].get("result") or {}).get("structuredContent")
         if structured:
@@ -265,11 +251,4 @@ async def test_a_real_mcp_client_gets_hosted_results(mode: str) -> None:
     params = StdioServerParameters(command=sys.executable, args=[SERVER],
                                    env=dict(os.environ, MCP_CODEEXEC_DIRECT_CALLS="true"))
     async with Client(stdio_client(params), mode=mode) as client:  # type: ignore[arg-type]
-        with anyio.fail_after(20):
-            for i in range(5):
-                result = await client.call_tool(BASH, {"command": f"echo {i}"})
-                assert not result.is_error
-                assert assert_hosted_shape(result.structured_content).stdout == f"echo {i}"
-            result = await client.call_tool(EDITOR, {"command": "view", "path": "/nope"})
-            assert result.is_error
-            assert_hosted_shape(result.structured_content)
+        await assert_client_round_trips(client, 5)

@@ -27,13 +27,13 @@ from mcp_codeexec.config import load_settings
 from mcp_codeexec.files import FileStore
 from mcp_codeexec.http_app import create_http_app
 from mcp_codeexec.schemas import BashInput
+from tests.support.call_cases import BASH, PLAIN, SDK_ONLY
 from tests.support.dummy_backend import DummyBackend
 from tests.support.http_probe import ACCEPT, auth, legacy_headers, serve_app
 from tests.support.isolation import isolate_settings
-from tests.support.oracle import assert_hosted_shape
+from tests.support.oracle import assert_client_round_trips, assert_hosted_shape
 
 ALICE, BOB = "direct-http-alice-0123456789", "direct-http-bob-0123456789"
-BASH, EDITOR, CODE = "bash_code_execution", "text_editor_code_execution", "code_execution"
 
 
 class SlowBackend(DummyBackend):
@@ -130,23 +130,28 @@ def served(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.M
         yield made
 
 
-CALLS: list[tuple[str, Any, dict[str, Any] | None]] = [
-    (BASH, {"command": "echo hi"}, None),
-    (BASH, {"command": "true", "restart": True}, None),
-    (BASH, {"command": "x", "container_id": "container_" + "9" * 24}, None),  # an error result (expired)
-    (BASH, {}, None),  # invalid input: a hosted error block
-    (BASH, {"command": "é ü"}, None),
+@contextlib.contextmanager
+def in_flight(served: App, sid: str, rid: int, command: str) -> Iterator[list[httpx2.Response]]:
+    """A call running on its own connection while the block runs; its response once it ended."""
+    answer: list[httpx2.Response] = []
+
+    def post() -> None:
+        with httpx2.Client(timeout=30) as own:
+            answer.append(served.post(own, sid, call(rid, BASH, {"command": command})))
+
+    worker = threading.Thread(target=post)
+    worker.start()
+    time.sleep(0.5)
+    try:
+        yield answer
+    finally:
+        worker.join(10)
+
+
+CALLS = PLAIN + SDK_ONLY + [
     (BASH, {"command": "\ud800"}, None),  # a lone surrogate: the SDK's parser refuses it (400)
-    (EDITOR, {"command": "create", "path": "/workspace/a.txt", "file_text": "a\nb\n"}, None),
-    (EDITOR, {"command": "view", "path": "/workspace/a.txt"}, None),
-    (CODE, {"code": "print(1)"}, None),
-    (BASH, {"command": "ls"}, {"codeexec/mounts": []}),
-    ("no_such_tool", {}, None),  # the SDK's error
-    (BASH, [1, 2], None),  # the SDK's error: arguments must be an object
-    (BASH, {"command": "true"}, {"progressToken": "p1"}),  # the SDK's path (progress)
     (BASH, {"command": "true"}, {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}),  # an envelope: the SDK's
 ]
-SDK_ONLY = 5  # of CALLS
 
 
 @pytest.mark.parametrize("version", ["2025-06-18", "2025-03-26", "2025-11-25"])
@@ -168,7 +173,7 @@ def test_answers_are_the_sdk_paths_own(tmp_path: Path, monkeypatch: pytest.Monke
             answers[direct], counts[direct] = got, served.direct[0]
     for one, other, sent in zip(answers[True], answers[False], CALLS + [None] * 6, strict=True):
         assert one == other, sent
-    assert counts == {True: len(CALLS) - SDK_ONLY, False: 0}
+    assert counts == {True: len(PLAIN), False: 0}
     for status, _, message in answers[True][: len(CALLS)]:
         final = message[-1] if isinstance(message, list) else message  # a stream ends with the answer
         structured = (final.get("result") or {}).get("structuredContent") if isinstance(final, dict) else None
@@ -179,13 +184,9 @@ def test_answers_are_the_sdk_paths_own(tmp_path: Path, monkeypatch: pytest.Monke
 def test_a_peer_cancelling_a_call_gets_the_sdks_answer_and_the_command_is_stopped(served: App) -> None:
     with httpx2.Client(timeout=30) as http:
         sid = served.open(http)
-        answer: list[httpx2.Response] = []
-        worker = threading.Thread(target=lambda: answer.append(served.post(httpx2.Client(timeout=30), sid, call(7, BASH, {"command": "sleep 20"}))))
-        worker.start()
-        time.sleep(0.5)
-        cancel = served.post(http, sid, {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7}})
-        assert cancel.status_code == 202
-        worker.join(10)
+        with in_flight(served, sid, 7, "sleep 20") as answer:
+            cancel = served.post(http, sid, {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7}})
+            assert cancel.status_code == 202
         assert seen(answer[0]) == (200, "application/json",
                                    {"jsonrpc": "2.0", "id": 7, "error": {"code": -32800, "message": "Request cancelled"}})
         assert served.backend.cancelled == ["sleep 20"]
@@ -196,12 +197,8 @@ def test_a_peer_cancelling_a_call_gets_the_sdks_answer_and_the_command_is_stoppe
 def test_ending_the_session_under_a_call_answers_it_as_the_sdk_does(served: App) -> None:
     with httpx2.Client(timeout=30) as http:
         sid = served.open(http)
-        answer: list[httpx2.Response] = []
-        worker = threading.Thread(target=lambda: answer.append(served.post(httpx2.Client(timeout=30), sid, call(7, BASH, {"command": "sleep 20"}))))
-        worker.start()
-        time.sleep(0.5)
-        assert http.delete(served.url + "/mcp", headers=headers(sid)).status_code == 200
-        worker.join(10)
+        with in_flight(served, sid, 7, "sleep 20") as answer:
+            assert http.delete(served.url + "/mcp", headers=headers(sid)).status_code == 200
         status, kind, message = seen(answer[0])
         assert (status, kind) == (500, "application/json")
         assert message["error"]["message"] == "Session terminated before the request completed"
@@ -258,12 +255,5 @@ def test_concurrent_calls_of_one_session_are_answered_each_once(served: App) -> 
 async def test_a_real_mcp_client_gets_hosted_results(served: App) -> None:
     async with httpx2.AsyncClient(headers=auth(ALICE), timeout=30) as http:
         async with Client(streamable_http_client(served.url + "/mcp", http_client=http), mode="legacy") as client:
-            with anyio.fail_after(20):
-                for i in range(3):
-                    result = await client.call_tool(BASH, {"command": f"echo {i}"})
-                    assert not result.is_error
-                    assert assert_hosted_shape(result.structured_content).stdout == f"echo {i}"
-                result = await client.call_tool(EDITOR, {"command": "view", "path": "/nope"})
-                assert result.is_error
-                assert_hosted_shape(result.structured_content)
+            await assert_client_round_trips(client, 3)
     assert served.direct[0] == (4 if served.on else 0)
