@@ -251,11 +251,13 @@ def plain_id(rid: Any) -> bool:
 
 
 def cancelled_id(message: dict[str, Any]) -> Any:
-    """The request id a well-formed ``notifications/cancelled`` names (else None)."""
+    """The request id a well-formed ``notifications/cancelled`` names (else None: a list or an
+    object would not even be a dict key)."""
     params = message.get("params")
     if message.get("method") != "notifications/cancelled" or "id" in message or not isinstance(params, dict):
         return None
-    return params.get("requestId")
+    rid = params.get("requestId")
+    return rid if plain_id(rid) else None
 
 
 def hosted_call(server: Any, message: dict[str, Any], version: str | None) -> tuple[str, dict[str, Any], dict[str, Any] | None] | None:

@@ -216,6 +216,21 @@ def test_a_cancelled_call_is_not_answered_and_the_next_one_is(servers: list[Line
     assert "cancelled: sleep 30" in stderr
 
 
+def test_a_cancel_naming_no_plain_id_leaves_the_call_running_and_the_server_up(servers: list[Lines]) -> None:
+    lines = Lines(True)
+    servers.append(lines)
+    legacy(lines)
+    lines.send(call(7, BASH, {"command": "sleep 30"}))
+    time.sleep(0.3)
+    for odd in ([7], {"a": 7}, 7.5, None, True):
+        lines.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": odd}})
+    after = lines.rpc(call(8, BASH, {"command": "echo up"}))
+    assert after["result"]["structuredContent"]["stdout"] == "echo up"
+    lines.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7}})
+    assert lines.read(timeout=0.5) is None
+    assert "cancelled: sleep 30" in lines.close()
+
+
 def test_end_of_input_answers_a_call_in_flight_connection_closed_and_the_server_exits(servers: list[Lines]) -> None:
     lines = Lines(True)
     servers.append(lines)

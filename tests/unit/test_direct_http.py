@@ -194,6 +194,19 @@ def test_a_peer_cancelling_a_call_gets_the_sdks_answer_and_the_command_is_stoppe
         assert after[2]["result"]["structuredContent"]["stdout"] == "echo after"
 
 
+def test_a_cancel_naming_no_plain_id_is_answered_and_leaves_the_call_running(served: App) -> None:
+    with httpx2.Client(timeout=30) as http:
+        sid = served.open(http)
+        with in_flight(served, sid, 7, "sleep 20") as answer:
+            for odd in ([7], {"a": 7}, 7.5, None, True):
+                r = served.post(http, sid, {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": odd}})
+                assert r.status_code < 500, (odd, r.status_code, r.text)
+            assert served.backend.cancelled == []
+            served.post(http, sid, {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7}})
+        assert seen(answer[0])[2]["error"]["code"] == -32800
+        assert served.backend.cancelled == ["sleep 20"]
+
+
 def test_ending_the_session_under_a_call_answers_it_as_the_sdk_does(served: App) -> None:
     with httpx2.Client(timeout=30) as http:
         sid = served.open(http)
